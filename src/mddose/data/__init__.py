@@ -1,0 +1,1 @@
+"""Data layer: the Patient type, OpenKBP I/O, synthetic phantoms, the compact cache and the slice dataset."""

@@ -1,0 +1,235 @@
+"""Reading and writing patients in the OpenKBP challenge's own layout.
+
+A patient folder ``pt_N/`` holds one sparse CSV per quantity, each as ``.csv``, ``.csv.gz`` or ``.csv.xz``::
+
+    pt_N/
+      ct.csv                 ,data / index,value   (value = HU + 1000, see below)
+      dose.csv               ,data / index,value   (Gy; absent for test patients)
+      possible_dose_mask.csv ,data / index,        (masks: empty data column)
+      <ROI>.csv              ,data / index,        (a missing ROI file means "not contoured")
+      voxel_dimensions.csv   three floats in mm
+
+``index`` is the flat C-order index into the 128×128×128 grid; voxels not listed are 0.
+
+CT offset: the files store ``HU + 1000``. Measured on the training patients: inside the possible-dose mask
+the fat peak sits at ~905 and the muscle peak at ~1045, i.e. -95 HU and +45 HU with an offset of 1000
+(-119 and +21 with 1024, which fits neither); air, stored as 0 and so left out of the sparse file, reads as
+-1000 HU. :data:`CT_OFFSET` converts in both directions.
+
+Predictions are written in the submission format (``pt_N.csv``: the non-zero voxels of the dose inside the
+possible-dose mask), which :func:`read_dose_csv` reads back for evaluation of any method.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import lzma
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mddose.data.patient import OPENKBP_SHAPE, Patient, RoiConfig
+from mddose.errors import MddoseError
+from mddose.fileio import atomic_dir, atomic_path
+
+log = logging.getLogger(__name__)
+
+CT_OFFSET = 1000.0  # stored value = HU + CT_OFFSET
+SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
+HEADER = ",data"
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    """The file ``stem.csv[.gz|.xz]`` in ``folder``, or None."""
+    for suffix in SUFFIXES:
+        path = folder / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.name.endswith(".xz"):
+            with lzma.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (lzma.LZMAError, gzip.BadGzipFile, EOFError, OSError, UnicodeDecodeError) as e:
+        raise MddoseError(f"cannot read file ({type(e).__name__}: {e})", path) from None
+
+
+def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bool = False) -> np.ndarray:
+    """Read one sparse OpenKBP CSV into a dense array (bool for ``mask=True``, float64 otherwise)."""
+    path = Path(path)
+    text = _read_text(path).lstrip("\ufeff")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != HEADER:
+        got = lines[0].strip()[:40] if lines else "an empty file"
+        raise MddoseError(f"not an OpenKBP sparse CSV: expected header '{HEADER}', got '{got}'", path)
+    rows = [line for line in lines[1:] if line.strip()]
+    size = int(np.prod(shape))
+    out = np.zeros(size, dtype=bool if mask else np.float64)
+    if not rows:
+        return out.reshape(shape)
+    idx_s, seps, val_s = zip(*(r.partition(",") for r in rows))
+    try:
+        idx = np.array(idx_s, dtype=np.int64)
+    except ValueError:
+        bad = next(i for i, s in enumerate(idx_s) if not re.fullmatch(r"\s*\d+\s*", s))
+        raise MddoseError(f"row {bad + 2}: index {idx_s[bad]!r} is not an integer", path) from None
+    if idx.min() < 0 or idx.max() >= size:
+        bad = int(np.flatnonzero((idx < 0) | (idx >= size))[0])
+        grid = "×".join(map(str, shape))
+        raise MddoseError(f"row {bad + 2}: index {idx[bad]} is outside the {grid} grid", path)
+    if mask:
+        out[idx] = True
+        return out.reshape(shape)
+    if not all(seps):
+        bad = seps.index("")
+        raise MddoseError(f"row {bad + 2}: missing value (expected 'index,value')", path)
+    try:
+        values = np.array(val_s, dtype=np.float64)
+    except ValueError:
+        bad = next(i for i, s in enumerate(val_s) if not _is_float(s))
+        raise MddoseError(f"row {bad + 2}: value {val_s[bad]!r} is not a number", path) from None
+    if not np.all(np.isfinite(values)):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise MddoseError(f"row {bad + 2}: value {val_s[bad]!r} is not finite", path)
+    out[idx] = values
+    return out.reshape(shape)
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def read_voxel_dimensions(path: Path) -> tuple[float, float, float]:
+    text = _read_text(path)
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise MddoseError("voxel dimensions must be 3 numbers in mm", path) from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise MddoseError(f"voxel dimensions must be 3 positive numbers in mm, got {values}", path)
+    return (values[0], values[1], values[2])
+
+
+def _required(folder: Path, stem: str) -> Path:
+    path = find_file(folder, stem)
+    if path is None:
+        raise MddoseError(f"missing {stem}.csv (or .csv.gz/.csv.xz) in patient folder", folder)
+    return path
+
+
+def read_patient(
+    folder: str | Path, rois: RoiConfig | None = None, shape: tuple[int, int, int] = OPENKBP_SHAPE
+) -> Patient:
+    """Read one OpenKBP patient folder. ROIs not in ``rois`` are ignored; a missing ROI file is fine."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MddoseError("patient folder does not exist", folder)
+    rois = rois or RoiConfig()
+    ct = read_sparse_csv(_required(folder, "ct"), shape)
+    ct_hu = np.where(ct != 0, ct - CT_OFFSET, -CT_OFFSET).astype(np.float32)
+    possible = read_sparse_csv(_required(folder, "possible_dose_mask"), shape, mask=True)
+    spacing = read_voxel_dimensions(_required(folder, "voxel_dimensions"))
+    structures = {}
+    for name in rois.all:
+        path = find_file(folder, name)
+        if path is not None:
+            structures[name] = read_sparse_csv(path, shape, mask=True)
+    dose_path = find_file(folder, "dose")
+    dose = read_sparse_csv(dose_path, shape).astype(np.float32) if dose_path else None
+    return Patient(folder.name, ct_hu, possible, spacing, structures, dose, rois)
+
+
+def _format_rows(flat: np.ndarray, mask: bool) -> str:
+    idx = np.flatnonzero(flat)
+    if mask:
+        body = "".join(f"{i},\n" for i in idx.tolist())
+    else:
+        # numpy's str of a float32 is the shortest text that reads back to the same float32: exact round-trip.
+        values = flat[idx].astype(np.float32).astype(str)
+        body = "".join(f"{i},{v}\n" for i, v in zip(idx.tolist(), values.tolist()))
+    return f"{HEADER}\n{body}"
+
+
+def _write_csv(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    if path.name.endswith(".xz"):
+        data = lzma.compress(data, preset=6)
+    elif path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_sparse_csv(path: str | Path, array: np.ndarray, mask: bool = False) -> None:
+    """Write a dense array as a sparse OpenKBP CSV (non-zero voxels only); compression from the suffix."""
+    _write_csv(Path(path), _format_rows(np.asarray(array).ravel(), mask))
+
+
+def write_patient(patient: Patient, folder: str | Path, compression: str = "") -> Path:
+    """Write a whole patient folder in OpenKBP layout, atomically. ``compression``: '', 'gz' or 'xz'."""
+    if compression not in ("", "gz", "xz"):
+        raise ValueError(f"compression must be '', 'gz' or 'xz', not {compression!r}")
+    suffix = ".csv" + (f".{compression}" if compression else "")
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        ct_stored = np.where(patient.ct > -CT_OFFSET, patient.ct + CT_OFFSET, 0.0)
+        write_sparse_csv(tmp / f"ct{suffix}", ct_stored)
+        write_sparse_csv(tmp / f"possible_dose_mask{suffix}", patient.possible_dose_mask, mask=True)
+        for name, roi in patient.structures.items():
+            write_sparse_csv(tmp / f"{name}{suffix}", roi, mask=True)
+        if patient.dose is not None:
+            write_sparse_csv(tmp / f"dose{suffix}", patient.dose)
+        dims = "".join(f"{s:.18e}\n" for s in patient.spacing)
+        _write_csv(tmp / f"voxel_dimensions{suffix}", dims)
+    return folder
+
+
+def write_dose_csv(path: str | Path, dose: np.ndarray, possible_dose_mask: np.ndarray) -> None:
+    """Write a predicted dose in the OpenKBP submission format: non-zero voxels inside the mask."""
+    write_sparse_csv(path, np.where(possible_dose_mask, dose, 0.0))
+
+
+def read_dose_csv(path: str | Path, shape: tuple[int, ...] = OPENKBP_SHAPE) -> np.ndarray:
+    """Read a dose CSV (submission ``pt_N.csv`` or a patient's ``dose.csv``) as float32 Gy."""
+    return read_sparse_csv(Path(path), shape).astype(np.float32)
+
+
+def _natural_key(path: Path) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def list_patients(split_dir: str | Path) -> list[Path]:
+    """Patient folders of a split (folders that hold a ct file), in natural order: pt_2 before pt_10."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise MddoseError("folder does not exist", split_dir)
+    folders = [p for p in split_dir.iterdir() if p.is_dir() and find_file(p, "ct") is not None]
+    if not folders and find_file(split_dir, "ct") is not None:
+        return [split_dir]  # a single patient folder given directly
+    if not folders:
+        raise MddoseError("no patient folders (pt_N/ with a ct.csv) found", split_dir)
+    return sorted(folders, key=_natural_key)
+
+
+def iter_patients(
+    split_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True, desc: str = "patients"
+) -> Iterator[Patient]:
+    """Read every patient of a split folder in natural order, with a progress bar."""
+    folders = list_patients(split_dir)
+    for folder in tqdm(folders, desc=desc, unit="pt", disable=not progress):
+        yield read_patient(folder, rois)
