@@ -1,0 +1,224 @@
+"""Axial 2D slices for training and prediction: (structure channels, dose) pairs.
+
+Channel layout of the structure image ``c`` (paper Sec. II: "(2+O) channels, the image and the PTV, O OARs"),
+in this order:
+
+1. **CT**, ``clip(HU, -1000, 1600) / 1000`` (air -1, water 0, dense bone 1.6). With ``context_slices = k``
+   (2.5D), the CT of the k neighbouring slices on each side is included too, in slice order: 2k + 1 CT channels
+   with the centre slice in the middle. Outside the possible-dose mask the CT is air, as the cache keeps it.
+2. **Targets.** ``target_encoding="prescription"`` (default, the paper's single PTV channel): each voxel holds
+   the highest prescription among the PTVs that contain it divided by the highest prescription of the ROI
+   configuration (OpenKBP: PTV70 → 1.0, PTV63 → 0.9, PTV56 → 0.8, 0 outside every PTV), so one channel carries
+   every dose level. ``"per_level"``: one binary channel per target of the configuration.
+3. **OARs**, one binary channel each in ``RoiConfig.oars`` order (zeros where not contoured).
+
+Dose is ``Gy / dose_norm_gy`` (default 80 Gy, above every OpenKBP training dose: the largest is recorded by
+``prepare`` in ``cache.json``), so the model works on [0, ~1] as the published code does.
+
+Slices are the cache's native 128×128 (the crop is put back at its place in the full grid); ``image_size``
+resizes (bilinear for CT and dose, nearest for masks; the paper used 256). Augmentation is anatomically safe
+only: a left-right flip (axis 1 of the slice runs from the patient's right to left in OpenKBP) that swaps the
+paired organs of ``RoiConfig.mirror_pairs``, small in-plane shifts, and a small CT intensity jitter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient
+from mddose.data.patient import RoiConfig
+
+CT_CLIP_HU = (-1000.0, 1600.0)
+
+
+@dataclass
+class DataConfig:
+    """How slices become network inputs. Saved with every run as part of its config.json."""
+
+    rois: RoiConfig = field(default_factory=RoiConfig)
+    image_size: int = 128  # side of the square network input; 128 is native OpenKBP, the paper used 256
+    context_slices: int = 0  # 2.5D: neighbouring CT slices on each side added as channels
+    target_encoding: Literal["prescription", "per_level"] = "prescription"
+    dose_norm_gy: float = 80.0  # dose / dose_norm_gy is what the model sees
+    augment: bool = False  # training only: flips with organ swap, shifts, CT jitter
+    max_shift: int = 6  # pixels, uniform in [-max_shift, max_shift] per axis
+    ct_jitter_hu: float = 20.0  # CT offset jitter (HU, std)
+    ct_scale_jitter: float = 0.02  # CT contrast jitter (relative, std)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rois, dict):
+            self.rois = RoiConfig.from_dict(self.rois)
+        if self.target_encoding not in ("prescription", "per_level"):
+            raise ValueError(f"target_encoding must be 'prescription' or 'per_level', not {self.target_encoding!r}")
+
+    @property
+    def n_target_channels(self) -> int:
+        return 1 if self.target_encoding == "prescription" else len(self.rois.targets)
+
+    @property
+    def cond_channels(self) -> int:
+        return 2 * self.context_slices + 1 + self.n_target_channels + len(self.rois.oars)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        return cls(**d)
+
+
+def _place(crop_slice: np.ndarray, vol: CachedPatient, fill: float) -> np.ndarray:
+    """Put an in-plane crop back at its position in the full (X, Y) grid."""
+    out = np.full(vol.full_shape[:2], fill, dtype=np.float32)
+    (x0, y0), (sx, sy) = vol.offset[:2], crop_slice.shape
+    out[x0:x0 + sx, y0:y0 + sy] = crop_slice
+    return out
+
+
+def _crop_z(vol: CachedPatient, z: int) -> int | None:
+    k = z - vol.offset[2]
+    return k if 0 <= k < vol.ct.shape[2] else None
+
+
+def structure_channels(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:
+    """The structure image of axial slice ``z`` (full-grid index): (C, X, Y) float32, layout in module doc."""
+    channels = []
+    for dz in range(-config.context_slices, config.context_slices + 1):
+        k = _crop_z(vol, z + dz)
+        hu = vol.ct[:, :, k] if k is not None else np.full(vol.ct.shape[:2], CT_CLIP_HU[0])
+        channels.append(_place(np.clip(hu, *CT_CLIP_HU) / 1000.0, vol, CT_CLIP_HU[0] / 1000.0))
+    k = _crop_z(vol, z)
+    bits = vol.rois[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
+    names = vol.roi_names
+
+    def roi(name: str) -> np.ndarray:
+        return _place(((bits >> (1 + names.index(name))) & 1).astype(np.float32), vol, 0.0)
+
+    rois = config.rois
+    if config.target_encoding == "prescription":
+        level = np.zeros(vol.full_shape[:2], np.float32)
+        for t in rois.targets:
+            level = np.maximum(level, roi(t) * (rois.prescription(t) / rois.max_prescription))
+        channels.append(level)
+    else:
+        channels.extend(roi(t) for t in rois.targets)
+    channels.extend(roi(o) for o in rois.oars)
+    return np.stack(channels)  # (C, X, Y)
+
+
+def slice_dose(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:
+    """Normalised dose of slice ``z``: (1, X, Y) float32."""
+    if vol.dose is None:
+        raise ValueError(f"{vol.patient_id} has no dose")
+    k = _crop_z(vol, z)
+    steps = vol.dose[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
+    return _place(steps.astype(np.float32) * (DOSE_STEP_GY / config.dose_norm_gy), vol, 0.0)[None]
+
+
+def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
+    """Possible-dose mask of slice ``z``: (1, X, Y) float32 in {0, 1}."""
+    k = _crop_z(vol, z)
+    bits = vol.rois[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
+    return _place((bits & 1).astype(np.float32), vol, 0.0)[None]
+
+
+def mask_channel_indices(config: DataConfig) -> list[int]:
+    """Indices of the binary (mask-like) channels of the structure image; the rest are CT."""
+    return list(range(2 * config.context_slices + 1, config.cond_channels))
+
+
+def resize(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, config: DataConfig):
+    """Resize one sample (C, H, W) tensors to ``config.image_size``."""
+    size = config.image_size
+    if cond.shape[-1] == size and cond.shape[-2] == size:
+        return cond, dose, mask
+    n_ct = 2 * config.context_slices + 1
+    ct = F.interpolate(cond[None, :n_ct], size=(size, size), mode="bilinear", align_corners=False)[0]
+    masks = F.interpolate(cond[None, n_ct:], size=(size, size), mode="nearest")[0]
+    dose = F.interpolate(dose[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    mask = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
+    return torch.cat([ct, masks]), dose, mask
+
+
+class SliceDataset(Dataset):
+    """Axial slices of cached patients that meet the possible-dose mask.
+
+    ``dataset[i]`` is ``(cond, dose)`` — (C, S, S) structure image and (1, S, S) normalised dose, S =
+    ``config.image_size`` — or ``(cond, dose, mask)`` with ``return_mask=True``. Augmentation draws from
+    torch's global RNG, so a seeded run (and each DataLoader worker) is reproducible.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        config: DataConfig,
+        patient_ids: list[str] | None = None,
+        return_mask: bool = False,
+    ) -> None:
+        self.cache, self.config, self.return_mask = cache, config, return_mask
+        if config.rois.all != cache.rois.all:
+            raise ValueError("the data config's ROIs differ from the cache's")
+        ids = patient_ids if patient_ids is not None else cache.patient_ids
+        unknown = [p for p in ids if p not in cache.entries]
+        if unknown:
+            raise KeyError(f"patients not in cache: {unknown[:5]}")
+        self.items = [(pid, int(z)) for pid in ids for z in cache.entries[pid]["slices"]]
+        oars = config.rois.oars
+        first_oar = 2 * config.context_slices + 1 + config.n_target_channels
+        self._swap = [
+            (first_oar + oars.index(a), first_oar + oars.index(b))
+            for a, b in config.rois.mirror_pairs
+            if a in oars and b in oars
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        pid, z = self.items[i]
+        vol = self.cache.get(pid)
+        cond = torch.from_numpy(structure_channels(vol, z, self.config))
+        dose = torch.from_numpy(slice_dose(vol, z, self.config))
+        mask = torch.from_numpy(slice_mask(vol, z))
+        if self.config.augment:
+            cond, dose, mask = self._augment(cond, dose, mask)
+        cond, dose, mask = resize(cond, dose, mask, self.config)
+        return (cond, dose, mask) if self.return_mask else (cond, dose)
+
+    def _augment(self, cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor):
+        cfg = self.config
+        n_ct = 2 * cfg.context_slices + 1
+        r = torch.rand(3)
+        if r[0] < 0.5:  # mirror the patient left-right: flip columns, swap paired organs
+            cond, dose, mask = cond.flip(-1), dose.flip(-1), mask.flip(-1)
+            order = list(range(cond.shape[0]))
+            for a, b in self._swap:
+                order[a], order[b] = b, a
+            cond = cond[order]
+        if cfg.max_shift > 0:
+            dx, dy = (int(v) for v in torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,)))
+            cond = _shift(cond, dx, dy, fill=[CT_CLIP_HU[0] / 1000.0] * n_ct + [0.0] * (cond.shape[0] - n_ct))
+            dose, mask = _shift(dose, dx, dy, [0.0]), _shift(mask, dx, dy, [0.0])
+        if cfg.ct_jitter_hu > 0 or cfg.ct_scale_jitter > 0:
+            scale = 1.0 + cfg.ct_scale_jitter * float(torch.randn(()))
+            offset = cfg.ct_jitter_hu / 1000.0 * float(torch.randn(()))
+            ct = cond[:n_ct]
+            body = ct > CT_CLIP_HU[0] / 1000.0  # leave outside air untouched
+            cond = cond.clone()
+            cond[:n_ct] = torch.where(body, ct * scale + offset, ct)
+        return cond, dose, mask
+
+
+def _shift(x: torch.Tensor, dx: int, dy: int, fill: list[float]) -> torch.Tensor:
+    """Translate (C, H, W) by (dx, dy) pixels, filling uncovered pixels per channel."""
+    out = torch.tensor(fill, dtype=x.dtype).view(-1, 1, 1).expand_as(x).clone()
+    h, w = x.shape[-2:]
+    src = x[..., max(0, -dx):h - max(0, dx), max(0, -dy):w - max(0, dy)]
+    out[..., max(0, dx):max(0, dx) + src.shape[-2], max(0, dy):max(0, dy) + src.shape[-1]] = src
+    return out
