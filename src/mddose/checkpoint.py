@@ -1,0 +1,134 @@
+"""Checkpoints that load without unpickling anything: safetensors for tensors, JSON for the rest.
+
+A checkpoint is a folder, written atomically (built under a temporary name, then renamed)::
+
+    checkpoints/last/            (and checkpoints/best/)
+      config.json                the full RunConfig: rebuilds the model with no other input
+      model.safetensors          raw weights
+      ema.safetensors            EMA weights (what prediction uses)
+      optimizer.safetensors      optimizer tensors, flattened as state.<param index>.<name>
+      trainer.json               step, epoch, position in the epoch, optimizer param groups and scalars,
+                                 loss history, best validation score
+      rng.safetensors            torch RNG states (CPU and CUDA), for a bit-exact resume
+
+A checkpoint made for another architecture, or a truncated file, is a one-line :class:`MddoseError`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mddose.errors import MddoseError
+from mddose.fileio import atomic_dir
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able metadata."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    folder: str | Path,
+    config: dict[str, Any],
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically; omitted parts (e.g. for shipped weights) are left out."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(_cpu_state(model), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_cpu_state(ema), str(tmp / "ema.safetensors"))
+        if optimizer is not None:
+            tensors, meta = optimizer_to_flat(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            trainer = {**(trainer or {}), "optimizer": meta}
+        if trainer is not None:
+            rng = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+            save_file(rng, str(tmp / "rng.safetensors"))
+            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2) + "\n")
+    return folder
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise MddoseError("not a checkpoint folder (no config.json)", folder)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MddoseError(f"corrupt config ({e.msg})", path) from None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise MddoseError("missing checkpoint file", path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MddoseError(f"truncated or corrupt safetensors file ({e})", path) from None
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load weights, refusing (one line) a file made for another architecture."""
+    state = load_tensors(path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (
+            f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}), "
+            f"{len(wrong)} of another shape (e.g. {wrong[:1]})"
+        )
+        raise MddoseError(f"weights do not fit this architecture: {detail}", path)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore optimizer and RNG states; returns trainer.json's contents."""
+    path = folder / "trainer.json"
+    if not path.is_file():
+        raise MddoseError("checkpoint has no training state to resume from", folder)
+    trainer = json.loads(path.read_text())
+    optimizer_from_flat(optimizer, load_tensors(folder / "optimizer.safetensors"), trainer["optimizer"])
+    rng = load_tensors(folder / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return trainer

@@ -1,0 +1,96 @@
+"""The forward process and the training objective (paper Sec. II-A, eqs. 1–3).
+
+MD-Dose is trained as a DDPM: ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε`` with the paper's linear β from 1e-4
+to 0.02 over T = 1000 steps; the network predicts ε (default), x_0 or v, and the loss is the mean squared
+error against that target (eq. 3 with λ(t) = 1, the "simple" DDPM loss). The schedule itself is diffusers'
+:class:`~diffusers.DDPMScheduler` (``add_noise``, ``get_velocity``), the same object the samplers derive from.
+
+Dose scaling: the dataset gives dose / ``dose_norm_gy`` ∈ [0, 1]. ``data_range="symmetric"`` (default) maps it
+to [-1, 1] as DDPM does for images, which uses the noise's full range; ``"unit"`` keeps [0, 1] as the
+published MD-Dose code does. Either way x_0 is clamped to the range while sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process. Defaults are the paper's (T = 1000, linear β 1e-4 → 0.02, ε-prediction)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    prediction_type: PredictionType = "epsilon"  # "sample" = x0-prediction, "v_prediction" = v
+    data_range: Literal["symmetric", "unit"] = "symmetric"  # x0 in [-1, 1] or in [0, 1] (published code)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, not {self.prediction_type!r}")
+        if self.data_range not in ("symmetric", "unit"):
+            raise ValueError(f"data_range must be 'symmetric' or 'unit', not {self.data_range!r}")
+
+    @property
+    def x0_bounds(self) -> tuple[float, float]:
+        return (-1.0, 1.0) if self.data_range == "symmetric" else (0.0, 1.0)
+
+    def to_model_space(self, dose01: Tensor) -> Tensor:
+        """Normalised dose in [0, 1] → the diffusion's x_0."""
+        return dose01 * 2.0 - 1.0 if self.data_range == "symmetric" else dose01
+
+    def to_dose(self, x0: Tensor) -> Tensor:
+        """The diffusion's x_0 → normalised dose in [0, 1]."""
+        return (x0 + 1.0) / 2.0 if self.data_range == "symmetric" else x0
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        return dict(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+        )
+
+    def train_scheduler(self) -> DDPMScheduler:
+        return DDPMScheduler(**self.scheduler_kwargs(), clip_sample=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
+        return cls(**d)
+
+
+class DiffusionLoss:
+    """Draws t and ε, noises x_0 and scores the network's prediction with the MSE of eq. 3."""
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        self.config = config
+        self.scheduler = config.train_scheduler()
+
+    def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W)."""
+        x0 = self.config.to_model_space(dose01)
+        b = x0.shape[0]
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        if self.config.prediction_type == "epsilon":
+            target = noise
+        elif self.config.prediction_type == "sample":
+            target = x0
+        else:
+            target = self.scheduler.get_velocity(x0, noise, t)
+        pred = model(x_t, t, cond)
+        return F.mse_loss(pred.float(), target.float())

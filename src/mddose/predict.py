@@ -1,0 +1,160 @@
+"""Whole-patient prediction (``mddose predict``): every axial slice that meets the possible-dose mask is
+sampled in batches, reassembled into the 3D volume and written in the OpenKBP submission format.
+
+Output folder::
+
+    OUT_DIR/
+      pt_N.csv                    predicted dose (Gy), submission format: what ``mddose evaluate`` reads
+      uncertainty/pt_N.csv        per-voxel standard deviation over --samples draws (Gy), when K > 1
+      nifti/pt_N_dose.nii.gz      the same dose as NIfTI (and pt_N_std.nii.gz)
+      prediction.json             run, checkpoint, sampler, steps, samples, seconds per patient
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mddose.checkpoint import load_weights, read_config
+from mddose.config import RunConfig
+from mddose.data.cache import CachedPatient
+from mddose.data.dataset import slice_mask, structure_channels
+from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
+from mddose.diffusion.sampling import sample_many
+from mddose.errors import MddoseError
+from mddose.fileio import write_json
+from mddose.models.config import build_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def checkpoint_folder(run: str | Path) -> Path:
+    """A checkpoint folder from a run folder (its best, else last checkpoint) or a checkpoint folder itself."""
+    run = Path(run)
+    if (run / "config.json").is_file() and (run / "model.safetensors").is_file():
+        return run
+    for name in ("best", "last"):
+        if (run / "checkpoints" / name / "config.json").is_file():
+            return run / "checkpoints" / name
+    raise MddoseError("no checkpoint found (expected checkpoints/best or checkpoints/last)", run)
+
+
+def load_model(run: str | Path, device: torch.device, weights: str = "ema") -> tuple[RunConfig, torch.nn.Module, Path]:
+    """Rebuild the model from a checkpoint's config.json and load its (EMA) weights."""
+    folder = checkpoint_folder(run)
+    try:
+        cfg = RunConfig.from_dict(read_config(folder))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MddoseError(f"config.json does not describe an mddose run ({e})", folder / "config.json") from None
+    model = build_model(cfg.model)
+    path = folder / f"{weights}.safetensors"
+    load_weights(model, path if path.is_file() else folder / "model.safetensors")
+    return cfg, model.to(device).eval(), folder
+
+
+@torch.no_grad()
+def predict_volume(
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    vol: CachedPatient,
+    sampler: str = "dpm++",
+    steps: int = 20,
+    samples: int = 1,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask."""
+    device = device or next(model.parameters()).device
+    full = vol.full_shape
+    dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
+    zs = [z for z in range(full[2]) if slice_mask(vol, z).any()]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    size = cfg.data.image_size
+    bar = tqdm(total=len(zs), desc=vol.patient_id, unit="slice", leave=False, disable=not progress)
+    for start in range(0, len(zs), batch_size):
+        chunk = zs[start:start + batch_size]
+        cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data) for z in chunk])).to(device)
+        mask = torch.from_numpy(np.stack([slice_mask(vol, z) for z in chunk])).to(device)
+        native = cond.shape[-2:]
+        if tuple(native) != (size, size):
+            cond = F.interpolate(cond, size=(size, size), mode="bilinear", align_corners=False)
+        mask_in = F.interpolate(mask, size=(size, size), mode="nearest") if tuple(native) != (size, size) else mask
+        mean, spread = sample_many(
+            model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
+        )
+        if tuple(native) != (size, size):
+            mean = F.interpolate(mean, size=native, mode="bilinear", align_corners=False)
+            spread = F.interpolate(spread, size=native, mode="bilinear", align_corners=False)
+        scale = cfg.data.dose_norm_gy
+        for i, z in enumerate(chunk):
+            dose[:, :, z] = (mean[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
+            std[:, :, z] = (spread[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
+        bar.update(len(chunk))
+    bar.close()
+    return dose, std
+
+
+def predict(
+    run: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    sampler: str = "dpm++",
+    steps: int = 20,
+    samples: int = 1,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    nifti: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written."""
+    dev = resolve_device(device)
+    cfg, model, folder = load_model(run, dev)
+    out_dir = Path(out_dir)
+    folders = list_patients(data_dir)
+    times: dict[str, float] = {}
+    for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
+        patient = read_patient(patient_folder, cfg.data.rois)
+        start = time.perf_counter()
+        vol = CachedPatient.from_patient(patient)
+        dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress)
+        times[patient.patient_id] = round(time.perf_counter() - start, 3)
+        write_dose_csv(out_dir / f"{patient.patient_id}.csv", dose, patient.possible_dose_mask)
+        if samples > 1:
+            write_dose_csv(out_dir / "uncertainty" / f"{patient.patient_id}.csv", std, patient.possible_dose_mask)
+        if nifti:
+            _write_nifti(out_dir / "nifti", patient_folder, patient, dose, std if samples > 1 else None)
+    summary = {
+        "checkpoint": str(folder), "data_dir": str(data_dir), "sampler": sampler, "steps": steps,
+        "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
+        "n_patients": len(times), "seconds_per_patient": times,
+        "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
+    }
+    write_json(out_dir / "prediction.json", summary)
+    return summary
+
+
+def _write_nifti(folder: Path, patient_dir: Path, patient, dose: np.ndarray, std: np.ndarray | None) -> None:
+    """NIfTI copies placed where the patient's CT was (imported DICOM) or in our default orientation."""
+    from mddose.io.geometry import default_geometry
+    from mddose.io.nifti import patient_geometry, save_volume
+
+    geometry = patient_geometry(patient_dir) or default_geometry(patient.shape, patient.spacing)
+    save_volume(folder / f"{patient.patient_id}_dose.nii.gz", dose, geometry)
+    if std is not None:
+        save_volume(folder / f"{patient.patient_id}_std.nii.gz", std, geometry)
