@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import click
 import typer
@@ -26,7 +26,7 @@ app.add_typer(bench_app, name="bench")
 def phantom(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write pt_N/ patient folders into.")],
     patients: Annotated[int, typer.Option("--patients", "-n", min=1, help="Number of patients.")] = 10,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: same seed, same files.")] = 0,
     grid: Annotated[int, typer.Option(help="Grid size: 64 or 128 voxels per side.")] = 128,
 ) -> None:
     """Write synthetic head-and-neck phantoms (anatomy + physically modelled dose) in OpenKBP layout."""
@@ -51,6 +51,155 @@ def prepare(
         f"cache {cache_dir}: {summary['n_patients']} patients ({summary['added']} added), "
         f"{summary['n_slices']} slices, {summary['size_mib']:.1f} MiB"
     )
+
+
+@app.command()
+def evaluate(
+    reference_dir: Annotated[Path, typer.Argument(help="OpenKBP split with the reference doses (pt_N/dose.csv).")],
+    prediction_dirs: Annotated[
+        list[Path], typer.Argument(help="One folder per method: pt_N.csv in the OpenKBP submission format.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for summary.json, CSVs, table, figures.")],
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="Method name per prediction folder, in order (repeat).")
+    ] = None,
+    against: Annotated[
+        str | None, typer.Option(help="Method the paired t-tests compare with (default: the first).")
+    ] = None,
+    figures: Annotated[bool, typer.Option("--figures", help="Write dose-wash, Fig. 3 and DVH PNGs.")] = False,
+    figure_patient: Annotated[
+        list[str] | None, typer.Option("--figure-patient", help="Only these patients get figures (repeat).")
+    ] = None,
+    gamma: Annotated[bool, typer.Option(help="3%/3mm gamma pass rate (needs pymedphys).")] = True,
+) -> None:
+    """Score prediction folders against reference doses: OpenKBP scores, paper metrics, t-tests, figures."""
+    from mddose.evaluate.run import evaluate as evaluate_folders
+
+    summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against, figures=figures,
+                               figure_patients=figure_patient, gamma=gamma)
+    for method, s in summary["methods"].items():
+        openkbp = s["openkbp"]
+        missing = f"; MISSING {s['n_missing']}: {', '.join(s['missing'])}" if s["n_missing"] else ""
+        typer.echo(f"{method}: {s['n_patients_scored']}/{summary['n_reference_patients']} patients scored, "
+                   f"OpenKBP dose score {openkbp['dose_score']:.4f} Gy, DVH score {openkbp['dvh_score']:.4f} Gy"
+                   f"{missing}")
+    typer.echo(f"wrote {out / 'summary.json'} ({summary['elapsed_s']:.1f} s)")
+
+
+@app.command(
+    "import-dicom",
+    help="Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder.\n\n"
+    "The grid (128x128x128 voxels of 3.906x3.906x2.5 mm, OpenKBP's) is centred on the body; along an axis where "
+    "the body is longer than the field (e.g. over 320 mm head to feet) it is centred on the targets and the rest "
+    "is cropped, with a warning.\n\n"
+    "ROI names are matched to the model's ignoring case and punctuation, by common TG-263 names (Parotid_L, ...) "
+    "and by PTV dose (PTV_70 -> PTV70); --roi-map adds or overrides names; names left unmapped are listed.\n\n"
+    "RTDOSE values are read as DoseGridScaling x pixel data, in Gy. dicom_geometry.json in the folder records "
+    "where the grid lies in the CT's frame, for export-dicom.",
+)
+def import_dicom_command(
+    dicom_dir: Annotated[Path, typer.Argument(help="One patient's DICOM folder: CT series, RTSTRUCT, optional RTDOSE.")],
+    out_dir: Annotated[Path, typer.Argument(help="Patient folder to write; its name is the patient id (e.g. pts/pt_1).")],
+    roi_map: Annotated[
+        Path | None,
+        typer.Option("--roi-map", help="JSON/YAML {clinical ROI name: model ROI name, BODY or null}."),
+    ] = None,
+) -> None:
+    """Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder."""
+    from mddose.io.dicom_import import import_dicom
+
+    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map)
+    p = result.patient
+    dose = "with dose" if p.dose is not None else "no dose"
+    typer.echo(f"wrote {out_dir}: {len(p.structures)} ROIs ({', '.join(p.structures) or 'none'}), {dose}")
+    if result.unmapped:
+        typer.echo(f"unmapped ROI names (not imported): {', '.join(result.unmapped)}")
+
+
+@app.command(
+    "export-dicom",
+    help="Write a predicted dose as an RTDOSE on the original CT's Frame of Reference.\n\n"
+    "Typical use: mddose export-dicom preds/pt_1.csv dicom/ RD_mddose.dcm --patient-dir pts/pt_1 "
+    "(pts/pt_1 made by import-dicom from dicom/).\n\n"
+    "The dose grid is the model grid placed where dicom_geometry.json says (no resampling), cropped to the CT: "
+    "units GY, type PHYSICAL, summation PLAN, new UIDs, patient and study copied from the CT.",
+)
+def export_dicom_command(
+    prediction: Annotated[
+        Path,
+        typer.Argument(help="A patient folder made by import-dicom (its dose.csv is exported), or a dose on its "
+                       "grid: pt_N.csv from predict or a .nii.gz (then also give --patient-dir)."),
+    ],
+    dicom_dir: Annotated[Path, typer.Argument(help="The DICOM folder the patient was imported from.")],
+    out_file: Annotated[Path, typer.Argument(help="RTDOSE file to write, e.g. RD_mddose.dcm.")],
+    patient_dir: Annotated[
+        Path | None,
+        typer.Option("--patient-dir", help="The folder import-dicom made for this patient (for a dose file)."),
+    ] = None,
+) -> None:
+    """Write a predicted dose as an RTDOSE on the original CT's Frame of Reference."""
+    from mddose.io.dicom_export import export_dose_dicom
+
+    path = export_dose_dicom(prediction, dicom_dir, out_file, patient_dir=patient_dir)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("export-nifti")
+def export_nifti_command(
+    patient_dir: Annotated[Path, typer.Argument(help="An OpenKBP-layout patient folder (e.g. from import-dicom).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write ct/dose/mask .nii.gz files into.")],
+    prediction: Annotated[
+        Path | None, typer.Option("--prediction", help="A predicted dose pt_N.csv to write as dose.nii.gz.")
+    ] = None,
+) -> None:
+    """Write a patient (CT, masks, dose or a prediction) as NIfTI, keeping spacing and orientation."""
+    from mddose.io.nifti import export_nifti
+
+    path = export_nifti(patient_dir, out_dir, prediction=prediction)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def train(
+    cache_dir: Annotated[Path, typer.Argument(help="Cache made by 'mddose prepare'.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run folder: config, checkpoints, loss curve.")],
+    config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
+    preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Train MD-Dose on a cache (under torchrun: multi-GPU DDP)."""
+    from mddose.config import load_run_config, run_preset
+    from mddose.train import train as run_training
+
+    cfg = None if resume else (load_run_config(config) if config else run_preset(preset))
+    result = run_training(cache_dir, run_dir, cfg, max_steps=max_steps, minutes=minutes, resume=resume, device=device)
+    best = result["best"]
+    typer.echo(f"trained to step {result['step']} in {result['seconds']:.0f} s; "
+               f"best validation dose score: {best['dose_score']:.3f} Gy at step {best['step']}" if best else
+               f"trained to step {result['step']} in {result['seconds']:.0f} s")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (or checkpoint folder).")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder of patient folders (OpenKBP layout).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
+    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (ddpm: 1000 as in the paper).")] = 20,
+    samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per batch.")] = 32,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
+    from mddose.predict import predict as run_predict
+
+    summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device)
+    typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
+               f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 
 
 def _configure_logging(verbose: bool) -> None:

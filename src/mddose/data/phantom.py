@@ -27,8 +27,10 @@ parotids, larynx and esophagus. Sizes and positions are randomised per patient. 
 around it plus ipsilateral nodes) and a PTV56 (elective nodal chains, bilateral or ipsilateral), so that one
 to three levels are present; PTVs are mutually exclusive (as in OpenKBP), cropped 4 mm from the skin and
 5 mm from the spinal cord. Some OARs are occasionally not contoured (their file is absent), like real data.
-CT in HU: air −1000 outside, soft tissue ~40, fat ~−90, brain ~35, bone 250–1200, airway air, plus noise.
-The possible-dose mask is the body within the slices spanned by the targets ± 20 mm, as in OpenKBP.
+CT in integer HU: −1000 exactly outside the body (so the body is ``ct > -1000``), soft tissue ~40, fat ~−90,
+brain ~35, parotids ~−20, bone 250–1150, airway air ~−990, plus Gaussian noise (σ 12 HU).
+The possible-dose mask is the body within the slices spanned by the targets ± 20 mm (OpenKBP's mask, too,
+is the body only over the slices where dose was computed).
 
 Determinism: a phantom is a pure function of ``(seed, grid)``; :func:`write_phantoms` derives patient k's
 seed from ``(seed, k)`` with :class:`numpy.random.SeedSequence`, so ``pt_k`` does not depend on how many
@@ -47,6 +49,7 @@ from tqdm.auto import tqdm
 from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.phantom_dose import compute_dose
+from mddose.errors import MddoseError
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ class _Frame:
 
 
 def _frame(rng: np.random.Generator, grid: int, spacing: tuple[float, float, float]) -> _Frame:
+    """The grid's coordinates and a randomised body outline (size, neck length, position)."""
     n = grid
     ap = (np.arange(n) - (n - 1) / 2) * spacing[0]
     lr = (np.arange(n) - (n - 1) / 2) * spacing[1]
@@ -143,13 +147,15 @@ def _frame(rng: np.random.Generator, grid: int, spacing: tuple[float, float, flo
 
 @dataclass
 class _Anatomy:
+    """A drawn patient before naming: CT (HU), body mask and structures under generic keys."""
+
     ct: np.ndarray
     body: np.ndarray
     structures: dict[str, np.ndarray]  # generic keys: OAR names and "high" / "mid" / "low" target levels
 
 
-def _anatomy(rng: np.random.Generator, f: _Frame, n_levels: int) -> _Anatomy:
-    """Draw one patient's anatomy; ``n_levels`` (1–3) target levels are drawn from the ones available."""
+def _anatomy(rng: np.random.Generator, f: _Frame, levels: tuple[str, ...]) -> _Anatomy:
+    """Draw one patient's anatomy with the target ``levels`` (generic keys, see :func:`_targets`)."""
     u = rng.uniform
     body = f.body()
     mid = f.body_lr
@@ -183,7 +189,7 @@ def _anatomy(rng: np.random.Generator, f: _Frame, n_levels: int) -> _Anatomy:
     air_ap = (1 - w) * pharynx_ap + w * front_ap
     air_semi = (f.ramp([s_base, s_lx], [u(5, 8), u(5, 7)]), f.ramp([s_base, s_lx], [u(9, 13), u(6, 8)]))
     airway = f.tube(air_ap, mid, *air_semi, active=f.s >= s_base - 15)
-    larynx = f.tube(air_ap, mid, u(11, 14), u(14, 18), active=(f.s >= s_lx) & (f.s <= s_lx + u(35, 50)))
+    larynx = f.tube(air_ap, mid, u(10, 12), u(12, 15), active=(f.s >= s_lx) & (f.s <= s_lx + u(30, 45)))
     eso_ap = vb_ap - vb_semi[0] - u(5.0, 8.0)
     esophagus = f.tube(eso_ap, mid, u(4, 6), u(6, 9), active=f.s >= s_lx + u(30, 45)) & ~larynx
 
@@ -191,32 +197,32 @@ def _anatomy(rng: np.random.Generator, f: _Frame, n_levels: int) -> _Anatomy:
     s_m = u(95.0, 110.0)  # top of the mandible body
     arch_c = pharynx_ap - u(20.0, 30.0)
     arch_semi = (u(42.0, 55.0), u(38.0, 48.0))
-    arch_slices = (f.s >= s_m) & (f.s <= s_m + u(25.0, 35.0))
+    arch_slices = (f.s >= s_m) & (f.s <= s_m + u(30.0, 40.0))
     arch_ring = f.tube(arch_c, mid, *arch_semi, active=arch_slices)
-    arch_ring &= ~f.tube(arch_c, mid, arch_semi[0] - 8, arch_semi[1] - 8, active=arch_slices)
+    arch_ring &= ~f.tube(arch_c, mid, arch_semi[0] - 12, arch_semi[1] - 12, active=arch_slices)
     arch_ring &= (f.ap[:, None, None] <= arch_c[None, None, :])  # anterior half only
     rami = np.zeros_like(body)
     ramus_slices = (f.s >= s_base - 5) & (f.s < s_m + 5)
     for side in (-1, 1):
-        rami |= f.tube(arch_c + 4, mid + side * (arch_semi[1] - 3), 9, 4, active=ramus_slices)
+        rami |= f.tube(arch_c + 4, mid + side * (arch_semi[1] - 5), 12, 5, active=ramus_slices)
     mandible = (arch_ring | rami) & body
 
     # Parotids: lateral to the rami, behind them.
     parotids = {}
     for side, name in ((-1, "RightParotid"), (1, "LeftParotid")):
         s_p = s_base + u(10, 25)
-        c = (float(np.interp(s_p, f.s, arch_c)) + 16 + u(-3, 3),
-             float(np.interp(s_p, f.s, mid + side * (f.semi_lr - u(15, 19)))), s_p)
-        parotids[name] = f.ellipsoid(c, (u(12, 18), u(8, 11), u(15, 22))) & ~mandible & body
+        c = (float(np.interp(s_p, f.s, arch_c)) + 20 + u(-3, 3),
+             float(np.interp(s_p, f.s, mid + side * (f.semi_lr - u(17, 20)))), s_p)
+        parotids[name] = f.ellipsoid(c, (u(18, 24), u(11, 14), u(20, 26))) & ~mandible & body
 
-    brainstem = f.tube(cord_ap + f.ramp([s_base - 40, s_base], [-4, 0]), mid,
-                       f.ramp([s_base - 40, s_base], [u(10, 12), r_cord + 1]),
-                       f.ramp([s_base - 40, s_base], [u(12, 15), r_cord + 1]),
-                       active=(f.s >= s_base - u(38, 45)) & (f.s < s_base))
+    brainstem = f.tube(cord_ap + f.ramp([s_base - 45, s_base], [-4, 0]), mid,
+                       f.ramp([s_base - 45, s_base], [u(12, 15), r_cord + 2]),
+                       f.ramp([s_base - 45, s_base], [u(14, 17), r_cord + 2]),
+                       active=(f.s >= s_base - u(42, 50)) & (f.s < s_base))
     structures = {"Brainstem": brainstem & body, "SpinalCord": cord & body, **parotids,
                   "Esophagus": esophagus & body, "Larynx": larynx & body, "Mandible": mandible}
     prv = f.tube(cord_ap, mid, r_cord + 5, r_cord + 5, active=f.s >= s_base - 10)  # cord + 5 mm
-    structures.update(_targets(rng, f, n_levels, prv, air_ap, cord_ap))
+    structures.update(_targets(rng, f, levels, prv, air_ap, cord_ap))
 
     # CT in HU, innermost last.
     ct = np.full(f.shape, 40.0, dtype=np.float32)
@@ -233,33 +239,36 @@ def _anatomy(rng: np.random.Generator, f: _Frame, n_levels: int) -> _Anatomy:
     ct[mandible] = 1150.0
     ct[airway] = -990.0
     ct += rng.normal(0.0, 12.0, size=ct.shape).astype(np.float32)
+    ct = np.clip(np.round(ct), -999.0, None)  # the body is exactly where HU > -1000
     ct[~body] = -1000.0
-    return _Anatomy(ct=np.round(ct), body=body, structures=structures)
+    return _Anatomy(ct=ct, body=body, structures=structures)
 
 
-def _targets(rng: np.random.Generator, f: _Frame, n_levels: int, prv: np.ndarray, air_ap: np.ndarray,
-             cord_ap: np.ndarray) -> dict[str, np.ndarray]:
-    """Exclusive target masks under generic keys "high" (always), "mid" and "low" (as n_levels asks)."""
+def _targets(
+    rng: np.random.Generator, f: _Frame, levels: tuple[str, ...], prv: np.ndarray, air_ap: np.ndarray,
+    cord_ap: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Exclusive target masks under generic keys: "high" (the primary, always), "mid" (a margin around it and
+    ipsilateral nodes) and "low" (elective nodal chains), each only if in ``levels``."""
     u = rng.uniform
     side = rng.choice([-1, 0, 1], p=[0.4, 0.2, 0.4])
     node_side = side if side != 0 else rng.choice([-1, 1])
     s_c = u(95.0, 140.0)
     k_c = int(np.argmin(np.abs(f.s - s_c)))
     primary_c = (air_ap[k_c] + u(-10, 5), f.body_lr[k_c] + side * u(8, 22), s_c)
-    primary_semi = (u(14, 24), u(14, 24), u(18, 32))
+    primary_semi = (u(20, 30), u(20, 30), u(25, 42))
     parts = [(primary_c, primary_semi)]
     if rng.random() < 0.7:  # a gross node, ipsilateral level II
         s_n = s_c + u(0, 30)
         k_n = int(np.argmin(np.abs(f.s - s_n)))
         node_c = (cord_ap[k_n] - u(25, 35), f.body_lr[k_n] + node_side * (f.semi_lr[k_n] - u(24, 30)), s_n)
-        parts.append((node_c, (u(10, 18), u(10, 16), u(12, 22))))
+        parts.append((node_c, (u(14, 22), u(12, 18), u(16, 26))))
     allowed = f.body(inset_mm=4.0) & ~prv
     high = np.zeros(f.shape, dtype=bool)
     for c, semi in parts:
         high |= f.ellipsoid(c, semi)
     out = {"high": high & allowed}
 
-    levels = {1: (), 2: ("mid",) if rng.random() < 0.25 else ("low",), 3: ("mid", "low")}[n_levels]
     taken = out["high"].copy()
     if "mid" in levels:  # margin around the primary plus ipsilateral level III nodes
         m = u(8.0, 12.0)
@@ -273,22 +282,29 @@ def _targets(rng: np.random.Generator, f: _Frame, n_levels: int, prv: np.ndarray
         out["mid"] = mid & allowed & ~taken
         taken |= out["mid"]
     if "low" in levels:  # elective nodal chains along the neck, levels II-IV
-        s_top, s_bot = s_c - u(15, 30), u(185, 215)
+        s_top, s_bot = s_c - u(25, 40), u(190, 225)
         on = (f.s >= s_top) & (f.s <= s_bot)
         low = np.zeros_like(high)
         sides = (-1, 1) if rng.random() < 0.8 else (node_side,)
         for sd in sides:
-            low |= f.tube(cord_ap - u(24, 32), f.body_lr + sd * (f.semi_lr - u(20, 26)), u(13, 18), u(11, 15),
+            low |= f.tube(cord_ap - u(24, 32), f.body_lr + sd * (f.semi_lr - u(22, 27)), u(17, 22), u(14, 18),
                           active=on)
         out["low"] = low & allowed & ~taken
     return {k: v for k, v in out.items() if v.any() or k == "high"}
 
 
-_ABSENT_P = {"Brainstem": 0.05, "SpinalCord": 0.0, "RightParotid": 0.05, "LeftParotid": 0.05,
-             "Esophagus": 0.4, "Larynx": 0.3, "Mandible": 0.15}
+# Target levels drawn (generic keys) and their probabilities: one to three levels, the highest always.
+_LEVEL_COMBOS = (
+    (("high",), 0.2), (("high", "low"), 0.3), (("high", "mid"), 0.1), (("high", "mid", "low"), 0.4),
+)
+# Probability that an OAR is not contoured (roughly as often as in the OpenKBP training set).
+_ABSENT_P = {"Brainstem": 0.05, "SpinalCord": 0.0, "RightParotid": 0.03, "LeftParotid": 0.03,
+             "Esophagus": 0.5, "Larynx": 0.5, "Mandible": 0.4}
 
 
-def make_phantom(seed: int, grid: int = 128, patient_id: str = "pt_0", rois: RoiConfig | None = None) -> Patient:
+def make_phantom(
+    seed: int, grid: int = 128, patient_id: str = "pt_0", rois: RoiConfig | None = None
+) -> Patient:
     """One synthetic head-and-neck patient with its modelled dose; a pure function of ``(seed, grid)``.
 
     ``rois`` picks the names written: OARs with the OpenKBP names above are drawn (others stay absent), and
@@ -304,9 +320,10 @@ def make_phantom(seed: int, grid: int = 128, patient_id: str = "pt_0", rois: Roi
         names["low"] = by_rx[-1]
     if len(by_rx) >= 3:
         names["mid"] = by_rx[1]
-    n_levels = int(rng.choice([1, 2, 3], p=[0.2, 0.4, 0.4]))
-    n_levels = min(n_levels, len(names))
-    anatomy = _anatomy(rng, f, n_levels)
+    combos = [c for c in _LEVEL_COMBOS if set(c[0]) <= set(names)]
+    p = np.array([c[1] for c in combos])
+    levels = combos[int(rng.choice(len(combos), p=p / p.sum()))][0]
+    anatomy = _anatomy(rng, f, levels)
     present = rng.random(len(_ABSENT_P)) >= np.array(list(_ABSENT_P.values()))
     structures: dict[str, np.ndarray] = {}
     for (name, _), keep in zip(_ABSENT_P.items(), present):
@@ -340,14 +357,25 @@ def patient_seed(seed: int, index: int) -> int:
 def write_phantoms(
     out_dir: str | Path, n_patients: int, seed: int, grid: int = 128, progress: bool = True
 ) -> list[Path]:
-    """Write ``pt_1 … pt_N`` phantoms (plain ``.csv``) into ``out_dir``; returns the patient folders."""
+    """Write phantoms ``pt_1 … pt_N`` (plain ``.csv``, OpenKBP layout) into ``out_dir``; returns the folders.
+
+    Each folder is written atomically (an existing ``pt_k`` is replaced). Bad arguments raise ValueError;
+    an ``out_dir`` that cannot be written raises :class:`MddoseError` naming it.
+    """
     grid_spacing(grid)  # validates the grid before anything is written
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, not {n_patients}")
+    patient_seed(seed, 0)  # validates the seed
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MddoseError("output path exists and is not a folder", out_dir)
     paths = []
     for k in tqdm(range(n_patients), desc="phantoms", unit="pt", disable=not progress):
         patient = make_phantom(patient_seed(seed, k), grid=grid, patient_id=f"pt_{k + 1}")
-        paths.append(write_patient(patient, out_dir / patient.patient_id))
+        folder = out_dir / patient.patient_id
+        try:
+            paths.append(write_patient(patient, folder))
+        except OSError as e:
+            raise MddoseError(f"cannot write phantom ({e.strerror or e})", folder) from None
     log.info("wrote %d phantoms (grid %d, seed %d) to %s", n_patients, grid, seed, out_dir)
     return paths
