@@ -1,0 +1,279 @@
+"""``mddose import-dicom``: a clinical CT + RTSTRUCT (+ RTDOSE) → an OpenKBP-layout patient folder.
+
+Steps: find the CT series and its RTSTRUCT (:mod:`~mddose.io.dicom_scan`); rasterise the mapped ROIs on the
+CT grid (:mod:`~mddose.io.rasterise`); place the model grid (default 128 × 128 × 128 at 3.906 × 3.906 ×
+2.5 mm, OpenKBP's) in the patient's frame; resample CT (linear, area-averaged), masks (area fraction ≥ ½)
+and the RTDOSE (linear, DoseGridScaling × pixel data in Gy) onto it; write the folder atomically with
+:func:`mddose.data.openkbp.write_patient` plus ``dicom_geometry.json`` (see :data:`SIDECAR`).
+
+Placement: the grid is centred on the body (the EXTERNAL ROI, else the largest connected region of
+CT > −500 HU) and snapped to the CT's voxel lattice. Along an axis where the body is longer than the field
+(typically cranio-caudally: 128 × 2.5 mm = 320 mm), the grid is centred on the targets instead (else on all
+mapped ROIs), kept within the body, and the rest is cropped; a warning is logged, and the crop and each
+ROI's volume in the DICOM and inside the field are recorded in the sidecar. Beyond the CT the grid reads air
+(−1000 HU). The possible-dose mask is the body (holes filled slice by slice) inside the CT and, when an
+RTDOSE is imported, inside its grid; the imported dose is zero outside it, as in OpenKBP.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from mddose.data.openkbp import write_patient
+from mddose.data.patient import Patient, RoiConfig
+from mddose.errors import MddoseError
+from mddose.fileio import atomic_dir, write_json
+from mddose.io.dicom_read import read_ct_series, read_rtdose, read_rtstruct
+from mddose.io.dicom_scan import scan_dicom_dir
+from mddose.io.geometry import (
+    MODEL_DIRECTION, ModelGrid, VolumeGeometry, inside, is_axis_aligned, model_geometry, resample, resample_mask,
+)
+from mddose.io.rasterise import rasterise_roi
+from mddose.io.roi_map import BODY, load_roi_map, map_roi_names
+
+log = logging.getLogger(__name__)
+
+SIDECAR = "dicom_geometry.json"
+SIDECAR_FORMAT = "mddose-dicom-geometry/1"
+BODY_HU = -500.0  # CT above this is tissue when no EXTERNAL ROI outlines the body
+AIR_HU = -1000.0
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_dicom` wrote."""
+
+    patient_dir: Path
+    patient: Patient
+    sidecar: dict[str, Any]
+
+    @property
+    def unmapped(self) -> list[str]:
+        return list(self.sidecar["unmapped_roi_names"])
+
+
+def body_mask(ct: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
+    """The largest connected region above ``threshold`` HU, holes filled on each axial (last-axis) slice."""
+    labels, n = ndimage.label(ct > threshold)
+    if n == 0:
+        return np.zeros(ct.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    for k in np.flatnonzero(body.any(axis=(0, 1))):
+        body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
+    return body
+
+
+def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Index bounding box ``[lo, hi)`` of a mask's True voxels, or None."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for a in range(3):
+        idx = np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
+        lo.append(int(idx[0]))
+        hi.append(int(idx[-1]) + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
+def _extent(geometry: VolumeGeometry, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Extent along the model axes (mm, in :data:`MODEL_DIRECTION` coordinates) of an index box's voxels."""
+    corners = np.array(np.meshgrid(*[(lo[a] - 0.5, hi[a] - 0.5) for a in range(3)], indexing="ij")).reshape(3, -1).T
+    u = geometry.index_to_world(corners) @ MODEL_DIRECTION
+    return u.min(axis=0), u.max(axis=0)
+
+
+def place_model_grid(
+    ct_geometry: VolumeGeometry,
+    grid: ModelGrid,
+    body_box: tuple[np.ndarray, np.ndarray],
+    focus_box: tuple[np.ndarray, np.ndarray] | None,
+    focus_name: str,
+) -> tuple[VolumeGeometry, list[dict[str, Any]]]:
+    """Centre the model grid on the body; along axes where the body exceeds the field, on the focus (kept
+    inside the body). Returns the grid and one record per cropped axis."""
+    lo, hi = _extent(ct_geometry, *body_box)
+    centre = (lo + hi) / 2
+    field = grid.field_mm
+    crops = []
+    focus = _extent(ct_geometry, *focus_box) if focus_box is not None else None
+    for a in range(3):
+        if hi[a] - lo[a] <= field[a] + 1e-6:
+            continue
+        name = "body"
+        if focus is not None:
+            name = focus_name
+            half = field[a] / 2
+            centre[a] = float(np.clip((focus[0][a] + focus[1][a]) / 2, lo[a] + half, hi[a] - half))
+        crops.append({
+            "axis": a,
+            "body_extent_mm": round(float(hi[a] - lo[a]), 2),
+            "field_mm": round(float(field[a]), 2),
+            "centred_on": name,
+            "cropped_mm_low": round(float(max(0.0, (centre[a] - field[a] / 2) - lo[a])), 2),
+            "cropped_mm_high": round(float(max(0.0, hi[a] - (centre[a] + field[a] / 2))), 2),
+        })
+    geometry = model_geometry(grid, MODEL_DIRECTION @ centre)
+    if is_axis_aligned(ct_geometry, geometry):  # snap to the CT lattice: equal spacings then resample exactly
+        snapped = ct_geometry.index_to_world(np.rint(ct_geometry.world_to_index(np.asarray(geometry.origin))))
+        geometry = VolumeGeometry(grid.shape, grid.spacing, tuple(snapped), MODEL_DIRECTION)
+    return geometry, crops
+
+
+@dataclass
+class _RoiMask:
+    """A ROI rasterised on the CT grid, kept as its bounding box only."""
+
+    box: tuple[np.ndarray, np.ndarray]  # CT index box [lo, hi)
+    mask: np.ndarray  # the mask within the box
+    geometry: VolumeGeometry  # the box's geometry
+    volume_cc: float
+
+
+def _rasterise(mapping: dict[str, list[str]], contours: dict[str, list[np.ndarray]], ct_geometry: VolumeGeometry,
+               source: Path) -> dict[str, _RoiMask]:
+    """Rasterise each model ROI (the union of its clinical ROIs) on the CT grid; empty ones are left out."""
+    out = {}
+    for model_name, clinical in mapping.items():
+        mask = np.zeros(ct_geometry.shape, dtype=bool)
+        for name in clinical:
+            mask |= rasterise_roi(contours[name], ct_geometry, name, source)
+        box = _box(mask)
+        if box is None:
+            log.warning("ROI %s (%s) has no contours on the CT: left out", model_name, ", ".join(clinical))
+            continue
+        (i0, j0, k0), (i1, j1, k1) = box
+        cropped = mask[i0:i1, j0:j1, k0:k1]
+        volume = float(cropped.sum()) * float(np.prod(ct_geometry.spacing)) / 1000.0
+        out[model_name] = _RoiMask(box, cropped, ct_geometry.crop(*box), volume)
+    return out
+
+
+def _check_out_dir(out_dir: Path, dicom_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / SIDECAR).is_file())):
+        raise MddoseError("output exists and is not a patient folder made by import-dicom; choose a new folder",
+                          out_dir)
+    if out_dir.resolve().is_relative_to(dicom_dir.resolve()):
+        raise MddoseError("output folder must not be inside the DICOM folder", out_dir)
+
+
+def import_dicom(
+    dicom_dir: str | Path,
+    out_dir: str | Path,
+    roi_map: str | Path | dict[str, str | None] | None = None,
+    grid: ModelGrid | None = None,
+    rois: RoiConfig | None = None,
+) -> ImportResult:
+    """Import one patient's DICOM folder into the patient folder ``out_dir`` (its name is the patient id).
+
+    Args:
+        dicom_dir: folder with the CT series, an RTSTRUCT and optionally an RTDOSE (and RTPLAN).
+        out_dir: patient folder to write (new, or one written by a previous import, which is replaced).
+        roi_map: ROI-name map: a JSON/YAML file or a dict (see :mod:`mddose.io.roi_map`).
+        grid: the model grid; default :class:`ModelGrid` (OpenKBP geometry).
+        rois: the model's ROI names; default OpenKBP's.
+
+    Raises:
+        MddoseError: bad input (see :mod:`mddose.io.dicom_scan` and :mod:`mddose.io.rasterise`); nothing is
+            written then.
+    """
+    dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
+    grid, rois = grid or ModelGrid(), rois or RoiConfig()
+    map_path = Path(roi_map) if isinstance(roi_map, str | Path) else None
+    map_dict = load_roi_map(map_path) if map_path is not None else roi_map
+    _check_out_dir(out_dir, dicom_dir)
+    study = scan_dicom_dir(dicom_dir)
+    assert study.rtstruct is not None
+    ct, ct_geometry, ct_headers = read_ct_series(study.ct)
+    roi_list = read_rtstruct(study.rtstruct.ds, study.rtstruct.path)
+    mapping, unmapped = map_roi_names([(r.name, r.interpreted_type) for r in roi_list], rois, map_dict, map_path)
+    if unmapped:
+        log.warning("unmapped ROI names (not imported; map them with --roi-map): %s", ", ".join(unmapped))
+    by_name: dict[str, list[np.ndarray]] = {}
+    for r in roi_list:
+        by_name.setdefault(r.name, []).extend(r.contours)
+
+    masks = _rasterise(mapping, by_name, ct_geometry, study.rtstruct.path)
+    dose = None
+    if study.rtdose is not None:
+        dose = read_rtdose(study.rtdose.path)
+        if dose.units != "GY":
+            raise MddoseError(f"DoseUnits is '{dose.units}', not GY: an absolute dose in Gy is needed",
+                              study.rtdose.path)
+
+    if BODY in masks:
+        body_src, body_box = f"ROI {', '.join(mapping[BODY])}", masks[BODY].box
+    else:
+        body_src, body_box = f"CT > {BODY_HU:g} HU", _box(body_mask(ct))
+        if body_box is None:
+            raise MddoseError(f"no body found in the CT (no voxel above {BODY_HU:g} HU)", study.ct[0].path.parent)
+    focus_names = [t for t in rois.targets if t in masks] or [r for r in masks if r != BODY]
+    focus_box = None
+    if focus_names:
+        focus_box = (np.min([masks[n].box[0] for n in focus_names], axis=0),
+                     np.max([masks[n].box[1] for n in focus_names], axis=0))
+    focus_name = "targets" if focus_names and focus_names[0] in rois.targets else "ROIs"
+    model, crops = place_model_grid(ct_geometry, grid, body_box, focus_box, focus_name)
+    for c in crops:
+        log.warning(
+            "patient larger than the model field along axis %d (%.0f mm > %.0f mm): centred on the %s, "
+            "%.0f mm cropped below and %.0f mm above", c["axis"], c["body_extent_mm"], c["field_mm"],
+            c["centred_on"], c["cropped_mm_low"], c["cropped_mm_high"],
+        )
+
+    ct_model = resample(ct, ct_geometry, model, order=1, cval=AIR_HU)
+    structures, volumes = {}, {}
+    for name, roi in masks.items():
+        mask = resample_mask(roi.mask, roi.geometry, model)
+        inside_cc = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
+        volumes[name] = {"dicom_cc": round(roi.volume_cc, 3), "model_cc": round(inside_cc, 3)}
+        if crops and inside_cc < 0.95 * roi.volume_cc:
+            log.warning("ROI %s is cut by the model field: %.0f of %.0f cc inside", name, inside_cc, roi.volume_cc)
+        structures[name] = mask
+    body = structures.pop(BODY) if BODY in structures else body_mask(ct_model)
+    possible = body & inside(ct_geometry, model)
+    dose_model = None
+    if dose is not None:
+        possible &= inside(dose.geometry, model)
+        dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
+    if not possible.any():
+        log.warning("the possible-dose mask is empty: no body inside the CT%s", " and the dose grid" if dose else "")
+    missing = [t for t in rois.targets if t not in structures]
+    if len(missing) == len(rois.targets):
+        log.warning("no target ROI (%s) was mapped: the model needs at least one", ", ".join(rois.targets))
+
+    patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
+    ct_box = _box(inside(ct_geometry, model))
+    first = ct_headers[0]
+    sidecar: dict[str, Any] = {
+        "format": SIDECAR_FORMAT,
+        "patient_id": study.patient_id,
+        "frame_of_reference_uid": study.frame_of_reference_uid,
+        "study_instance_uid": str(first.get("StudyInstanceUID", "")),
+        "ct_series_instance_uid": study.series_instance_uid,
+        "rtstruct_sop_instance_uid": str(study.rtstruct.ds.get("SOPInstanceUID", "")),
+        "rtdose_sop_instance_uid": str(study.rtdose.ds.get("SOPInstanceUID", "")) if study.rtdose else None,
+        "model_geometry": model.to_dict(),
+        "model_affine_lps": model.affine.tolist(),
+        "ct_geometry": ct_geometry.to_dict(),
+        "ct_box": {"lo": ct_box[0].tolist(), "hi": ct_box[1].tolist()} if ct_box else None,
+        "crop": crops,
+        "body_from": body_src,
+        "roi_names": mapping,
+        "unmapped_roi_names": unmapped,
+        "roi_volumes": volumes,
+        "dose": None if dose is None else {"units": dose.units, "summation": dose.summation,
+                                           "scaling": dose.scaling},
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_patient(patient, tmp)
+        write_json(tmp / SIDECAR, sidecar)
+    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
+    return ImportResult(out_dir, patient, sidecar)
