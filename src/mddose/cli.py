@@ -202,6 +202,38 @@ def predict(
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 
 
+@bench_app.command("networks")
+def bench_networks_command(
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the benchmark JSON.")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated image sizes (multiples of 16).")] = "64,128,256",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per measurement (after one warm-up).")] = 3,
+    preset: Annotated[str, typer.Option(help="Skeleton for the block-type comparison: paper, small or tiny.")] = "small",
+    batch: Annotated[int, typer.Option(min=1, help="Images per call (times are per image).")] = 1,
+    paper: Annotated[bool, typer.Option(help="Also time the paper config per 128x128 slice.")] = True,
+    scans: Annotated[bool, typer.Option(help="Also time the bare s6 and ssd scans.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Parameters and time per image of each block type at each size, with log-log slopes (JSON)."""
+    from mddose.bench_networks import bench_networks
+
+    try:
+        size_list = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise typer.BadParameter("sizes must be comma-separated integers", param_hint="--sizes") from None
+    result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans)
+    for name, entry in result["block_types"].items():
+        times = ", ".join(f"{r['size']}²: {r['forward_s_per_image']:.3f}/{r['forward_backward_s_per_image']:.3f} s"
+                          for r in entry["sizes"])
+        slopes = "/".join("-" if v is None else f"{v:.2f}" for v in (entry["slope_forward"],
+                                                                      entry["slope_forward_backward"]))
+        typer.echo(f"{name:9s} {entry['parameters'] / 1e6:6.2f} M  fwd/fwd+bwd {times}  slope {slopes}")
+    for kind, row in result.get("paper", {}).items():
+        if isinstance(row, dict):
+            typer.echo(f"paper-{kind} {row['parameters'] / 1e6:.2f} M: {row['forward_s_per_image']:.3f} s per slice "
+                       f"forward, {row['forward_backward_s_per_image']:.3f} s forward+backward")
+    typer.echo(f"wrote {json_out}")
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
 

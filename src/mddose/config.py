@@ -15,7 +15,8 @@ from typing import Any, Literal
 from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig
 from mddose.errors import MddoseError
-from mddose.models.config import ModelConfig, model_preset
+from mddose.models.config import ModelConfig
+from mddose.models.config import preset as model_preset
 
 
 @dataclass

@@ -29,7 +29,7 @@ from mddose.data.dataset import slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.diffusion.sampling import sample_many
 from mddose.errors import MddoseError
-from mddose.fileio import write_json
+from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def checkpoint_folder(run: str | Path) -> Path:
     if (run / "config.json").is_file() and (run / "model.safetensors").is_file():
         return run
     for name in ("best", "last"):
-        if (run / "checkpoints" / name / "config.json").is_file():
+        if (recover_dir(run / "checkpoints" / name) / "config.json").is_file():
             return run / "checkpoints" / name
     raise MddoseError("no checkpoint found (expected checkpoints/best or checkpoints/last)", run)
 

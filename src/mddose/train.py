@@ -39,7 +39,7 @@ from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
-from mddose.fileio import write_json
+from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
 from mddose.predict import predict_volume, resolve_device
 from mddose.viz.training import plot_history
@@ -117,7 +117,7 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation."""
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last"
+    last = recover_dir(run_dir / "checkpoints" / "last")
     if resume:
         if not (last / "trainer.json").is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)

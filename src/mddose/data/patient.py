@@ -84,7 +84,7 @@ class Patient:
         possible_dose_mask: (X, Y, Z) bool, where dose may be non-zero (OpenKBP's ``possible_dose_mask``).
         spacing: voxel size in mm along the three array axes.
         structures: ROI name → (X, Y, Z) bool mask; a ROI that was not contoured is simply absent.
-        dose: (X, Y, Z) float32 in Gy, or None when the dose is to be predicted.
+        dose: (X, Y, Z) float32 (or float64, for exact scoring) in Gy, or None when the dose is to be predicted.
         rois: the ROI configuration the structures follow.
     """
 
@@ -109,7 +109,9 @@ class Patient:
             if mask.shape != self.ct.shape:
                 raise ValueError(f"{self.patient_id}: mask {name} has shape {mask.shape}, CT {self.ct.shape}")
         if self.dose is not None:
-            self.dose = np.asarray(self.dose, dtype=np.float32)
+            self.dose = np.asarray(self.dose)
+            if self.dose.dtype not in (np.float32, np.float64):  # float64 is kept for exact scoring
+                self.dose = self.dose.astype(np.float32)
             if self.dose.shape != self.ct.shape:
                 raise ValueError(f"{self.patient_id}: dose has shape {self.dose.shape}, CT {self.ct.shape}")
 
