@@ -212,6 +212,7 @@ def bench_networks_command(
     paper: Annotated[bool, typer.Option(help="Also time the paper config per 128x128 slice.")] = True,
     scans: Annotated[bool, typer.Option(help="Also time the bare s6 and ssd scans.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
 ) -> None:
     """Parameters and time per image of each block type at each size, with log-log slopes (JSON)."""
     from mddose.bench_networks import bench_networks
@@ -220,7 +221,7 @@ def bench_networks_command(
         size_list = tuple(int(s) for s in sizes.split(","))
     except ValueError:
         raise typer.BadParameter("sizes must be comma-separated integers", param_hint="--sizes") from None
-    result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans)
+    result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans, threads=threads)
     for name, entry in result["block_types"].items():
         times = ", ".join(f"{r['size']}²: {r['forward_s_per_image']:.3f}/{r['forward_backward_s_per_image']:.3f} s"
                           for r in entry["sizes"])
@@ -232,6 +233,17 @@ def bench_networks_command(
             typer.echo(f"paper-{kind} {row['parameters'] / 1e6:.2f} M: {row['forward_s_per_image']:.3f} s per slice "
                        f"forward, {row['forward_backward_s_per_image']:.3f} s forward+backward")
     typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+def baseline(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of patient folders (OpenKBP layout).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
+) -> None:
+    """Write the trivial baseline (each target filled with its prescription, zero elsewhere) for comparison."""
+    from mddose.trivial import predict_trivial
+
+    typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir))} trivial-baseline predictions to {out_dir}")
 
 
 def _configure_logging(verbose: bool) -> None:

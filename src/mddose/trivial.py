@@ -1,0 +1,36 @@
+"""The trivial baseline every model must beat: each target filled with its prescription, zero elsewhere.
+
+Where targets overlap the highest prescription wins. It knows nothing of beams, fall-off or organs at risk,
+so its OpenKBP dose score is what "predicting nothing but the prescription" costs; ``mddose demo`` and the
+experiments quote it beside every model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
+from mddose.data.patient import Patient
+
+
+def trivial_dose(patient: Patient) -> np.ndarray:
+    """(X, Y, Z) float32 Gy: the highest prescription of the targets covering each voxel, inside the mask."""
+    dose = np.zeros(patient.shape, np.float32)
+    for target, gy in sorted(patient.prescriptions.items(), key=lambda kv: kv[1]):
+        dose[patient.structures[target]] = gy
+    return dose * patient.possible_dose_mask
+
+
+def predict_trivial(data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> list[Path]:
+    """Write the trivial baseline of every patient in ``data_dir`` as ``OUT_DIR/pt_N.csv``."""
+    out_dir = Path(out_dir)
+    written = []
+    for folder in tqdm(list_patients(data_dir), desc="trivial", unit="pt", disable=not progress):
+        patient = read_patient(folder, read_ct=False)
+        path = out_dir / f"{patient.patient_id}.csv"
+        write_dose_csv(path, trivial_dose(patient), patient.possible_dose_mask)
+        written.append(path)
+    return written
