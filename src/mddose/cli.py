@@ -221,6 +221,10 @@ def bench_networks_command(
         size_list = tuple(int(s) for s in sizes.split(","))
     except ValueError:
         raise typer.BadParameter("sizes must be comma-separated integers", param_hint="--sizes") from None
+    if any(s < 16 or s % 16 for s in size_list):
+        raise typer.BadParameter("sizes must be positive multiples of 16", param_hint="--sizes")
+    if preset not in ("paper", "small", "tiny"):
+        raise typer.BadParameter("preset must be paper, small or tiny", param_hint="--preset")
     result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans, threads=threads)
     for name, entry in result["block_types"].items():
         times = ", ".join(f"{r['size']}²: {r['forward_s_per_image']:.3f}/{r['forward_backward_s_per_image']:.3f} s"
@@ -244,6 +248,24 @@ def baseline(
     from mddose.trivial import predict_trivial
 
     typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir))} trivial-baseline predictions to {out_dir}")
+
+
+@bench_app.command("sampling")
+def bench_sampling_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (or checkpoint folder).")],
+    data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the results.")],
+    patients: Annotated[Optional[int], typer.Option(help="Use only the first N patients.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Draws per patient.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Time per patient and dose score for DDPM-1000 against DDIM and DPM-Solver++ at 50, 20 and 10 steps."""
+    from mddose.bench_sampling import bench_sampling
+
+    result = bench_sampling(run_dir, data_dir, json_out, n_patients=patients, samples=samples, device=device)
+    for row in result["results"]:
+        score = f"{row['dose_score']:.3f} Gy" if row["dose_score"] is not None else "n/a"
+        typer.echo(f"{row['sampler']:>6} {row['steps']:>5} steps: {row['seconds_per_patient']:8.2f} s/patient, dose score {score}")
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -1,0 +1,69 @@
+"""Whole-patient prediction: every sampler gives finite doses inside the mask; outputs are what evaluate reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mddose.bench_sampling import bench_sampling
+from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
+from mddose.errors import MddoseError
+from mddose.evaluate.run import evaluate
+from mddose.predict import predict
+from mddose.train import train
+from tests.helpers import micro_config, phantom_cache
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    data, cache = phantom_cache(root, patients=3)
+    train(cache, root / "run", micro_config(val_patients=0), max_steps=4, progress=False)
+    return root / "run", data
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("dpm++", 3), ("ddim", 3), ("ddpm", 5)])
+def test_samplers_finite_inside_mask(trained: tuple[Path, Path], tmp_path: Path, sampler: str, steps: int) -> None:
+    run, data = trained
+    summary = predict(run, data, tmp_path / "out", sampler=sampler, steps=steps, samples=2, progress=False)
+    assert summary["n_patients"] == 3
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        dose = read_dose_csv(tmp_path / "out" / f"{p.patient_id}.csv", p.shape)
+        std = read_dose_csv(tmp_path / "out" / "uncertainty" / f"{p.patient_id}.csv", p.shape)
+        assert np.isfinite(dose).all() and (dose >= 0).all() and dose.max() <= 80.0 + 1e-3
+        assert (dose[~p.possible_dose_mask] == 0).all() and dose[p.possible_dose_mask].max() > 0
+        assert (std[~p.possible_dose_mask] == 0).all() and std.max() > 0
+        assert (tmp_path / "out" / "nifti" / f"{p.patient_id}_dose.nii.gz").is_file()
+
+
+def test_cli_predict_then_evaluate(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = trained
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", str(run), str(data), str(tmp_path / "p"),
+                           "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "predicted 3 patients" in proc.stdout
+    summary = evaluate(data, [tmp_path / "p"], tmp_path / "eval", progress=False)
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary
+
+
+def test_predict_errors(tmp_path: Path, trained: tuple[Path, Path]) -> None:
+    with pytest.raises(MddoseError, match="no checkpoint found"):
+        predict(tmp_path, trained[1], tmp_path / "o", progress=False)
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", str(trained[0]), str(trained[0]), str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = trained
+    result = bench_sampling(run, data, tmp_path / "s.json", grid=(("ddim", 2), ("dpm++", 2)), n_patients=1, progress=False)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [r["sampler"] for r in saved["results"]] == ["ddim", "dpm++"] == [r["sampler"] for r in result["results"]]
+    assert all(r["seconds_per_patient"] > 0 and r["dose_score"] >= 0 for r in saved["results"])
