@@ -1,0 +1,84 @@
+"""Benchmarks that write JSON (``mddose bench ...``): shared timing helpers, one module per benchmark.
+
+* networks: :func:`mddose.bench_networks.bench_networks` (parameters, time per image and the log-log slope of
+  time against pixels for each block type, the paper config's time per slice, and the bare scans).
+
+Timings are wall-clock seconds from :func:`time_call`: warm-up calls first, CUDA synchronised around every call,
+and both the median and the minimum reported (the minimum is the steadier figure on a shared CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other name is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Time ``fn()``: ``{"median_s", "min_s", "times_s", "peak_mib"}`` (peak GPU memory on CUDA, else None)."""
+    for _ in range(warmup):
+        fn()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times, "peak_mib": peak}
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log(y) against log(x): 1 means linear cost, 2 quadratic; None with < 2 points."""
+    points = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len(points) < 2:
+        return None
+    mx = sum(p[0] for p in points) / len(points)
+    my = sum(p[1] for p in points) / len(points)
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_", "MKL_")) or k == "LD_PRELOAD"}
+    if env:
+        info["environment"] = env
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy re-export of the benchmarks (kept out of import time and free of import cycles)."""
+    if name == "bench_networks":
+        from mddose.bench_networks import bench_networks
+
+        return bench_networks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

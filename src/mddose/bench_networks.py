@@ -1,0 +1,174 @@
+"""``mddose bench networks``: cost of the noise predictor per block type, per image size, and of the bare scans.
+
+Measured side by side in one run: for each block type (residual conv, Swin, Mamba with the ``s6`` scan, Mamba with
+the ``ssd`` scan; denoiser and structure encoder both of that type, skeleton from one preset) the parameter count
+and the forward and forward+backward time per image at each size, with the log-log slope of time against pixel
+count (1 = linear cost, as Mamba claims; attention in fixed windows is linear too, global attention would be 2).
+Then the ``paper`` config's time per 128×128 slice (one network evaluation, i.e. one denoising step) for both
+scan kinds, and the bare scans at 64×64 and 128×128 tokens (256 channels, 16 states) against the references.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mddose.bench import loglog_slope, machine_info, resolve_device, time_call
+from mddose.fileio import write_json
+from mddose.models.config import build_model, count_parameters, preset
+from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref
+
+logger = logging.getLogger(__name__)
+
+#: Block types compared, as config changes on the chosen preset.
+VARIANTS: dict[str, dict[str, str]] = {
+    "conv": {"denoiser_block": "conv", "encoder_block": "conv"},
+    "swin": {"denoiser_block": "swin", "encoder_block": "swin"},
+    "mamba-s6": {"denoiser_block": "mamba", "encoder_block": "mamba", "ssm_kind": "s6"},
+    "mamba-ssd": {"denoiser_block": "mamba", "encoder_block": "mamba", "ssm_kind": "ssd"},
+}
+PAPER_PARAMETERS_M = 30.47  # Table II of the paper
+
+
+def bench_networks(
+    out_json: Path,
+    sizes: tuple[int, ...] = (64, 128, 256),
+    repeats: int = 3,
+    device: str = "auto",
+    preset_name: str = "small",
+    batch: int = 1,
+    paper: bool = True,
+    scans: bool = True,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark, write ``out_json`` (atomically) and return the same dict.
+
+    Times are seconds per image (per slice); the slopes and headline numbers use the minimum over ``repeats``
+    (after one warm-up call), the steadier statistic on a shared machine; medians are kept beside them.
+    ``threads`` sets torch's CPU threads for the run (on a CPU shared with other jobs, 1 thread gives steady
+    numbers; more threads than free cores can be many times slower).
+    """
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(out_json, sizes, repeats, device, preset_name, batch, paper, scans, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    out_json: Path, sizes: tuple[int, ...], repeats: int, device: str, preset_name: str, batch: int,
+    paper: bool, scans: bool, seed: int,
+) -> dict[str, Any]:
+    dev = resolve_device(device)
+    generator = torch.Generator().manual_seed(seed)
+    result: dict[str, Any] = {
+        "benchmark": "networks",
+        "machine": machine_info(dev),
+        "settings": {"sizes": list(sizes), "repeats": repeats, "warmup": 1, "batch": batch, "preset": preset_name,
+                     "statistic": "min", "seed": seed},
+        "block_types": {},
+    }
+    for name, changes in VARIANTS.items():
+        cfg = preset(preset_name, **changes)
+        model = build_model(cfg, seed=seed).to(dev)
+        entry: dict[str, Any] = {"config": cfg.to_dict(), "parameters": count_parameters(model), "sizes": []}
+        for size in sizes:
+            row = _time_model(model, cfg, size, batch, repeats, dev, generator)
+            logger.info("%-9s %4d²: forward %.4f s, forward+backward %.4f s per image", name, size,
+                        row["forward_s_per_image"], row["forward_backward_s_per_image"])
+            entry["sizes"].append(row)
+        pixels = [r["pixels"] for r in entry["sizes"]]
+        for key in ("forward", "forward_backward"):
+            entry[f"slope_{key}"] = loglog_slope(pixels, [r[f"{key}_s_per_image"] for r in entry["sizes"]])
+        result["block_types"][name] = entry
+        del model
+    if paper:
+        result["paper"] = {"published_parameters_m": PAPER_PARAMETERS_M}
+        for kind in ("ssd", "s6"):
+            cfg = preset("paper", ssm_kind=kind)
+            model = build_model(cfg, seed=seed).to(dev)
+            row = _time_model(model, cfg, cfg.image_size, 1, repeats, dev, generator)
+            logger.info("paper-%s %d²: forward %.3f s, forward+backward %.3f s per slice", kind, cfg.image_size,
+                        row["forward_s_per_image"], row["forward_backward_s_per_image"])
+            result["paper"][kind] = {"parameters": count_parameters(model), **row}
+            del model
+    if scans:
+        result["scans"] = _time_scans(dev, repeats, generator)
+    write_json(out_json, result)
+    return result
+
+
+def _time_model(
+    model: torch.nn.Module, cfg: Any, size: int, batch: int, repeats: int, dev: torch.device, gen: torch.Generator
+) -> dict[str, Any]:
+    """Forward (no grad, eval) and forward+backward (train) timings of one model at one image size."""
+    x_t = torch.randn(batch, cfg.in_channels, size, size, generator=gen).to(dev)
+    cond = torch.randn(batch, cfg.cond_channels, size, size, generator=gen).to(dev)
+    t = torch.randint(0, cfg.num_timesteps, (batch,), generator=gen).to(dev)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x_t, t, cond)
+
+    def forward_backward() -> None:
+        model(x_t, t, cond).float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    model.eval()
+    fwd = time_call(forward, dev, repeats)
+    model.train()
+    fwd_bwd = time_call(forward_backward, dev, repeats)
+    model.zero_grad(set_to_none=True)
+    return {
+        "size": size,
+        "pixels": size * size,
+        "forward_s_per_image": fwd["min_s"] / batch,
+        "forward_backward_s_per_image": fwd_bwd["min_s"] / batch,
+        "forward": fwd,
+        "forward_backward": fwd_bwd,
+    }
+
+
+def _time_scans(dev: torch.device, repeats: int, gen: torch.Generator) -> list[dict[str, Any]]:
+    """Forward+backward of the bare scans: 256 channels, 16 states, batch 16 on CUDA and 1 on CPU.
+
+    s6: 256 channels with their own decays; ssd: the same 256 channels as 16 heads of 16. References only at
+    32×32 tokens (they take one step per token).
+    """
+    batch, channels, states, heads = (16 if dev.type == "cuda" else 1), 256, 16, 16
+    rows = []
+    for side in (32, 64, 128):
+        length = side * side
+        u = torch.randn(batch, length, channels, generator=gen).to(dev)
+        delta = F.softplus(torch.randn(batch, length, channels, generator=gen) - 4.0).to(dev)
+        B, C = (torch.randn(batch, length, 1, states, generator=gen).to(dev) for _ in range(2))
+        A = -torch.arange(1, states + 1, dtype=torch.float32, device=dev).expand(channels, states).contiguous()
+        D = torch.ones(channels, device=dev)
+        a_head, dt_head = A[::16, 0].contiguous(), delta[..., ::16].contiguous()
+        cases = {
+            "s6": (selective_scan_s6, (u, delta, A, B, C, D)),
+            "ssd": (ssd_scan, (u.view(batch, length, heads, -1), dt_head, a_head, B, C, D.view(heads, -1))),
+        }
+        if side == 32:
+            cases["s6-reference"] = (selective_scan_s6_ref, cases["s6"][1])
+            cases["ssd-reference"] = (ssd_scan_ref, cases["ssd"][1])
+        for name, (fn, args) in cases.items():
+            leaves = [a.detach().requires_grad_() for a in args]
+
+            def step(fn=fn, leaves=leaves) -> None:
+                fn(*leaves).sum().backward()
+                for leaf in leaves:
+                    leaf.grad = None
+
+            timing = time_call(step, dev, repeats)
+            logger.info("scan %-13s %5d tokens: forward+backward %.4f s", name, length, timing["min_s"])
+            rows.append({"scan": name, "batch": batch, "tokens": length, "channels": channels, "states": states,
+                         "forward_backward_s": timing["min_s"], "timing": timing})
+    return rows
