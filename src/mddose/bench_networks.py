@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mddose.bench import loglog_slope, machine_info, resolve_device, time_call
+from mddose.bench import loglog_slope, machine_info, time_call
+from mddose.device import resolve_device
 from mddose.fileio import write_json
 from mddose.models.config import build_model, count_parameters, preset
 from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref

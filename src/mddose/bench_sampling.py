@@ -20,7 +20,8 @@ from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import write_json
-from mddose.predict import load_model, predict_volume, resolve_device
+from mddose.device import resolve_device
+from mddose.predict import load_model, predict_volume
 
 log = logging.getLogger(__name__)
 

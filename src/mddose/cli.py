@@ -17,7 +17,9 @@ import typer
 
 from mddose.errors import MddoseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
+# typer ≥ 0.20 vendors click: take its ClickException from typer's own classes so both kinds are caught
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")
 
@@ -268,6 +270,44 @@ def bench_sampling_command(
         typer.echo(f"{row['sampler']:>6} {row['steps']:>5} steps: {row['seconds_per_patient']:8.2f} s/patient, dose score {score}")
 
 
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (re-running replaces an earlier demo).")] = Path(
+        "mddose-demo"),
+    minutes: Annotated[float, typer.Option(min=0.1, help="Time budget for everything, in minutes.")] = 5.0,
+    train_patients: Annotated[
+        Optional[int], typer.Option(min=2, help="Training phantoms (default: 16 at 5 minutes, fewer below).")
+    ] = None,
+    test_patients: Annotated[Optional[int], typer.Option(min=1, help="Held-out test phantoms (default 3).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for phantoms, training and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → HTML report, within --minutes."""
+    from mddose.demo import run_demo
+
+    info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device)
+    typer.echo(f"\ndemo finished in {info['seconds'] / 60:.1f} min (budget {minutes:g} min)")
+    for name, s in info["scores"].items():
+        typer.echo(f"  {name:17s} OpenKBP dose score {s['dose_score']:6.2f} Gy   DVH score {s['dvh_score']:6.2f} Gy")
+    typer.echo(f"report: {info['report']}")
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="An evaluation folder (summary.json), a run folder or a demo folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: SOURCE/report).")] = None,
+    patients: Annotated[int, typer.Option(min=0, help="Patients shown in figures (best to worst dose score).")] = 3,
+    patient: Annotated[
+        Optional[list[str]], typer.Option("--patient", help="Show these patients instead (repeat).")
+    ] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method shown in the patient figures (default: the first).")] = None,
+) -> None:
+    """Write report.html (+ PNGs): scores, per-ROI errors, dose slices, DVHs, training curve, configuration."""
+    from mddose.viz.report import build_report
+
+    typer.echo(f"wrote {build_report(source, out, patients, patient, method)}")
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
 
@@ -280,10 +320,10 @@ def main() -> None:
     except MddoseError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except click.exceptions.ClickException as e:
+    except (_ClickException, click.exceptions.ClickException) as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         typer.echo("aborted", err=True)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -27,18 +27,13 @@ from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
+from mddose.device import resolve_device
 from mddose.diffusion.sampling import sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def checkpoint_folder(run: str | Path) -> Path:

@@ -41,7 +41,8 @@ from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
-from mddose.predict import predict_volume, resolve_device
+from mddose.device import resolve_device
+from mddose.predict import predict_volume
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)
