@@ -168,3 +168,16 @@ def test_cli_bad_input_one_line_nonzero(patient_dir: Path, tmp_path: Path) -> No
     assert len(lines) == 1 and lines[0].startswith("error: ") and "ct.csv" in lines[0]
     assert not any(p.name.endswith(".npz.xz") for p in out.glob("*")) if out.exists() else True
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_other_grids_carry_their_shape(tmp_path: Path) -> None:
+    from mddose.data.patient import Patient
+
+    p = toy_patient()
+    small = Patient("pt_9", p.ct[::2, ::2, ::2], p.possible_dose_mask[::2, ::2, ::2], (7.812, 7.812, 5.0),
+                    {k: v[::2, ::2, ::2] for k, v in p.structures.items()}, p.dose[::2, ::2, ::2])
+    write_patient(small, tmp_path / "pt_9")
+    assert (tmp_path / "pt_9" / "grid_shape.csv").read_text() == "64\n64\n64\n"
+    assert_same_patient(small, read_patient(tmp_path / "pt_9"))
+    write_patient(p, tmp_path / "pt_1")
+    assert not (tmp_path / "pt_1" / "grid_shape.csv").exists()  # OpenKBP folders stay as the challenge has them

@@ -8,6 +8,8 @@ A patient folder ``pt_N/`` holds one sparse CSV per quantity, each as ``.csv``, 
       possible_dose_mask.csv ,data / index,        (masks: empty data column)
       <ROI>.csv              ,data / index,        (a missing ROI file means "not contoured")
       voxel_dimensions.csv   three floats in mm
+      grid_shape.csv         three integers (mddose's own addition, written only for grids other than 128³,
+                             e.g. the 64³ phantoms; absent in OpenKBP folders, which are 128³)
 
 ``index`` is the flat C-order index into the 128×128×128 grid; voxels not listed are 0.
 
@@ -166,15 +168,30 @@ def _required(folder: Path, stem: str) -> Path:
     return path
 
 
+def read_grid_shape(folder: Path) -> tuple[int, int, int]:
+    """The patient's grid: ``grid_shape.csv`` where present, else OpenKBP's 128×128×128."""
+    path = find_file(folder, "grid_shape")
+    if path is None:
+        return OPENKBP_SHAPE
+    try:
+        values = [int(v) for v in _read_text(path).replace(",", " ").split()]
+    except ValueError:
+        raise MddoseError("grid shape must be 3 integers", path) from None
+    if len(values) != 3 or min(values) < 1:
+        raise MddoseError(f"grid shape must be 3 positive integers, got {values}", path)
+    return (values[0], values[1], values[2])
+
+
 def read_patient(
     folder: str | Path,
     rois: RoiConfig | None = None,
-    shape: tuple[int, int, int] = OPENKBP_SHAPE,
+    shape: tuple[int, int, int] | None = None,
     read_ct: bool = True,
     dose_dtype: type = np.float32,
 ) -> Patient:
     """Read one OpenKBP patient folder. ROIs not in ``rois`` are ignored; a missing ROI file is fine.
 
+    ``shape`` defaults to the folder's ``grid_shape.csv``, else 128×128×128 (every OpenKBP patient).
     ``read_ct=False`` skips the CT (about half the reading time; the CT is then air everywhere), for scoring.
     ``dose_dtype=np.float64`` keeps the dose exactly as the official evaluator reads it.
     """
@@ -182,6 +199,7 @@ def read_patient(
     if not folder.is_dir():
         raise MddoseError("patient folder does not exist", folder)
     rois = rois or RoiConfig()
+    shape = shape or read_grid_shape(folder)
     if read_ct:
         ct = read_sparse_csv(_required(folder, "ct"), shape)
         ct_hu = np.where(ct != 0, ct - CT_OFFSET, -CT_OFFSET).astype(np.float32)
@@ -240,6 +258,8 @@ def write_patient(patient: Patient, folder: str | Path, compression: str = "") -
         if patient.dose is not None:
             write_sparse_csv(tmp / f"dose{suffix}", patient.dose)
         dims = "".join(f"{s:.18e}\n" for s in patient.spacing)
+        if patient.shape != OPENKBP_SHAPE:
+            _write_csv(tmp / f"grid_shape{suffix}", "".join(f"{n}\n" for n in patient.shape))
         _write_csv(tmp / f"voxel_dimensions{suffix}", dims)
     return folder
 

@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from mddose.data.openkbp import (
     SUFFIXES, find_file, list_patients, read_patient, read_sparse_csv,
 )
-from mddose.data.patient import OPENKBP_SHAPE, Patient, RoiConfig
+from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, gamma_unavailable_reason
 from mddose.evaluate.compare import comparison_markdown, mean_std, ttests
@@ -146,7 +146,7 @@ def read_reference(folder: Path, rois: RoiConfig, with_ct: bool = False) -> tupl
     Scoring needs the masks, the spacing and the dose, not the CT: the CT file, about half of the reading
     time, is read only when ``with_ct`` (figures); otherwise the returned Patient's CT is air (-1000 HU).
     """
-    patient = read_patient(folder, rois, OPENKBP_SHAPE, read_ct=with_ct, dose_dtype=np.float64)
+    patient = read_patient(folder, rois, read_ct=with_ct, dose_dtype=np.float64)
     if patient.dose is None:
         raise MddoseError("reference patient has no dose.csv", folder)
     return patient, patient.dose
