@@ -76,7 +76,9 @@ def test_sigkill_then_resume(cache_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     cmd = [sys.executable, "-m", "mddose.cli", "train", str(cache_dir), str(run), "--config", str(tmp_path / "cfg.json"),
            "--max-steps", "100000", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # one thread there as here (conftest), so that both processes add up floating-point sums in the same order
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     trainer = run / "checkpoints" / "last" / "trainer.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (trainer.is_file() and json.loads(trainer.read_text())["step"] >= 3):
@@ -85,7 +87,6 @@ def test_sigkill_then_resume(cache_dir: Path, tmp_path: Path) -> None:
     proc.wait()
     step = json.loads(trainer.read_text())["step"]
     assert step >= 3
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")] or True  # temp dirs may remain
     result = train(cache_dir, run, max_steps=step + 2, resume=True, progress=False)
     assert result["step"] == step + 2
     # and the resumed run equals one that was never stopped
