@@ -274,7 +274,7 @@ def bench_sampling_command(
 def demo(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (re-running replaces an earlier demo).")] = Path(
         "mddose-demo"),
-    minutes: Annotated[float, typer.Option(min=0.1, help="Time budget for everything, in minutes.")] = 5.0,
+    minutes: Annotated[float, typer.Option(min=0.5, help="Time budget for everything, in minutes.")] = 5.0,
     train_patients: Annotated[
         Optional[int], typer.Option(min=2, help="Training phantoms (default: 16 at 5 minutes, fewer below).")
     ] = None,
@@ -282,7 +282,7 @@ def demo(
     seed: Annotated[int, typer.Option(min=0, help="Seed for phantoms, training and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
-    """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → HTML report, within --minutes."""
+    """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → report, within --minutes."""
     from mddose.demo import run_demo
 
     info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device)
@@ -300,7 +300,9 @@ def report(
     patient: Annotated[
         Optional[list[str]], typer.Option("--patient", help="Show these patients instead (repeat).")
     ] = None,
-    method: Annotated[Optional[str], typer.Option(help="Method shown in the patient figures (default: the first).")] = None,
+    method: Annotated[
+        Optional[str], typer.Option(help="Method shown in the patient figures (default: the first).")
+    ] = None,
 ) -> None:
     """Write report.html (+ PNGs): scores, per-ROI errors, dose slices, DVHs, training curve, configuration."""
     from mddose.viz.report import build_report
