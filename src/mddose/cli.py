@@ -310,6 +310,28 @@ def report(
     typer.echo(f"wrote {build_report(source, out, patients, patient, method)}")
 
 
+@app.command()
+def experiment(
+    table: Annotated[str, typer.Argument(help="table3 (denoiser blocks) or table4 (structure encoders).")],
+    cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare'.")],
+    data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
+    out_dir: Annotated[Path, typer.Argument(help="Experiment folder (re-running resumes it).")],
+    budget_minutes: Annotated[float, typer.Option(min=0.01, help="Training minutes per method.")] = 10.0,
+    preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for every method.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Run one of the paper's ablation tables: same data, seed and budget per method, then paired t-tests."""
+    from mddose.config import run_preset
+    from mddose.experiment import run_experiment
+
+    result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, run_preset(preset), steps=steps,
+                            device=device)
+    for name, score in result["scores"].items():
+        typer.echo(f"{name:>6}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
+    typer.echo(f"table: {out_dir / (table + '.md')}")
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
 
