@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from mddose.checkpoint import load_weights, read_config
 from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
-from mddose.data.dataset import slice_mask, structure_channels
+from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import resolve_device
 from mddose.diffusion.sampling import sample_many
@@ -86,9 +86,7 @@ def predict_volume(
         cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data) for z in chunk])).to(device)
         mask = torch.from_numpy(np.stack([slice_mask(vol, z) for z in chunk])).to(device)
         native = cond.shape[-2:]
-        if tuple(native) != (size, size):
-            cond = F.interpolate(cond, size=(size, size), mode="bilinear", align_corners=False)
-        mask_in = F.interpolate(mask, size=(size, size), mode="nearest") if tuple(native) != (size, size) else mask
+        cond, mask_in = resize_inputs(cond, mask, cfg.data)  # exactly as the model saw its training slices
         mean, spread = sample_many(
             model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
         )

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.data.openkbp import list_patients, read_patient
+from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.fileio import write_bytes, write_json
@@ -228,10 +228,6 @@ class Cache:
         return self.get(patient_id).to_patient(self.rois)
 
 
-def _directory_mib(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
-
-
 def prepare_cache(
     data_dir: str | Path, cache_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -266,7 +262,7 @@ def prepare_cache(
 def _write_index(
     cache_dir: Path, rois: RoiConfig, entries: dict[str, dict[str, Any]], data_dir: Path
 ) -> dict[str, Any]:
-    ordered = sorted(entries.values(), key=lambda e: [int(t) if t.isdigit() else t for t in _split(e["id"])])
+    ordered = sorted(entries.values(), key=lambda e: natural_key(e["id"]))
     scores = [e["dose_score_vs_original"] for e in ordered if "dose_score_vs_original" in e]
     index = {
         "format_version": FORMAT_VERSION,
@@ -283,8 +279,3 @@ def _write_index(
     write_json(cache_dir / INDEX, index)
     return index
 
-
-def _split(name: str) -> list[str]:
-    import re
-
-    return re.split(r"(\d+)", name)

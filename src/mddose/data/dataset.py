@@ -62,8 +62,12 @@ class DataConfig:
         return 1 if self.target_encoding == "prescription" else len(self.rois.targets)
 
     @property
+    def n_ct_channels(self) -> int:
+        return 2 * self.context_slices + 1
+
+    @property
     def cond_channels(self) -> int:
-        return 2 * self.context_slices + 1 + self.n_target_channels + len(self.rois.oars)
+        return self.n_ct_channels + self.n_target_channels + len(self.rois.oars)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,9 +132,16 @@ def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
     return _place((bits & 1).astype(np.float32), vol, 0.0)[None]
 
 
-def mask_channel_indices(config: DataConfig) -> list[int]:
-    """Indices of the binary (mask-like) channels of the structure image; the rest are CT."""
-    return list(range(2 * config.context_slices + 1, config.cond_channels))
+def resize_inputs(cond: torch.Tensor, mask: torch.Tensor, config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a batch of structure images (B, C, H, W) and masks (B, 1, H, W) to ``config.image_size``:
+    bilinear for the CT channels, nearest for the binary ones. Training and prediction both go through here."""
+    size = config.image_size
+    if cond.shape[-1] == size and cond.shape[-2] == size:
+        return cond, mask
+    n_ct = config.n_ct_channels
+    ct = F.interpolate(cond[:, :n_ct], size=(size, size), mode="bilinear", align_corners=False)
+    masks = F.interpolate(cond[:, n_ct:], size=(size, size), mode="nearest")
+    return torch.cat([ct, masks], dim=1), F.interpolate(mask, size=(size, size), mode="nearest")
 
 
 def resize(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, config: DataConfig):
@@ -138,12 +149,9 @@ def resize(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, config: D
     size = config.image_size
     if cond.shape[-1] == size and cond.shape[-2] == size:
         return cond, dose, mask
-    n_ct = 2 * config.context_slices + 1
-    ct = F.interpolate(cond[None, :n_ct], size=(size, size), mode="bilinear", align_corners=False)[0]
-    masks = F.interpolate(cond[None, n_ct:], size=(size, size), mode="nearest")[0]
-    dose = F.interpolate(dose[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    mask = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
-    return torch.cat([ct, masks]), dose, mask
+    cond, mask = resize_inputs(cond[None], mask[None], config)
+    dose = F.interpolate(dose[None], size=(size, size), mode="bilinear", align_corners=False)
+    return cond[0], dose[0], mask[0]
 
 
 class SliceDataset(Dataset):
@@ -170,7 +178,7 @@ class SliceDataset(Dataset):
             raise KeyError(f"patients not in cache: {unknown[:5]}")
         self.items = [(pid, int(z)) for pid in ids for z in cache.entries[pid]["slices"]]
         oars = config.rois.oars
-        first_oar = 2 * config.context_slices + 1 + config.n_target_channels
+        first_oar = config.n_ct_channels + config.n_target_channels
         self._swap = [
             (first_oar + oars.index(a), first_oar + oars.index(b))
             for a, b in config.rois.mirror_pairs
@@ -193,7 +201,7 @@ class SliceDataset(Dataset):
 
     def _augment(self, cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor):
         cfg = self.config
-        n_ct = 2 * cfg.context_slices + 1
+        n_ct = cfg.n_ct_channels
         r = torch.rand(3)
         if r[0] < 0.5:  # mirror the patient left-right: flip columns, swap paired organs
             cond, dose, mask = cond.flip(-1), dose.flip(-1), mask.flip(-1)

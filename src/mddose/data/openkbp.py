@@ -274,8 +274,9 @@ def read_dose_csv(path: str | Path, shape: tuple[int, ...] = OPENKBP_SHAPE) -> n
     return read_sparse_csv(Path(path), shape).astype(np.float32)
 
 
-def _natural_key(path: Path) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+def natural_key(name: str) -> list[object]:
+    """Sort key that puts pt_2 before pt_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def list_patients(split_dir: str | Path) -> list[Path]:
@@ -288,7 +289,7 @@ def list_patients(split_dir: str | Path) -> list[Path]:
         return [split_dir]  # a single patient folder given directly
     if not folders:
         raise MddoseError("no patient folders (pt_N/ with a ct.csv) found", split_dir)
-    return sorted(folders, key=_natural_key)
+    return sorted(folders, key=lambda p: natural_key(p.name))
 
 
 def iter_patients(

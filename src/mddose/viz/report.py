@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mddose import __version__
+from mddose.data.openkbp import natural_key
 from mddose.errors import MddoseError
 from mddose.fileio import atomic_dir, write_text
 from mddose.viz import report_sections as sections
@@ -135,17 +136,11 @@ def pick_patients(rows: list[dict[str, str]], method: str, n: int) -> list[tuple
     if n <= 0 or not scored:
         return []
     if len(scored) <= n:
-        return [(pid, "") for _, pid in sorted(scored, key=lambda sp: _natural(sp[1]))]
+        return [(pid, "") for _, pid in sorted(scored, key=lambda sp: natural_key(sp[1]))]
     picks = np.unique(np.round(np.linspace(0, len(scored) - 1, n)).astype(int))
     names = {0: "best", len(scored) - 1: "worst", (len(scored) - 1) // 2: "median"}
     return [(scored[i][1], f"{names.get(int(i), 'rank ' + str(i + 1))} of {len(scored)} by dose score")
             for i in picks]
-
-
-def _natural(text: str) -> list[Any]:
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def build_report(
