@@ -1,4 +1,4 @@
-"""Ablation tables end to end at a tiny budget: every row trains, predicts and is scored; re-running resumes."""
+"""The paper's tables end to end at a tiny budget: every row trains, predicts and is scored; re-running resumes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mddose.errors import MddoseError
-from mddose.experiment import run_experiment, table_rows
+from mddose.experiment import reference_row, run_experiment, table_rows
 from tests.helpers import micro_config, phantom_cache
 
 
@@ -22,20 +22,27 @@ def test_rows_differ_only_in_blocks() -> None:
     assert all(r.train == base.train and r.data == base.data for r in [*rows3.values(), *rows4.values()])
     with pytest.raises(MddoseError, match="unknown table"):
         table_rows("table9", base)
+    rows1 = table_rows("table1", base)
+    assert list(rows1) == ["C3D-like", "HD-UNet-like", "DiffDP-like", "SP-DiffDose-like", "MD-Dose"]
+    assert [r.objective for r in rows1.values()] == ["regression"] * 2 + ["diffusion"] * 3
+    assert rows1["MD-Dose"].model == base.model == rows3["mamba"].model.replace(name=base.model.name)
+    assert all(r.train == base.train and r.data == base.data for r in rows1.values())
 
 
-@pytest.mark.parametrize("table", ["table3", "table4"])
+@pytest.mark.parametrize("table", ["table1", "table3", "table4"])
 def test_table_end_to_end_and_resume(tmp_path: Path, table: str) -> None:
     data, cache = phantom_cache(tmp_path, patients=3)
     base = micro_config(val_patients=0)
     result = run_experiment(table, cache, data, tmp_path / "exp", budget_minutes=0.02, base=base, steps=2,
                             device="cpu", progress=False)
     md = (tmp_path / "exp" / f"{table}.md").read_text()
-    assert "0.02 min of training each" in md and "| mamba |" in md
+    reference = reference_row(table)
+    assert "0.02 min of training each" in md and f"| {reference} |" in md
     assert set(result["scores"]) == set(table_rows(table, base))
+    assert all(m["steps"] >= 1 for m in result["methods"].values())
     assert (tmp_path / "exp" / "eval" / "per_patient.csv").is_file()
     summary = json.loads((tmp_path / "exp" / "eval" / "summary.json").read_text())
-    assert summary["against"] == "mamba"
+    assert summary["against"] == reference
     # re-running finds every method done: nothing is trained or predicted again
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "preds").glob("*/prediction.json")}
     run_experiment(table, cache, data, tmp_path / "exp", budget_minutes=0.02, base=base, steps=2, device="cpu",
@@ -55,3 +62,29 @@ def test_interrupted_method_resumes(tmp_path: Path) -> None:
     assert (tmp_path / "exp" / "runs" / "mamba" / "experiment_done.json").is_file()
     assert (tmp_path / "exp" / "preds" / "mamba" / "prediction.json").is_file()
     assert result["methods"]["mamba"]["steps"] >= 1
+
+
+def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=2)
+    base = micro_config(val_patients=0)
+    result = run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=2, device="cpu",
+                            progress=False, time_patients=1)
+    assert list(result["methods"]) == list(table_rows("table1", base))
+    for m in result["methods"].values():
+        assert m["parameters"] > 0 and m["patients"] == ["pt_1"]
+        assert 0 < m["seconds_per_iteration"] and 0 < m["seconds_per_slice"] < m["seconds_per_patient"]
+        assert m["network_evaluations_per_slice"] == (2 if m["objective"] == "diffusion" else 1)
+    md = (tmp_path / "t2" / "table2.md").read_text()
+    assert "| MD-Dose |" in md and "s / patient" in md and "CPU" in md
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "t2" / "timing").glob("*.json")}
+    assert len(stamps) == 5
+    run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=2, device="cpu", progress=False)
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_one_table_per_folder(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=2)
+    kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, time_patients=1)
+    run_experiment("table2", cache, data, tmp_path / "exp", **kw)
+    with pytest.raises(MddoseError, match="holds the table2 experiment"):
+        run_experiment("table3", cache, data, tmp_path / "exp", budget_minutes=0.02, **kw)

@@ -67,3 +67,26 @@ def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None
     saved = json.loads((tmp_path / "s.json").read_text())
     assert [r["sampler"] for r in saved["results"]] == ["ddim", "dpm++"] == [r["sampler"] for r in result["results"]]
     assert all(r["seconds_per_patient"] > 0 and r["dose_score"] >= 0 for r in saved["results"])
+
+
+@pytest.mark.parametrize("method", ["c3d", "hd-unet"])
+def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str) -> None:
+    from mddose.config import method_config
+
+    data, cache = phantom_cache(tmp_path, patients=3)
+    cfg = method_config(method, micro_config(val_patients=0))
+    result = train(cache, tmp_path / "run", cfg, max_steps=40, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert result["step"] == 40 and history[-1]["loss"] < 0.5 * history[0]["loss"]
+    summary = predict(tmp_path / "run", data, tmp_path / "a", samples=3, nifti=False, progress=False)
+    predict(tmp_path / "run", data, tmp_path / "b", seed=7, nifti=False, progress=False)
+    assert (summary["objective"], summary["sampler"], summary["samples"]) == ("regression", "none", 1)
+    assert not (tmp_path / "a" / "uncertainty").exists()
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        a = read_dose_csv(tmp_path / "a" / f"{p.patient_id}.csv", p.shape)
+        b = read_dose_csv(tmp_path / "b" / f"{p.patient_id}.csv", p.shape)
+        np.testing.assert_array_equal(a, b)  # deterministic: the seed changes nothing
+        assert (a[~p.possible_dose_mask] == 0).all() and a[p.possible_dose_mask].max() > 0
+    with pytest.raises(MddoseError, match="no sampler"):
+        bench_sampling(tmp_path / "run", data, tmp_path / "s.json", progress=False)

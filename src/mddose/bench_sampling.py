@@ -21,6 +21,7 @@ from mddose.data.openkbp import list_patients, read_patient
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import write_json
 from mddose.device import resolve_device
+from mddose.errors import MddoseError
 from mddose.predict import load_model, predict_volume
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def bench_sampling(
     """Benchmark every (sampler, steps) of ``grid`` on the patients of ``data_dir`` (with reference dose)."""
     dev = resolve_device(device)
     cfg, model, folder = load_model(run, dev)
+    if cfg.objective != "diffusion":
+        raise MddoseError("a deterministic baseline has no sampler to benchmark", folder)
     patients = [read_patient(f, cfg.data.rois) for f in list_patients(data_dir)[:n_patients]]
     rows = []
     for sampler, steps in tqdm(grid, desc="samplers", disable=not progress):

@@ -312,23 +312,28 @@ def report(
 
 @app.command()
 def experiment(
-    table: Annotated[str, typer.Argument(help="table3 (denoiser blocks) or table4 (structure encoders).")],
-    cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare'.")],
+    table: Annotated[str, typer.Argument(help="table1 (methods), table2 (parameters, inference time), table3 "
+                                              "(denoiser blocks) or table4 (structure encoders).")],
+    cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare' (table2: unused).")],
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
-    out_dir: Annotated[Path, typer.Argument(help="Experiment folder (re-running resumes it).")],
-    budget_minutes: Annotated[float, typer.Option(min=0.01, help="Training minutes per method.")] = 10.0,
+    out_dir: Annotated[Path, typer.Argument(help="Experiment folder, one per table (re-running resumes it).")],
+    budget_minutes: Annotated[float, typer.Option(min=0.01, help="Training minutes per method (table2: unused).")] = 10.0,
     preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
-    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for every method.")] = 10,
+    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for every diffusion model.")] = 10,
+    time_patients: Annotated[int, typer.Option(min=1, help="table2: patients of DATA_DIR to time.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
-    """Run one of the paper's ablation tables: same data, seed and budget per method, then paired t-tests."""
+    """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""
     from mddose.config import run_preset
     from mddose.experiment import run_experiment
 
     result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, run_preset(preset), steps=steps,
-                            device=device)
-    for name, score in result["scores"].items():
-        typer.echo(f"{name:>6}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
+                            device=device, time_patients=time_patients)
+    for name, score in result.get("scores", {}).items():
+        typer.echo(f"{name:>16}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
+    for name, m in result["methods"].items() if table == "table2" else ():
+        typer.echo(f"{name:>16}: {m['parameters'] / 1e6:.2f} M parameters, {m['seconds_per_slice']:.3f} s per slice, "
+                   f"{m['seconds_per_patient']:.2f} s per patient")
     typer.echo(f"table: {out_dir / (table + '.md')}")
 
 

@@ -2,7 +2,10 @@
 
 ``RunConfig`` = model (:mod:`mddose.models.config`) + data (:class:`~mddose.data.dataset.DataConfig`) +
 diffusion (:class:`~mddose.diffusion.process.DiffusionConfig`) + training (:class:`TrainConfig`). Its JSON
-rebuilds the model with no other input.
+rebuilds the model with no other input. The model is MD-Dose's :class:`~mddose.models.config.ModelConfig`
+(objective ``diffusion``) or a deterministic baseline's :class:`~mddose.models.baselines.BaselineConfig`
+(objective ``regression``: the diffusion section is then unused). :func:`method_config` gives every method of
+the paper's Table I on one recipe.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any, Literal
 from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig
 from mddose.errors import MddoseError
-from mddose.models.config import ModelConfig
+from mddose.models.baselines import BaselineConfig, baseline_config
+from mddose.models.config import ModelConfig, model_config_from_dict
 from mddose.models.config import preset as model_preset
 
 
@@ -45,7 +49,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | BaselineConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -58,13 +62,19 @@ class RunConfig:
         if self.model.image_size != self.data.image_size:
             raise ValueError(f"model image_size {self.model.image_size} != data image_size {self.data.image_size}")
 
+    @property
+    def objective(self) -> Literal["diffusion", "regression"]:
+        """``diffusion`` (MD-Dose and its diffusion baselines) or ``regression`` (deterministic baselines)."""
+        return "regression" if isinstance(self.model, BaselineConfig) else "diffusion"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"model": self.model.to_dict(), "data": asdict(self.data), "diffusion": asdict(self.diffusion),
+                "train": asdict(self.train)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(
-            model=ModelConfig.from_dict(d["model"]),
+            model=model_config_from_dict(d["model"]),
             data=DataConfig.from_dict(d["data"]),
             diffusion=DiffusionConfig.from_dict(d["diffusion"]),
             train=TrainConfig(**d["train"]),
@@ -110,6 +120,38 @@ def run_preset(name: str) -> RunConfig:
     raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
 
 
+METHODS: dict[str, str] = {
+    "md-dose": "MD-Dose: Mamba denoiser, Mamba structure encoder",
+    "diffdp": "DiffDP-like: diffusion with a convolutional denoiser and convolutional structure encoder",
+    "sp-diffdose": "SP-DiffDose-like: diffusion with a Swin-transformer denoiser and Swin structure encoder",
+    "c3d": "C3D-like: cascade of two 2D U-Nets, voxel-wise loss",
+    "hd-unet": "HD-UNet-like: densely connected 2D U-Net, voxel-wise loss",
+}
+
+
+def method_config(method: str, base: RunConfig) -> RunConfig:
+    """Table I's ``method`` on the recipe of ``base``: same data, diffusion and training; only the network differs.
+
+    The diffusion baselines swap MD-Dose's Mamba blocks for residual convolutions (DiffDP-like) or shifted-window
+    attention (SP-DiffDose-like) in both the denoiser and the structure encoder, at the same widths and depths;
+    the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`).
+    """
+    if not isinstance(base.model, ModelConfig):
+        raise MddoseError("a method is built on an MD-Dose recipe, not on a baseline's")
+    m = base.model
+    if method == "md-dose":
+        model: ModelConfig | BaselineConfig = m.replace(denoiser_block="mamba", encoder_block="mamba")
+    elif method == "diffdp":
+        model = m.replace(name=f"{m.name}-diffdp", denoiser_block="conv", encoder_block="conv")
+    elif method == "sp-diffdose":
+        model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
+    elif method in ("c3d", "hd-unet"):
+        model = baseline_config("cascade" if method == "c3d" else "dense", m)
+    else:
+        raise MddoseError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
+    return replace(base, model=model)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a RunConfig JSON; a partial file overrides the ``preset`` it names (default: ``default``)."""
     path = Path(path)
@@ -121,6 +163,11 @@ def load_run_config(path: str | Path) -> RunConfig:
     for section, values in d.items():
         if section not in base:
             raise MddoseError(f"unknown config section {section!r}", path)
+        if section == "model" and "arch" in values and "arch" not in base["model"]:
+            try:  # a deterministic baseline sized like the preset's network
+                base["model"] = baseline_config(values["arch"], ModelConfig.from_dict(base["model"])).to_dict()
+            except ValueError as e:
+                raise MddoseError(f"invalid config: {e}", path) from None
         base[section].update(values)
     try:
         return RunConfig.from_dict(base)

@@ -1,10 +1,16 @@
-"""The paper's ablations as one command each: ``mddose experiment {table3,table4} CACHE_DIR DATA_DIR OUT_DIR``.
+"""The paper's tables as one command each: ``mddose experiment {table1,table2,table3,table4} CACHE_DIR DATA_DIR
+OUT_DIR``.
 
-Table III varies the denoiser's block (conv, Swin, Mamba) with a Mamba structure encoder; Table IV keeps the
-Mamba denoiser and varies the structure encoder (none = structures concatenated to x_t, conv, Swin, Mamba). Every
-row is one :func:`~mddose.models.config.ablation_configs` entry on the same base recipe: same data (CACHE_DIR),
-same seed, same wall-clock budget per method, same sampler, then ``mddose evaluate`` on the held-out patients of
-DATA_DIR with paired t-tests against the MD-Dose row (Mamba denoiser, Mamba encoder).
+Table I compares MD-Dose with the deterministic baselines (C3D-like cascade, HD-UNet-like dense U-Net, trained
+with a voxel-wise loss) and the diffusion baselines (DiffDP-like conv and SP-DiffDose-like Swin networks,
+trained and sampled exactly as MD-Dose); see :func:`mddose.config.method_config`. Table II (parameters and
+inference time) is :mod:`mddose.experiment_timing`. Table III varies the denoiser's block (conv, Swin, Mamba)
+with a Mamba structure encoder; Table IV keeps the Mamba denoiser and varies the structure encoder (none =
+structures concatenated to x_t, conv, Swin, Mamba): :func:`~mddose.models.config.ablation_configs`.
+
+Every row of a table is one network on the same base recipe: same data (CACHE_DIR), same seed, same wall-clock
+budget per method, same sampler (the deterministic baselines need none), then ``mddose evaluate`` on the
+held-out patients of DATA_DIR with paired t-tests against MD-Dose.
 
 Output folder, resumable (a finished method is skipped; an interrupted one resumes from its last checkpoint
 with the rest of its budget)::
@@ -15,6 +21,8 @@ with the rest of its budget)::
       eval/                mddose evaluate: summary.json, per_patient.csv, per_roi.csv, comparison.md
       <table>.md           the table (mean ± std, * where p < 0.05 against MD-Dose) with the budget used
       experiment.json      the settings and, per method, parameters, steps, training seconds
+
+One table per OUT_DIR: a folder holding another table's experiment is refused (row names repeat across tables).
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mddose.config import RunConfig, run_preset
+from mddose.config import RunConfig, method_config, run_preset
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json, write_text
+from mddose.models.baselines import BaselineConfig
 from mddose.models.config import ablation_configs, build_model, count_parameters
 from mddose.predict import predict
 from mddose.train import train
@@ -36,16 +45,26 @@ from mddose.train import train
 log = logging.getLogger(__name__)
 
 TABLES: dict[str, str] = {
+    "table1": "Comparison with other methods (Table I): deterministic and diffusion baselines against MD-Dose",
+    "table2": "Parameters and inference time (Table II) of the Table I methods",
     "table3": "Denoising network (Table III): conv / Swin / Mamba denoiser, Mamba structure encoder",
     "table4": "Structure encoder (Table IV): none (concatenation) / conv / Swin / Mamba encoder, Mamba denoiser",
 }
-REFERENCE_ROW = "mamba"  # MD-Dose itself: the t-tests compare every other row with it
+TABLE1_METHODS = {"C3D-like": "c3d", "HD-UNet-like": "hd-unet", "DiffDP-like": "diffdp",
+                  "SP-DiffDose-like": "sp-diffdose", "MD-Dose": "md-dose"}
+
+
+def reference_row(table: str) -> str:
+    """The row that is MD-Dose itself: the t-tests compare every other row with it."""
+    return "MD-Dose" if table in ("table1", "table2") else "mamba"
 
 
 def table_rows(table: str, base: RunConfig) -> dict[str, RunConfig]:
     """The methods of ``table`` as run configurations derived from ``base`` (only the model differs)."""
     if table not in TABLES:
         raise MddoseError(f"unknown table {table!r}: choose {', '.join(TABLES)}")
+    if table in ("table1", "table2"):
+        return {name: method_config(method, base) for name, method in TABLE1_METHODS.items()}
     rows = {}
     for name, model in ablation_configs(base.model).items():
         if name.startswith(f"{table}-"):
@@ -53,9 +72,46 @@ def table_rows(table: str, base: RunConfig) -> dict[str, RunConfig]:
     return rows
 
 
+def describe(cfg: RunConfig) -> str:
+    """The network of a row in a few words, for the tables."""
+    m = cfg.model
+    if isinstance(m, BaselineConfig):
+        return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net, {m.loss} loss"
+    encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
+    return f"{m.denoiser_block} denoiser, {encoder}, {cfg.diffusion.prediction_type} prediction"
+
+
+def claim_folder(out_dir: Path, table: str) -> None:
+    """Refuse an experiment folder that already holds another table (its row names would be reused)."""
+    marker = out_dir / "table.json"
+    if marker.is_file():
+        held = json.loads(marker.read_text()).get("table")
+        if held != table:
+            raise MddoseError(f"this folder holds the {held} experiment: choose another folder for {table}", out_dir)
+    else:
+        write_json(marker, {"table": table})
+
+
 def _trained_seconds(run_dir: Path) -> float | None:
     trainer = run_dir / "checkpoints" / "last" / "trainer.json"
     return json.loads(trainer.read_text())["seconds"] if trainer.is_file() else None
+
+
+def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minutes: float, device: str,
+              progress: bool) -> None:
+    """Train one row for its budget; an interrupted row resumes for what is left of it; a finished one is kept."""
+    finished = run_dir / "experiment_done.json"
+    if finished.is_file():
+        return
+    done = _trained_seconds(run_dir)
+    if done is None:
+        log.info("training %s for %.1f min", run_dir.name, budget_minutes)
+        train(cache_dir, run_dir, cfg, minutes=budget_minutes, device=device, progress=progress)
+    else:
+        left = max(budget_minutes * 60.0 - done, 0.0) / 60
+        log.info("resuming %s for the remaining %.1f min", run_dir.name, left)
+        train(cache_dir, run_dir, minutes=left, resume=True, device=device, progress=progress)
+    write_json(finished, {"budget_minutes": budget_minutes})
 
 
 def run_experiment(
@@ -70,49 +126,50 @@ def run_experiment(
     samples: int = 1,
     device: str = "auto",
     progress: bool = True,
+    time_patients: int = 2,
 ) -> dict[str, Any]:
-    """Train, predict and evaluate every method of ``table`` with the same budget; returns experiment.json."""
+    """Train, predict and evaluate every method of ``table`` with the same budget; returns experiment.json.
+
+    ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiment_timing.run_timing`) on
+    ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.
+    """
     out_dir = Path(out_dir)
     base = base or run_preset("tiny")
     rows = table_rows(table, base)
-    budget_s = budget_minutes * 60.0
+    claim_folder(out_dir, table)
+    if table == "table2":
+        from mddose.experiment_timing import run_timing
+
+        return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
     methods: dict[str, Any] = {}
     for name, cfg in rows.items():
         run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
-        finished = run_dir / "experiment_done.json"
-        done = _trained_seconds(run_dir)
-        if not finished.is_file():
-            if done is None:
-                log.info("%s: training %s for %.1f min", table, name, budget_minutes)
-                train(cache_dir, run_dir, cfg, minutes=budget_minutes, device=device, progress=progress)
-            else:
-                left = max(budget_s - done, 0.0) / 60
-                log.info("%s: resuming %s for the remaining %.1f min", table, name, left)
-                train(cache_dir, run_dir, minutes=left, resume=True, device=device, progress=progress)
-            write_json(finished, {"budget_minutes": budget_minutes})
+        train_row(cfg, cache_dir, run_dir, budget_minutes, device, progress)
         if not (pred_dir / "prediction.json").is_file():
             predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
                     nifti=False, progress=progress)
         trainer = json.loads((run_dir / "checkpoints" / "last" / "trainer.json").read_text())
         timing = json.loads((pred_dir / "prediction.json").read_text())
         methods[name] = {
-            "denoiser": cfg.model.denoiser_block, "encoder": cfg.model.encoder_block,
+            "network": describe(cfg), "objective": cfg.objective, "model": cfg.model.to_dict(),
             "parameters": count_parameters(build_model(cfg.model)), "steps": trainer["step"],
             "train_seconds": round(trainer["seconds"], 1), "best": trainer.get("best"),
             "predict_seconds_per_patient": timing["mean_seconds_per_patient"],
         }
     names = list(rows)
     summary = evaluate(data_dir, [out_dir / "preds" / n for n in names], out_dir / "eval", names=names,
-                       against=REFERENCE_ROW, gamma=False, progress=progress)
+                       against=reference_row(table), gamma=False, progress=progress)
+    sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
+    if table == "table1":
+        sampling += " for the diffusion models, one forward pass for the deterministic ones,"
     table_md = (
         f"# {TABLES[table]}\n\n"
         f"Same cache, seed and budget for every method: {budget_minutes:g} min of training each "
-        f"(base model `{base.model.name}`, {base.model.image_size}² input), then {sampler} with {steps} steps "
-        f"and {samples} sample(s) on the {summary['n_reference_patients']} patients of `{data_dir}`.\n\n"
+        f"(base model `{base.model.name}`, {base.model.image_size}² input), then {sampling} "
+        f"on the {summary['n_reference_patients']} patients of `{data_dir}`.\n\n"
         + (out_dir / "eval" / "comparison.md").read_text().split("\n", 2)[2]
-        + "\n| Method | denoiser | encoder | parameters | training steps |\n|---|---|---|---:|---:|\n"
-        + "".join(f"| {n} | {m['denoiser']} | {m['encoder']} | {m['parameters']:,} | {m['steps']} |\n"
-                  for n, m in methods.items())
+        + "\n| Method | network | parameters | training steps |\n|---|---|---:|---:|\n"
+        + "".join(f"| {n} | {m['network']} | {m['parameters']:,} | {m['steps']} |\n" for n, m in methods.items())
     )
     write_text(out_dir / f"{table}.md", table_md)
     result = {"table": table, "budget_minutes": budget_minutes, "sampler": sampler, "steps": steps,

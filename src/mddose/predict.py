@@ -32,6 +32,7 @@ from mddose.diffusion.sampling import sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
+from mddose.regression import regress
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,11 @@ def predict_volume(
     device: torch.device | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask."""
+    """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask.
+
+    A deterministic baseline (``cfg.objective == "regression"``) ignores sampler, steps and samples: one
+    forward pass per slice, std 0.
+    """
     device = device or next(model.parameters()).device
     full = vol.full_shape
     dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
@@ -87,9 +92,13 @@ def predict_volume(
         mask = torch.from_numpy(np.stack([slice_mask(vol, z) for z in chunk])).to(device)
         native = cond.shape[-2:]
         cond, mask_in = resize_inputs(cond, mask, cfg.data)  # exactly as the model saw its training slices
-        mean, spread = sample_many(
-            model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
-        )
+        if cfg.objective == "regression":
+            mean = regress(model, cond, mask_in)
+            spread = torch.zeros_like(mean)
+        else:
+            mean, spread = sample_many(
+                model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
+            )
         if tuple(native) != (size, size):
             mean = F.interpolate(mean, size=native, mode="bilinear", align_corners=False)
             spread = F.interpolate(spread, size=native, mode="bilinear", align_corners=False)
@@ -118,6 +127,8 @@ def predict(
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written."""
     dev = resolve_device(device)
     cfg, model, folder = load_model(run, dev)
+    if cfg.objective == "regression":  # one deterministic pass: no sampler, nothing to draw twice
+        sampler, steps, samples = "none", 0, 1
     out_dir = Path(out_dir)
     folders = list_patients(data_dir)
     times: dict[str, float] = {}
@@ -133,8 +144,8 @@ def predict(
         if nifti:
             _write_nifti(out_dir / "nifti", patient_folder, patient, dose, std if samples > 1 else None)
     summary = {
-        "checkpoint": str(folder), "data_dir": str(data_dir), "sampler": sampler, "steps": steps,
-        "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
+        "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective,
+        "sampler": sampler, "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
         "n_patients": len(times), "seconds_per_patient": times,
         "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
     }

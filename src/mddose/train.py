@@ -1,5 +1,6 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
-helpers, loop. Single process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs,
+helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
+(:mod:`mddose.regression`) in place of the diffusion loss. Single process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs,
 gloo on CPUs), each rank taking its share of every global batch.
 
 Run folder::
@@ -43,6 +44,7 @@ from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
 from mddose.device import resolve_device
 from mddose.predict import predict_volume
+from mddose.regression import RegressionLoss
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def batch_indices(n: int, batch: int, seed: int, epoch: int, pos: int) -> tuple[
 
 
 def validate(ema: torch.nn.Module, cfg: RunConfig, cache: Cache, ids: list[str], device: torch.device) -> float:
-    """Mean OpenKBP dose score (Gy) of the EMA model on held-out patients, with the fast sampler."""
+    """Mean OpenKBP dose score (Gy) of the EMA model on held-out patients, with the fast sampler (if any)."""
     scores = []
     ema.eval()
     for pid in ids:
@@ -160,7 +162,7 @@ def train(
         if world > 1:  # ranks draw different augmentations; only rank 0's RNG state was saved
             torch.manual_seed(cfg.train.seed + rank + 7919 * state["step"])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    loss_fn = DiffusionLoss(cfg.diffusion)
+    loss_fn = DiffusionLoss(cfg.diffusion) if cfg.objective == "diffusion" else RegressionLoss(cfg.model)
     autocast = dev.type == "cuda" and cfg.train.bf16
     if rank == 0:
         write_json(run_dir / "config.json", cfg.to_dict())

@@ -3,9 +3,11 @@
 Where each box of the paper's Fig. 2 lives: (b) Mamba-UNet -> :mod:`.unet`; (c) structure encoder ->
 :mod:`.encoder`; (d) Mamba block -> :mod:`.mamba` (its stage wrapper with patch and time embedding:
 :mod:`.stage`); the SSM layer's scans (eqs. 4-7) -> :mod:`.ssm`; ablation blocks -> :mod:`.blocks`;
+the deterministic baselines of Table I (C3D-like cascade, HD-UNet-like dense U-Net) -> :mod:`.baselines`;
 configuration, presets and ablation rows -> :mod:`.config`.
 """
 
+from mddose.models.baselines import BaselineConfig, baseline_config
 from mddose.models.config import (
     BLOCK_TYPES,
     ENCODER_TYPES,
@@ -14,10 +16,14 @@ from mddose.models.config import (
     ablation_configs,
     build_model,
     count_parameters,
+    model_config_from_dict,
     preset,
 )
 
 __all__ = [
+    "BaselineConfig",
+    "baseline_config",
+    "model_config_from_dict",
     "BLOCK_TYPES",
     "ENCODER_TYPES",
     "PRESETS",

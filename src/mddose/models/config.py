@@ -23,6 +23,7 @@ from torch import nn
 
 from mddose.errors import MddoseError
 from mddose.fileio import write_json
+from mddose.models.baselines import BaselineConfig, build_baseline
 
 BLOCK_TYPES = ("mamba", "swin", "conv")
 ENCODER_TYPES = ("none", *BLOCK_TYPES)
@@ -194,9 +195,16 @@ def ablation_configs(base: ModelConfig) -> dict[str, ModelConfig]:
     return {row: base.replace(name=f"{base.name}-{row}", **changes) for row, changes in rows.items()}
 
 
-def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:
-    """The noise predictor for ``config``: ``model(x_t (B,in,H,W), t (B,), cond (B,cond,H,W)) -> (B,out,H,W)``.
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig | BaselineConfig:
+    """A network config from its JSON: a deterministic baseline when it names an ``arch``, else MD-Dose's."""
+    return BaselineConfig.from_dict(data) if "arch" in data else ModelConfig.from_dict(data)
 
+
+def build_model(config: ModelConfig | BaselineConfig, seed: int | None = None) -> nn.Module:
+    """The network for ``config``.
+
+    MD-Dose (a :class:`ModelConfig`): the noise predictor, ``model(x_t (B,in,H,W), t (B,), cond (B,cond,H,W))
+    -> (B,out,H,W)``. A :class:`~mddose.models.baselines.BaselineConfig`: ``model(cond) -> dose (B,1,H,W)``.
     With ``seed`` the initial weights are reproducible and the global RNG state is left as it was.
     """
     from mddose.models.unet import MambaUNet
@@ -205,7 +213,7 @@ def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        return MambaUNet(config)
+        return build_baseline(config) if isinstance(config, BaselineConfig) else MambaUNet(config)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,0 +1,68 @@
+"""Run configurations: presets, Table I methods on one recipe, JSON round trips, partial config files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mddose.config import METHODS, RunConfig, load_run_config, method_config, run_preset
+from mddose.errors import MddoseError
+from mddose.models.baselines import BaselineConfig
+from mddose.models.config import ModelConfig
+
+
+def test_methods_differ_only_in_the_network() -> None:
+    base = run_preset("tiny")
+    rows = {m: method_config(m, base) for m in METHODS}
+    assert all(r.data == base.data and r.train == base.train and r.diffusion == base.diffusion
+               for r in rows.values())
+    assert rows["md-dose"].model == base.model
+    assert (rows["diffdp"].model.denoiser_block, rows["diffdp"].model.encoder_block) == ("conv", "conv")
+    assert (rows["sp-diffdose"].model.denoiser_block, rows["sp-diffdose"].model.encoder_block) == ("swin", "swin")
+    assert rows["c3d"].model.arch == "cascade" and rows["hd-unet"].model.arch == "dense"
+    assert {m: r.objective for m, r in rows.items()} == {
+        "md-dose": "diffusion", "diffdp": "diffusion", "sp-diffdose": "diffusion", "c3d": "regression",
+        "hd-unet": "regression"}
+    with pytest.raises(MddoseError, match="unknown method"):
+        method_config("unet", base)
+    with pytest.raises(MddoseError, match="MD-Dose recipe"):
+        method_config("c3d", rows["c3d"])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_json_round_trip(method: str) -> None:
+    cfg = method_config(method, run_preset("tiny"))
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and type(again.model) is type(cfg.model)
+
+
+def test_partial_config_file_makes_a_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "c3d.json"
+    path.write_text(json.dumps({"preset": "tiny", "model": {"arch": "cascade", "loss": "l1"},
+                                "train": {"lr": 1e-3}}))
+    cfg = load_run_config(path)
+    assert isinstance(cfg.model, BaselineConfig) and cfg.model.loss == "l1" and cfg.train.lr == 1e-3
+    assert cfg.model.widths == run_preset("tiny").model.enc_widths and cfg.objective == "regression"
+    path.write_text(json.dumps({"model": {"denoiser_block": "swin"}}))
+    cfg = load_run_config(path)
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.denoiser_block == "swin"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{", "cannot read config"), ('{"optimizer": {}}', "unknown config section"),
+     ('{"model": {"arch": "vnet"}}', "invalid config"), ('{"train": {"lr": 1, "nope": 2}}', "invalid config")],
+)
+def test_bad_config_files_name_the_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(MddoseError, match=message) as info:
+        load_run_config(path)
+    assert "bad.json" in str(info.value)
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(MddoseError, match="unknown preset"):
+        run_preset("huge")
