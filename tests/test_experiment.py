@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,4 +89,34 @@ def test_one_table_per_folder(tmp_path: Path) -> None:
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, time_patients=1)
     run_experiment("table2", cache, data, tmp_path / "exp", **kw)
     with pytest.raises(MddoseError, match="holds the table2 experiment"):
+        run_experiment("table3", cache, data, tmp_path / "exp", budget_minutes=0.02, **kw)
+
+
+def test_cli_table2_and_train_a_baseline(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=2)
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps(micro_config(val_patients=0).to_dict()))
+    cli = [sys.executable, "-m", "mddose.cli"]
+    proc = subprocess.run([*cli, "experiment", "table2", str(cache), str(data), str(tmp_path / "t2"), "--config",
+                           str(cfg), "--steps", "1", "--time-patients", "1", "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "MD-Dose:" in proc.stdout and "s per patient" in proc.stdout and (tmp_path / "t2" / "table2.md").is_file()
+    proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "run"), "--config", str(cfg), "--method",
+                           "hd-unet", "--max-steps", "2", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arch"] == "dense"
+    proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "bad"), "--method", "unet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: unknown method 'unet': choose md-dose, diffdp, sp-diffdose, c3d, hd-unet")
+
+
+def test_step_budget_and_budget_mismatch(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=3)
+    kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False)
+    result = run_experiment("table3", cache, data, tmp_path / "exp", budget_steps=3, **kw)
+    assert {m["steps"] for m in result["methods"].values()} == {3} and result["budget_steps"] == 3
+    assert "3 training steps each" in (tmp_path / "exp" / "table3.md").read_text()
+    with pytest.raises(MddoseError, match="trained with budget"):
         run_experiment("table3", cache, data, tmp_path / "exp", budget_minutes=0.02, **kw)

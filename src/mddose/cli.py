@@ -167,16 +167,20 @@ def train(
     run_dir: Annotated[Path, typer.Argument(help="Run folder: config, checkpoints, loss curve.")],
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
     preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
+    method: Annotated[str, typer.Option(help="md-dose, or a Table I baseline on the same recipe: diffdp, "
+                                             "sp-diffdose, c3d, hd-unet.")] = "md-dose",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
-    """Train MD-Dose on a cache (under torchrun: multi-GPU DDP)."""
-    from mddose.config import load_run_config, run_preset
+    """Train MD-Dose (or a baseline) on a cache (under torchrun: multi-GPU DDP)."""
+    from mddose.config import load_run_config, method_config, run_preset
     from mddose.train import train as run_training
 
     cfg = None if resume else (load_run_config(config) if config else run_preset(preset))
+    if cfg is not None and method != "md-dose":
+        cfg = method_config(method, cfg)
     result = run_training(cache_dir, run_dir, cfg, max_steps=max_steps, minutes=minutes, resume=resume, device=device)
     best = result["best"]
     typer.echo(f"trained to step {result['step']} in {result['seconds']:.0f} s; "
@@ -318,17 +322,21 @@ def experiment(
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
     out_dir: Annotated[Path, typer.Argument(help="Experiment folder, one per table (re-running resumes it).")],
     budget_minutes: Annotated[float, typer.Option(min=0.01, help="Training minutes per method (table2: unused).")] = 10.0,
+    budget_steps: Annotated[Optional[int], typer.Option(min=1, help="Train every method to this step count "
+                                                                    "instead of for --budget-minutes.")] = None,
     preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
+    config: Annotated[Optional[Path], typer.Option(help="Base RunConfig JSON instead of --preset.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for every diffusion model.")] = 10,
     time_patients: Annotated[int, typer.Option(min=1, help="table2: patients of DATA_DIR to time.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""
-    from mddose.config import run_preset
+    from mddose.config import load_run_config, run_preset
     from mddose.experiment import run_experiment
 
-    result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, run_preset(preset), steps=steps,
-                            device=device, time_patients=time_patients)
+    base = load_run_config(config) if config else run_preset(preset)
+    result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, base, steps=steps, device=device,
+                            time_patients=time_patients, budget_steps=budget_steps)
     for name, score in result.get("scores", {}).items():
         typer.echo(f"{name:>16}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
     for name, m in result["methods"].items() if table == "table2" else ():

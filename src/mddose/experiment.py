@@ -16,13 +16,15 @@ Output folder, resumable (a finished method is skipped; an interrupted one resum
 with the rest of its budget)::
 
     OUT_DIR/
+      table.json           which table and budget this folder holds
       runs/<row>/          one training run per method (config.json, checkpoints, loss.png)
       preds/<row>/         its predictions (pt_N.csv, prediction.json)
       eval/                mddose evaluate: summary.json, per_patient.csv, per_roi.csv, comparison.md
       <table>.md           the table (mean ± std, * where p < 0.05 against MD-Dose) with the budget used
       experiment.json      the settings and, per method, parameters, steps, training seconds
 
-One table per OUT_DIR: a folder holding another table's experiment is refused (row names repeat across tables).
+One table and one budget per OUT_DIR: a folder holding another table's experiment (row names repeat across
+tables) or the same table with another budget is refused.
 """
 
 from __future__ import annotations
@@ -81,15 +83,19 @@ def describe(cfg: RunConfig) -> str:
     return f"{m.denoiser_block} denoiser, {encoder}, {cfg.diffusion.prediction_type} prediction"
 
 
-def claim_folder(out_dir: Path, table: str) -> None:
-    """Refuse an experiment folder that already holds another table (its row names would be reused)."""
+def claim_folder(out_dir: Path, table: str, budget: dict[str, Any]) -> None:
+    """Refuse an experiment folder that holds another table (its row names would be reused) or another budget."""
     marker = out_dir / "table.json"
-    if marker.is_file():
-        held = json.loads(marker.read_text()).get("table")
-        if held != table:
-            raise MddoseError(f"this folder holds the {held} experiment: choose another folder for {table}", out_dir)
-    else:
-        write_json(marker, {"table": table})
+    if not marker.is_file():
+        write_json(marker, {"table": table, "budget": budget})
+        return
+    held = json.loads(marker.read_text())
+    if held.get("table") != table:
+        raise MddoseError(f"this folder holds the {held.get('table')} experiment: choose another folder for {table}",
+                          out_dir)
+    if held.get("budget", budget) != budget:
+        raise MddoseError(f"this folder's experiment was trained with budget {held['budget']}, not {budget}: "
+                          "choose another folder", out_dir)
 
 
 def _trained_seconds(run_dir: Path) -> float | None:
@@ -97,21 +103,27 @@ def _trained_seconds(run_dir: Path) -> float | None:
     return json.loads(trainer.read_text())["seconds"] if trainer.is_file() else None
 
 
-def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minutes: float, device: str,
-              progress: bool) -> None:
-    """Train one row for its budget; an interrupted row resumes for what is left of it; a finished one is kept."""
+def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minutes: float,
+              budget_steps: int | None, device: str, progress: bool) -> None:
+    """Train one row for its budget (minutes, or steps when given); an interrupted row resumes for what is left
+    of it; a finished one is kept."""
     finished = run_dir / "experiment_done.json"
     if finished.is_file():
         return
     done = _trained_seconds(run_dir)
-    if done is None:
+    if budget_steps is not None:
+        log.info("training %s to step %d", run_dir.name, budget_steps)
+        train(cache_dir, run_dir, None if done is not None else cfg, max_steps=budget_steps,
+              resume=done is not None, device=device, progress=progress)
+    elif done is None:
         log.info("training %s for %.1f min", run_dir.name, budget_minutes)
         train(cache_dir, run_dir, cfg, minutes=budget_minutes, device=device, progress=progress)
     else:
         left = max(budget_minutes * 60.0 - done, 0.0) / 60
         log.info("resuming %s for the remaining %.1f min", run_dir.name, left)
         train(cache_dir, run_dir, minutes=left, resume=True, device=device, progress=progress)
-    write_json(finished, {"budget_minutes": budget_minutes})
+    write_json(finished, {"budget_minutes": None if budget_steps is not None else budget_minutes,
+                          "budget_steps": budget_steps})
 
 
 def run_experiment(
@@ -127,8 +139,13 @@ def run_experiment(
     device: str = "auto",
     progress: bool = True,
     time_patients: int = 2,
+    budget_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train, predict and evaluate every method of ``table`` with the same budget; returns experiment.json.
+
+    The budget is wall-clock minutes of training per method (``budget_minutes``: what a user with one machine
+    has), or, with ``budget_steps``, the same number of optimisation steps (what separates the architectures
+    from the speed of their kernels on this device).
 
     ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiment_timing.run_timing`) on
     ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.
@@ -136,7 +153,9 @@ def run_experiment(
     out_dir = Path(out_dir)
     base = base or run_preset("tiny")
     rows = table_rows(table, base)
-    claim_folder(out_dir, table)
+    claim_folder(out_dir, table, {} if table == "table2" else
+                 {"minutes": None, "steps": budget_steps} if budget_steps is not None else
+                 {"minutes": budget_minutes, "steps": None})
     if table == "table2":
         from mddose.experiment_timing import run_timing
 
@@ -144,7 +163,7 @@ def run_experiment(
     methods: dict[str, Any] = {}
     for name, cfg in rows.items():
         run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
-        train_row(cfg, cache_dir, run_dir, budget_minutes, device, progress)
+        train_row(cfg, cache_dir, run_dir, budget_minutes, budget_steps, device, progress)
         if not (pred_dir / "prediction.json").is_file():
             predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
                     nifti=False, progress=progress)
@@ -162,9 +181,10 @@ def run_experiment(
     sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
     if table == "table1":
         sampling += " for the diffusion models, one forward pass for the deterministic ones,"
+    budget = f"{budget_steps} training steps" if budget_steps is not None else f"{budget_minutes:g} min of training"
     table_md = (
         f"# {TABLES[table]}\n\n"
-        f"Same cache, seed and budget for every method: {budget_minutes:g} min of training each "
+        f"Same cache, seed and budget for every method: {budget} each "
         f"(base model `{base.model.name}`, {base.model.image_size}² input), then {sampling} "
         f"on the {summary['n_reference_patients']} patients of `{data_dir}`.\n\n"
         + (out_dir / "eval" / "comparison.md").read_text().split("\n", 2)[2]
@@ -172,7 +192,8 @@ def run_experiment(
         + "".join(f"| {n} | {m['network']} | {m['parameters']:,} | {m['steps']} |\n" for n, m in methods.items())
     )
     write_text(out_dir / f"{table}.md", table_md)
-    result = {"table": table, "budget_minutes": budget_minutes, "sampler": sampler, "steps": steps,
+    result = {"table": table, "budget_minutes": None if budget_steps is not None else budget_minutes,
+              "budget_steps": budget_steps, "sampler": sampler, "steps": steps,
               "samples": samples, "cache_dir": str(cache_dir), "data_dir": str(data_dir),
               "base": base.to_dict(), "methods": methods,
               "scores": {n: summary["methods"][n]["openkbp"] for n in names}}

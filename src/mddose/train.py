@@ -162,7 +162,9 @@ def train(
         if world > 1:  # ranks draw different augmentations; only rank 0's RNG state was saved
             torch.manual_seed(cfg.train.seed + rank + 7919 * state["step"])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    loss_fn = DiffusionLoss(cfg.diffusion) if cfg.objective == "diffusion" else RegressionLoss(cfg.model)
+    diffusion = cfg.objective == "diffusion"
+    loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
+    curve_labels = (f"Training: {cfg.model.name}", "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
     autocast = dev.type == "cuda" and cfg.train.bf16
     if rank == 0:
         write_json(run_dir / "config.json", cfg.to_dict())
@@ -207,7 +209,7 @@ def train(
         if rank == 0 and time.monotonic() - last_ckpt > cfg.train.checkpoint_every_s:
             state["seconds"] = seconds_before + time.monotonic() - start
             checkpoint("last")
-            plot_history(state, run_dir / "loss.png")
+            plot_history(state, run_dir / "loss.png", *curve_labels)
             last_ckpt = time.monotonic()
     bar.close()
     if rank == 0:
@@ -216,7 +218,7 @@ def train(
             _validate_and_keep(ema, cfg, cache, val_ids, dev, state, checkpoint)
         state["seconds"] = seconds_before + time.monotonic() - start
         checkpoint("last")
-        plot_history(state, run_dir / "loss.png")
+        plot_history(state, run_dir / "loss.png", *curve_labels)
         write_json(run_dir / "history.json", {k: state[k] for k in ("history", "validation", "best", "seconds")})
     if world > 1:
         dist.barrier()

@@ -91,6 +91,16 @@ def test_report_from_a_run_folder(tmp_path: Path) -> None:
     assert 'id="patients"' not in page and 'id="scores"' not in page
 
 
+def test_report_from_a_baseline_run_folder(tmp_path: Path) -> None:
+    from mddose.config import method_config
+
+    run = _run_folder(tmp_path / "run")
+    write_json(run / "config.json", method_config("hd-unet", RunConfig(train=TrainConfig(val_patients=1))).to_dict())
+    page = build_report(run, out_dir=tmp_path / "out", progress=False).read_text(encoding="utf-8")
+    assert "dense U-Net (HD-UNet-like), deterministic, mse loss" in page and "48–96–192–384" in page
+    assert "Diffusion" not in page and "denoiser" not in page
+
+
 def test_pick_patients_spreads_from_best_to_worst() -> None:
     rows = [{"method": "A", "patient_id": f"pt_{i}", "status": "scored", "openkbp_dose_score": str(10 - i)}
             for i in range(1, 10)]

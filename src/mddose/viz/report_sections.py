@@ -219,9 +219,13 @@ def training_section(found: ReportSources, figures: Path) -> str:
     history = found.history or {}
     parts = ['<section id="training"><h2>Training</h2><div class="grid2"><div>']
     loss = figures / "loss.png"
-    plot_history(history, loss)
+    model = (found.config or {}).get("model", {})
+    if "arch" in model:  # a deterministic baseline
+        plot_history(history, loss, f"Training: {model.get('name')}", f"{model.get('loss')} loss (all outputs)")
+    else:
+        plot_history(history, loss)
     if loss.is_file():
-        parts.append(image(loss, "training loss", "Diffusion training loss per logged step (log scale)"
+        parts.append(image(loss, "training loss", "Training loss per logged step (log scale)"
                            + (" and the validation dose score" if history.get("validation") else "") + "."))
     else:
         parts.append('<p class="note">No training history (history.json) found.</p>')
@@ -258,25 +262,35 @@ def setup_section(found: ReportSources) -> str:
     cfg = found.config
     if cfg:
         m, d, diff, t = cfg.get("model", {}), cfg.get("data", {}), cfg.get("diffusion", {}), cfg.get("train", {})
-        rows = [
-            ["Network", f"{esc(m.get('name'))}: {esc(m.get('denoiser_block'))} denoiser, {esc(m.get('encoder_block'))}"
-                        f" structure encoder, SSM {esc(m.get('ssm_kind'))}"],
-            ["Widths (encoder / decoder)", f"{_dash(m.get('enc_widths'))} / {_dash(m.get('dec_widths'))}, depths "
-                                           f"{_dash(m.get('enc_depths'))} / {_dash(m.get('dec_depths'))}"],
-            ["Input", f"{esc(d.get('image_size'))}×{esc(d.get('image_size'))} axial slices, "
-                      f"{esc(m.get('cond_channels'))} structure channels, dose / {esc(d.get('dose_norm_gy'))} Gy"],
-            ["Diffusion", f"T = {esc(diff.get('num_train_timesteps'))}, {esc(diff.get('beta_schedule'))} β, "
-                          f"the network predicts {_predicts(diff.get('prediction_type'))}, "
-                          f"dose range {esc(diff.get('data_range'))}"],
-            ["Optimiser", f"{esc(t.get('optimizer'))}, lr {esc(t.get('lr'))} ({esc(t.get('lr_schedule'))}), batch "
-                          f"{esc(t.get('batch_size'))}, EMA {esc(t.get('ema_decay'))}, seed {esc(t.get('seed'))}"],
-        ]
+        if "arch" in m:  # a deterministic baseline (mddose.models.baselines)
+            kind = "cascade of two U-Nets (C3D-like)" if m.get("arch") == "cascade" else "dense U-Net (HD-UNet-like)"
+            rows = [
+                ["Network", f"{esc(m.get('name'))}: {kind}, deterministic, {esc(m.get('loss'))} loss"],
+                ["Widths", f"{_dash(m.get('widths'))}, depth {esc(m.get('depth'))}"
+                           + (f", growth {esc(m.get('growth'))}" if m.get("arch") == "dense" else "")],
+            ]
+        else:
+            rows = [
+                ["Network", f"{esc(m.get('name'))}: {esc(m.get('denoiser_block'))} denoiser, "
+                            f"{esc(m.get('encoder_block'))} structure encoder, SSM {esc(m.get('ssm_kind'))}"],
+                ["Widths (encoder / decoder)", f"{_dash(m.get('enc_widths'))} / {_dash(m.get('dec_widths'))}, depths "
+                                               f"{_dash(m.get('enc_depths'))} / {_dash(m.get('dec_depths'))}"],
+            ]
+        rows.append(["Input", f"{esc(d.get('image_size'))}×{esc(d.get('image_size'))} axial slices, "
+                              f"{esc(m.get('cond_channels'))} structure channels, dose / {esc(d.get('dose_norm_gy'))} Gy"])
+        if "arch" not in m:
+            rows.append(["Diffusion", f"T = {esc(diff.get('num_train_timesteps'))}, {esc(diff.get('beta_schedule'))} "
+                                      f"β, the network predicts {_predicts(diff.get('prediction_type'))}, "
+                                      f"dose range {esc(diff.get('data_range'))}"])
+        rows.append(["Optimiser", f"{esc(t.get('optimizer'))}, lr {esc(t.get('lr'))} ({esc(t.get('lr_schedule'))}), "
+                                  f"batch {esc(t.get('batch_size'))}, EMA {esc(t.get('ema_decay'))}, seed {esc(t.get('seed'))}"])
         parts.append("<h3>Run</h3>" + table(["Setting", "Value"], rows, text_columns=2))
     p = found.prediction
     if p:
         per = p.get("mean_seconds_per_patient")
         parts.append("<h3>Prediction</h3>" + table(["Setting", "Value"], [
-            ["Sampler", f"{esc(p.get('sampler'))}, {esc(p.get('steps'))} steps, {esc(p.get('samples'))} sample(s) "
+            ["Sampler", "none: one deterministic forward pass per slice" if p.get("objective") == "regression" else
+                        f"{esc(p.get('sampler'))}, {esc(p.get('steps'))} steps, {esc(p.get('samples'))} sample(s) "
                         "per patient (mean = prediction, SD = uncertainty)"],
             ["Device", f"{esc(p.get('device'))}, {fmt(per, 1)} s per patient"],
             ["Checkpoint", f"<code>{esc(p.get('checkpoint'))}</code>"]], text_columns=2))

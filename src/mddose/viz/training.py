@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mddose.fileio import atomic_path  # noqa: E402
 
 
-def plot_history(state: dict[str, Any], path: str | Path) -> None:
+def plot_history(state: dict[str, Any], path: str | Path, title: str = "MD-Dose training",
+                 loss_label: str = "diffusion loss (MSE)") -> None:
     """Write ``loss.png`` atomically from a trainer state's ``history`` and ``validation`` lists."""
     hist, val = state.get("history", []), state.get("validation", [])
     if not hist and not val:
@@ -23,14 +24,14 @@ def plot_history(state: dict[str, Any], path: str | Path) -> None:
         ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], color="tab:blue", lw=1.2, label="training loss")
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("diffusion loss (MSE)", color="tab:blue")
+    ax.set_ylabel(loss_label, color="tab:blue")
     ax.grid(alpha=0.3)
     if val:
         ax2 = ax.twinx()
         ax2.plot([v["step"] for v in val], [v["dose_score"] for v in val], "o-", color="tab:red",
                  label="validation dose score")
         ax2.set_ylabel("validation dose score (Gy)", color="tab:red")
-    ax.set_title("MD-Dose training")
+    ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
