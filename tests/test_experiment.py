@@ -43,6 +43,9 @@ def test_table_end_to_end_and_resume(tmp_path: Path, table: str) -> None:
     assert set(result["scores"]) == set(table_rows(table, base))
     assert all(m["steps"] >= 1 for m in result["methods"].values())
     assert (tmp_path / "exp" / "eval" / "per_patient.csv").is_file()
+    assert {p.name for p in (tmp_path / "exp" / "eval" / "figures").iterdir()} == {
+        "pt_1_comparison.png", "pt_1_dvh.png", "pt_1_dose.png"}
+    assert "eval/figures/pt_1_comparison.png" in md
     summary = json.loads((tmp_path / "exp" / "eval" / "summary.json").read_text())
     assert summary["against"] == reference
     # re-running finds every method done: nothing is trained or predicted again
@@ -50,6 +53,13 @@ def test_table_end_to_end_and_resume(tmp_path: Path, table: str) -> None:
     run_experiment(table, cache, data, tmp_path / "exp", budget_minutes=0.02, base=base, steps=2, device="cpu",
                    progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    if table == "table1":  # another step count: the diffusion rows predict again, nothing trains again
+        runs = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "runs").glob("*/checkpoints/last/trainer.json")}
+        result = run_experiment(table, cache, data, tmp_path / "exp", budget_minutes=0.02, base=base, steps=3,
+                                device="cpu", progress=False)
+        assert runs == {p: p.stat().st_mtime_ns for p in runs} and result["steps"] == 3
+        again = {p.parent.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+        assert again == {"DiffDP-like", "SP-DiffDose-like", "MD-Dose"}
 
 
 def test_interrupted_method_resumes(tmp_path: Path) -> None:
@@ -80,8 +90,14 @@ def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
     assert "| MD-Dose |" in md and "s / patient" in md and "CPU" in md
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "t2" / "timing").glob("*.json")}
     assert len(stamps) == 5
-    run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=2, device="cpu", progress=False)
+    run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=2, device="cpu", progress=False,
+                   time_patients=1)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    # another step count times again
+    result = run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=1, device="cpu",
+                            progress=False, time_patients=1)
+    assert all(m["steps"] == 1 for m in result["methods"].values())
+    assert all(stamps[p] != p.stat().st_mtime_ns for p in stamps)
 
 
 def test_one_table_per_folder(tmp_path: Path) -> None:

@@ -326,7 +326,9 @@ def experiment(
                                                                     "instead of for --budget-minutes.")] = None,
     preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
     config: Annotated[Optional[Path], typer.Option(help="Base RunConfig JSON instead of --preset.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for every diffusion model.")] = 10,
+    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm, for every diffusion model.")] = "dpm++",
+    steps: Annotated[int, typer.Option(min=1, help="Sampler steps for every diffusion model.")] = 10,
+    samples: Annotated[int, typer.Option(min=1, help="Draws averaged per patient (diffusion models).")] = 1,
     time_patients: Annotated[int, typer.Option(min=1, help="table2: patients of DATA_DIR to time.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
@@ -335,8 +337,8 @@ def experiment(
     from mddose.experiment import run_experiment
 
     base = load_run_config(config) if config else run_preset(preset)
-    result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, base, steps=steps, device=device,
-                            time_patients=time_patients, budget_steps=budget_steps)
+    result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, base, sampler=sampler, steps=steps,
+                            samples=samples, device=device, time_patients=time_patients, budget_steps=budget_steps)
     for name, score in result.get("scores", {}).items():
         typer.echo(f"{name:>16}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
     for name, m in result["methods"].items() if table == "table2" else ():

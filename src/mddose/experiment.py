@@ -19,7 +19,8 @@ with the rest of its budget)::
       table.json           which table and budget this folder holds
       runs/<row>/          one training run per method (config.json, checkpoints, loss.png)
       preds/<row>/         its predictions (pt_N.csv, prediction.json)
-      eval/                mddose evaluate: summary.json, per_patient.csv, per_roi.csv, comparison.md
+      eval/                mddose evaluate: summary.json, per_patient.csv, per_roi.csv, comparison.md, and
+                           figures/ for the first patient (every method side by side: Figs. 3 and 4)
       <table>.md           the table (mean ± std, * where p < 0.05 against MD-Dose) with the budget used
       experiment.json      the settings and, per method, parameters, steps, training seconds
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mddose.config import RunConfig, method_config, run_preset
+from mddose.data.openkbp import list_patients
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json, write_text
@@ -103,6 +105,18 @@ def _trained_seconds(run_dir: Path) -> float | None:
     return json.loads(trainer.read_text())["seconds"] if trainer.is_file() else None
 
 
+def _predicted_with(pred_dir: Path, cfg: RunConfig, sampler: str, steps: int, samples: int) -> bool:
+    """Whether ``pred_dir`` holds finished predictions made with these settings (else predict again: a re-run
+    with another sampler, step count or number of samples redoes only prediction and evaluation)."""
+    summary = pred_dir / "prediction.json"
+    if not summary.is_file():
+        return False
+    if cfg.objective == "regression":
+        return True
+    held = json.loads(summary.read_text())
+    return (held.get("sampler"), held.get("steps"), held.get("samples")) == (sampler, steps, samples)
+
+
 def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minutes: float,
               budget_steps: int | None, device: str, progress: bool) -> None:
     """Train one row for its budget (minutes, or steps when given); an interrupted row resumes for what is left
@@ -164,7 +178,7 @@ def run_experiment(
     for name, cfg in rows.items():
         run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
         train_row(cfg, cache_dir, run_dir, budget_minutes, budget_steps, device, progress)
-        if not (pred_dir / "prediction.json").is_file():
+        if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
             predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
                     nifti=False, progress=progress)
         trainer = json.loads((run_dir / "checkpoints" / "last" / "trainer.json").read_text())
@@ -176,8 +190,10 @@ def run_experiment(
             "predict_seconds_per_patient": timing["mean_seconds_per_patient"],
         }
     names = list(rows)
+    shown = list_patients(data_dir)[0].name  # the paper's Figs. 3 and 4 for one patient: every method side by side
     summary = evaluate(data_dir, [out_dir / "preds" / n for n in names], out_dir / "eval", names=names,
-                       against=reference_row(table), gamma=False, progress=progress)
+                       against=reference_row(table), gamma=False, figures=True, figure_patients=[shown],
+                       progress=progress)
     sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
     if table == "table1":
         sampling += " for the diffusion models, one forward pass for the deterministic ones,"
@@ -190,6 +206,9 @@ def run_experiment(
         + (out_dir / "eval" / "comparison.md").read_text().split("\n", 2)[2]
         + "\n| Method | network | parameters | training steps |\n|---|---|---:|---:|\n"
         + "".join(f"| {n} | {m['network']} | {m['parameters']:,} | {m['steps']} |\n" for n, m in methods.items())
+        + f"\nFigures for {shown}, every method beside the reference: dose and error maps "
+        f"(`eval/figures/{shown}_comparison.png`, as the paper's Fig. 3), DVHs (`eval/figures/{shown}_dvh.png`, "
+        f"Fig. 4) and dose washes (`eval/figures/{shown}_dose.png`).\n"
     )
     write_text(out_dir / f"{table}.md", table_md)
     result = {"table": table, "budget_minutes": None if budget_steps is not None else budget_minutes,

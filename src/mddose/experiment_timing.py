@@ -11,9 +11,10 @@ the same sampler and steps as Table I. Three times per method:
 * per patient: every slice that meets the possible-dose mask, batched as ``mddose predict`` does (32 slices),
   once per patient, averaged over the patients.
 
-The first two are the median of repeated runs after a warm-up; on CUDA every timing is synchronised and the peak memory of
-the per-patient prediction is recorded. Output: ``timing/<method>.json`` (kept on a re-run: the experiment
-resumes), ``table2.md`` and ``experiment.json``.
+The first two are the median of repeated runs after a warm-up; on CUDA every timing is synchronised and the
+peak memory of the per-patient prediction is recorded. Output: ``timing/<method>.json`` (kept on a re-run with
+the same network, device, sampler, steps and patients: the experiment resumes), ``table2.md`` and
+``experiment.json``.
 """
 
 from __future__ import annotations
@@ -115,16 +116,19 @@ def run_timing(rows: dict[str, RunConfig], data_dir: str | Path, out_dir: Path, 
     if not folders:
         raise MddoseError("no patient folders to time", data_dir)
     patients = [CachedPatient.from_patient(read_patient(f, base.data.rois)) for f in folders]
+    ids = [p.patient_id for p in patients]
+    where = device_name(dev)
     methods: dict[str, Any] = {}
     for name, cfg in tqdm(rows.items(), desc="table2", unit="method", disable=not progress):
         path = out_dir / "timing" / f"{name}.json"
-        if path.is_file():
-            methods[name] = json.loads(path.read_text())
+        held = json.loads(path.read_text()) if path.is_file() else {}
+        wanted = {"model": cfg.model.to_dict(), "device": where, "sampler": sampler, "steps": steps, "patients": ids}
+        if all(held.get(k) == v for k, v in wanted.items()):
+            methods[name] = held
             continue
         log.info("timing %s on %s", name, dev)
-        methods[name] = time_method(cfg, patients, sampler, steps, dev)
+        methods[name] = {**wanted, **time_method(cfg, patients, sampler, steps, dev)}
         write_json(path, methods[name])
-    where = device_name(dev)
     lines = [
         "# Parameters and inference time (Table II)", "",
         f"Measured on {where}: base model `{base.model.name}` at {base.model.image_size}² input, {sampler} with "

@@ -33,7 +33,8 @@ WASH_FLOOR = 0.05  # dose below this fraction of the colour scale's maximum is n
 ISODOSE_PERCENT = (20, 50, 80, 95, 100, 107)  # of the highest prescription
 ISODOSE_COLORS = ("#1f4fff", "#00b7ff", "#00c853", "#ffd600", "#ff6d00", "#d50000")
 DOSE_CMAP, ERROR_CMAP = "jet", "RdBu_r"
-PREDICTION_STYLES = ((0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (8, 3, 2, 3)))
+PREDICTION_STYLES = ((0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (8, 3, 2, 3)), (0, (2, 2)),
+                     (0, (10, 2, 1, 2, 1, 2)), (0, (1, 3)))  # one per method: Table I compares five
 
 
 def default_slice(patient: Patient, dose: np.ndarray | None = None) -> int:
