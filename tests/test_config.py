@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,11 @@ def test_methods_differ_only_in_the_network() -> None:
     assert rows["c3d"].model.arch == "cascade" and rows["hd-unet"].model.arch == "dense"
     assert {m: r.objective for m, r in rows.items()} == {
         "md-dose": "diffusion", "diffdp": "diffusion", "sp-diffdose": "diffusion", "c3d": "regression",
-        "hd-unet": "regression"}
+        "hd-unet": "regression", "c3d-3d": "regression", "hd-unet-3d": "regression"}
+    assert (rows["c3d"].model.dims, rows["c3d-3d"].model.dims, rows["hd-unet-3d"].model.patch_size) == (2, 3, (64,) * 3)
+    assert method_config("c3d-3d", base, patch_size=(32, 32, 16)).model.patch_size == (32, 32, 16)
+    with pytest.raises(MddoseError, match="patch_size"):
+        method_config("hd-unet-3d", base, patch_size=(30, 32, 16))
     with pytest.raises(MddoseError, match="unknown method"):
         method_config("unet", base)
     with pytest.raises(MddoseError, match="MD-Dose recipe"):
@@ -61,6 +66,12 @@ def test_bad_config_files_name_the_file(tmp_path: Path, content: str, message: s
     with pytest.raises(MddoseError, match=message) as info:
         load_run_config(path)
     assert "bad.json" in str(info.value)
+
+
+def test_3d_baseline_takes_no_context() -> None:
+    cfg = method_config("c3d-3d", run_preset("tiny"))
+    with pytest.raises(ValueError, match="2.5D"):
+        RunConfig(model=cfg.model.replace(cond_channels=11), data=replace(cfg.data, context_slices=1))
 
 
 def test_unknown_preset() -> None:

@@ -100,6 +100,20 @@ def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
     assert all(stamps[p] != p.stat().st_mtime_ns for p in stamps)
 
 
+def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=3)
+    kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, baselines_3d=True,
+              patch_3d=(32, 32, 16))
+    result = run_experiment("table1", cache, data, tmp_path / "t1", budget_steps=3, **kw)
+    assert list(result["methods"])[:2] == ["C3D-like-3D", "HD-UNet-like-3D"]
+    assert result["methods"]["C3D-like-3D"]["model"]["dims"] == 3 and result["scores"]["HD-UNet-like-3D"]
+    assert "cascade U-Net (3D, 32×32×16 patches)" in (tmp_path / "t1" / "table1.md").read_text()
+    timing = run_experiment("table2", cache, data, tmp_path / "t2", time_patients=1, **kw)
+    m = timing["methods"]["C3D-like-3D"]
+    assert m["dims"] == 3 and m["seconds_per_slice"] == pytest.approx(m["seconds_per_patient"] / m["slices_per_patient"])
+    assert "3D rows" in (tmp_path / "t2" / "table2.md").read_text()
+
+
 def test_one_table_per_folder(tmp_path: Path) -> None:
     data, cache = phantom_cache(tmp_path, patients=2)
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, time_patients=1)
@@ -125,7 +139,7 @@ def test_cli_table2_and_train_a_baseline(tmp_path: Path) -> None:
     proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "bad"), "--method", "unet"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        "error: unknown method 'unet': choose md-dose, diffdp, sp-diffdose, c3d, hd-unet")
+        "error: unknown method 'unet': choose md-dose, diffdp, sp-diffdose, c3d, hd-unet, c3d-3d, hd-unet-3d")
 
 
 def test_step_budget_and_budget_mismatch(tmp_path: Path) -> None:

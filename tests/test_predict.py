@@ -69,15 +69,16 @@ def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None
     assert all(r["seconds_per_patient"] > 0 and r["dose_score"] >= 0 for r in saved["results"])
 
 
-@pytest.mark.parametrize("method", ["c3d", "hd-unet"])
+@pytest.mark.parametrize("method", ["c3d", "hd-unet", "c3d-3d", "hd-unet-3d"])
 def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str) -> None:
     from mddose.config import method_config
 
     data, cache = phantom_cache(tmp_path, patients=3)
-    cfg = method_config(method, micro_config(val_patients=0))
-    result = train(cache, tmp_path / "run", cfg, max_steps=40, progress=False)
+    cfg = method_config(method, micro_config(val_patients=0), patch_size=(32, 32, 16))
+    steps = 20 if method.endswith("3d") else 40
+    result = train(cache, tmp_path / "run", cfg, max_steps=steps, progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
-    assert result["step"] == 40 and history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert result["step"] == steps and history[-1]["loss"] < 0.5 * history[0]["loss"]
     summary = predict(tmp_path / "run", data, tmp_path / "a", samples=3, nifti=False, progress=False)
     predict(tmp_path / "run", data, tmp_path / "b", seed=7, nifti=False, progress=False)
     assert (summary["objective"], summary["sampler"], summary["samples"]) == ("regression", "none", 1)

@@ -168,7 +168,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
     preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
     method: Annotated[str, typer.Option(help="md-dose, or a Table I baseline on the same recipe: diffdp, "
-                                             "sp-diffdose, c3d, hd-unet.")] = "md-dose",
+                                             "sp-diffdose, c3d, hd-unet, c3d-3d, hd-unet-3d.")] = "md-dose",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -330,6 +330,10 @@ def experiment(
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps for every diffusion model.")] = 10,
     samples: Annotated[int, typer.Option(min=1, help="Draws averaged per patient (diffusion models).")] = 1,
     time_patients: Annotated[int, typer.Option(min=1, help="table2: patients of DATA_DIR to time.")] = 2,
+    baselines_3d: Annotated[bool, typer.Option("--baselines-3d", help="table1/table2: C3D-like and HD-UNet-like "
+                                                                      "in 3D instead of 2D.")] = False,
+    patch_3d: Annotated[Optional[str], typer.Option(help="With --baselines-3d: training patch and sliding window, "
+                                                         "X,Y,Z voxels (default 64,64,64).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""
@@ -337,14 +341,26 @@ def experiment(
     from mddose.experiment import run_experiment
 
     base = load_run_config(config) if config else run_preset(preset)
+    patch = _int_triple(patch_3d, "--patch-3d") if patch_3d else None
     result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, base, sampler=sampler, steps=steps,
-                            samples=samples, device=device, time_patients=time_patients, budget_steps=budget_steps)
+                            samples=samples, device=device, time_patients=time_patients, budget_steps=budget_steps,
+                            baselines_3d=baselines_3d, patch_3d=patch)
     for name, score in result.get("scores", {}).items():
         typer.echo(f"{name:>16}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
     for name, m in result["methods"].items() if table == "table2" else ():
         typer.echo(f"{name:>16}: {m['parameters'] / 1e6:.2f} M parameters, {m['seconds_per_slice']:.3f} s per slice, "
                    f"{m['seconds_per_patient']:.2f} s per patient")
     typer.echo(f"table: {out_dir / (table + '.md')}")
+
+
+def _int_triple(text: str, option: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise typer.BadParameter(f"expected three integers X,Y,Z, not {text!r}", param_hint=option)
+    return values  # type: ignore[return-value]
 
 
 def _configure_logging(verbose: bool) -> None:

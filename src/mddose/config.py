@@ -61,6 +61,8 @@ class RunConfig:
             )
         if self.model.image_size != self.data.image_size:
             raise ValueError(f"model image_size {self.model.image_size} != data image_size {self.data.image_size}")
+        if isinstance(self.model, BaselineConfig) and self.model.dims == 3 and self.data.context_slices:
+            raise ValueError("a 3D baseline takes no 2.5D context: set data.context_slices to 0")
 
     @property
     def objective(self) -> Literal["diffusion", "regression"]:
@@ -126,15 +128,19 @@ METHODS: dict[str, str] = {
     "sp-diffdose": "SP-DiffDose-like: diffusion with a Swin-transformer denoiser and Swin structure encoder",
     "c3d": "C3D-like: cascade of two 2D U-Nets, voxel-wise loss",
     "hd-unet": "HD-UNet-like: densely connected 2D U-Net, voxel-wise loss",
+    "c3d-3d": "C3D-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
+    "hd-unet-3d": "HD-UNet-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
 }
 
 
-def method_config(method: str, base: RunConfig) -> RunConfig:
+def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int] | None = None) -> RunConfig:
     """Table I's ``method`` on the recipe of ``base``: same data, diffusion and training; only the network differs.
 
     The diffusion baselines swap MD-Dose's Mamba blocks for residual convolutions (DiffDP-like) or shifted-window
     attention (SP-DiffDose-like) in both the denoiser and the structure encoder, at the same widths and depths;
-    the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`).
+    the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`),
+    in 2D (same input as MD-Dose) or, with the ``-3d`` methods, in 3D on volume patches (``patch_size``, default
+    64³).
     """
     if not isinstance(base.model, ModelConfig):
         raise MddoseError("a method is built on an MD-Dose recipe, not on a baseline's")
@@ -145,8 +151,12 @@ def method_config(method: str, base: RunConfig) -> RunConfig:
         model = m.replace(name=f"{m.name}-diffdp", denoiser_block="conv", encoder_block="conv")
     elif method == "sp-diffdose":
         model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
-    elif method in ("c3d", "hd-unet"):
-        model = baseline_config("cascade" if method == "c3d" else "dense", m)
+    elif method in ("c3d", "hd-unet", "c3d-3d", "hd-unet-3d"):
+        extra = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {})) if method.endswith("-3d") else {}
+        try:
+            model = baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra)
+        except ValueError as e:
+            raise MddoseError(str(e)) from None
     else:
         raise MddoseError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
     return replace(base, model=model)

@@ -63,12 +63,22 @@ def reference_row(table: str) -> str:
     return "MD-Dose" if table in ("table1", "table2") else "mamba"
 
 
-def table_rows(table: str, base: RunConfig) -> dict[str, RunConfig]:
-    """The methods of ``table`` as run configurations derived from ``base`` (only the model differs)."""
+def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
+               patch_3d: tuple[int, int, int] | None = None) -> dict[str, RunConfig]:
+    """The methods of ``table`` as run configurations derived from ``base`` (only the model differs).
+
+    ``baselines_3d``: Tables I and II take the deterministic baselines in 3D (rows ``C3D-like-3D``,
+    ``HD-UNet-like-3D``) instead of the default 2D ones, trained on ``patch_3d`` crops (default 64³).
+    """
     if table not in TABLES:
         raise MddoseError(f"unknown table {table!r}: choose {', '.join(TABLES)}")
     if table in ("table1", "table2"):
-        return {name: method_config(method, base) for name, method in TABLE1_METHODS.items()}
+        rows = {}
+        for name, method in TABLE1_METHODS.items():
+            if baselines_3d and method in ("c3d", "hd-unet"):
+                name, method = f"{name}-3D", f"{method}-3d"
+            rows[name] = method_config(method, base, patch_3d)
+        return rows
     rows = {}
     for name, model in ablation_configs(base.model).items():
         if name.startswith(f"{table}-"):
@@ -80,7 +90,8 @@ def describe(cfg: RunConfig) -> str:
     """The network of a row in a few words, for the tables."""
     m = cfg.model
     if isinstance(m, BaselineConfig):
-        return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net, {m.loss} loss"
+        where = f"3D, {'×'.join(map(str, m.patch_size))} patches" if m.dims == 3 else "2D"
+        return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net ({where}), {m.loss} loss"
     encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
     return f"{m.denoiser_block} denoiser, {encoder}, {cfg.diffusion.prediction_type} prediction"
 
@@ -154,6 +165,8 @@ def run_experiment(
     progress: bool = True,
     time_patients: int = 2,
     budget_steps: int | None = None,
+    baselines_3d: bool = False,
+    patch_3d: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Train, predict and evaluate every method of ``table`` with the same budget; returns experiment.json.
 
@@ -166,7 +179,7 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     base = base or run_preset("tiny")
-    rows = table_rows(table, base)
+    rows = table_rows(table, base, baselines_3d, patch_3d)
     claim_folder(out_dir, table, {} if table == "table2" else
                  {"minutes": None, "steps": budget_steps} if budget_steps is not None else
                  {"minutes": budget_minutes, "steps": None})
@@ -196,7 +209,8 @@ def run_experiment(
                        progress=progress)
     sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
     if table == "table1":
-        sampling += " for the diffusion models, one forward pass for the deterministic ones,"
+        sampling += (" for the diffusion models, one forward pass for the deterministic ones"
+                     + (" (3D: sliding windows over the volume)," if baselines_3d else ","))
     budget = f"{budget_steps} training steps" if budget_steps is not None else f"{budget_minutes:g} min of training"
     table_md = (
         f"# {TABLES[table]}\n\n"

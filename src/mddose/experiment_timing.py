@@ -11,6 +11,9 @@ the same sampler and steps as Table I. Three times per method:
 * per patient: every slice that meets the possible-dose mask, batched as ``mddose predict`` does (32 slices),
   once per patient, averaged over the patients.
 
+A 3D baseline has no slices of its own: its network evaluation is one sliding window (``patch_size``), its time
+per slice is its time per patient divided by the patient's treated slices.
+
 The first two are the median of repeated runs after a warm-up; on CUDA every timing is synchronised and the
 peak memory of the per-patient prediction is recorded. Output: ``timing/<method>.json`` (kept on a re-run with
 the same network, device, sampler, steps and patients: the experiment resumes), ``table2.md`` and
@@ -35,6 +38,7 @@ from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
+from mddose.data.volume import structure_volume
 from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
 from mddose.device import resolve_device
@@ -80,7 +84,12 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     mask = torch.from_numpy(slice_mask(vol, z))[None].to(device)
     cond, mask = resize_inputs(cond, mask, cfg.data)
     generator = torch.Generator(device=device)
-    if cfg.objective == "regression":
+    volumetric = cfg.objective == "regression" and cfg.model.dims == 3
+    if volumetric:  # one network evaluation = one sliding window; per slice follows from per patient below
+        box = (slice(None), *(slice(0, min(p, n)) for p, n in zip(cfg.model.patch_size, vol.full_shape)))
+        window = torch.from_numpy(structure_volume(vol, cfg.data)[box])[None].to(device)
+        per_iteration = _seconds(lambda: model(window), device, repeats)
+    elif cfg.objective == "regression":
         per_iteration = per_slice = _seconds(lambda: regress(model, cond, mask), device, repeats)
     else:
         t = torch.full((1,), cfg.diffusion.num_train_timesteps // 2, device=device, dtype=torch.long)
@@ -95,9 +104,12 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
             lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, PATIENT_BATCH, 0, device), device, 1,
             warmup=False))  # the per-slice runs warmed the network up
         slices.append(sum(slice_mask(p, k).any() for k in range(p.full_shape[2])))
+    if volumetric:
+        per_slice = sum(per_patient) / sum(slices)
     return {
         "parameters": count_parameters(model),
         "objective": cfg.objective,
+        "dims": cfg.model.dims if cfg.objective == "regression" else 2,
         "network_evaluations_per_slice": 1 if cfg.objective == "regression" else steps,
         "seconds_per_iteration": per_iteration,
         "seconds_per_slice": per_slice,
@@ -144,6 +156,9 @@ def run_timing(rows: dict[str, RunConfig], data_dir: str | Path, out_dir: Path, 
         lines.append(f"| {name} | {m['parameters'] / 1e6:.2f} M | {m['seconds_per_iteration']:.4f} | "
                      f"{m['seconds_per_slice']:.3f} | {m['seconds_per_patient']:.2f} | "
                      f"{m['slices_per_patient']:.0f} |{memory}")
+    if any(m.get("dims") == 3 for m in methods.values()):
+        lines += ["", "3D rows: a network evaluation is one sliding window of the patch size; seconds per slice = "
+                      "seconds per patient / slices."]
     write_text(out_dir / "table2.md", "\n".join(lines) + "\n")
     result = {"table": "table2", "device": where, "sampler": sampler, "steps": steps, "data_dir": str(data_dir),
               "base": base.to_dict(), "methods": methods}

@@ -32,7 +32,7 @@ from mddose.diffusion.sampling import sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
-from mddose.regression import regress
+from mddose.regression import predict_volume_3d, regress
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ def predict_volume(
     """
     device = device or next(model.parameters()).device
     full = vol.full_shape
+    if cfg.objective == "regression" and cfg.model.dims == 3:  # sliding windows over the whole volume
+        return predict_volume_3d(model, cfg.model, cfg.data, vol, device), np.zeros(full, np.float32)
     dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
     zs = [z for z in range(full[2]) if slice_mask(vol, z).any()]
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -37,6 +37,7 @@ from mddose.checkpoint import load_trainer_state, load_weights, read_config, sav
 from mddose.config import RunConfig, run_preset
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
+from mddose.data.volume import VolumeDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
@@ -143,9 +144,12 @@ def train(
     if cache.rois.all != cfg.data.rois.all:
         raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
     train_ids, val_ids = split_patients(cache, cfg.train.val_patients)
-    dataset = SliceDataset(cache, cfg.data, train_ids)
+    volumes = cfg.objective == "regression" and cfg.model.dims == 3  # a 3D baseline trains on random crops
+    dataset = (VolumeDataset(cache, cfg.data, cfg.model.patch_size, train_ids) if volumes
+               else SliceDataset(cache, cfg.data, train_ids))
     if len(dataset) < cfg.train.batch_size:
-        raise MddoseError(f"only {len(dataset)} training slices for batch size {cfg.train.batch_size}", cache_dir)
+        kind = "crops" if volumes else "slices"
+        raise MddoseError(f"only {len(dataset)} training {kind} for batch size {cfg.train.batch_size}", cache_dir)
 
     # model, EMA, optimizer
     model = build_model(cfg.model).to(dev)

@@ -10,15 +10,16 @@ from mddose.models.config import build_model, count_parameters, model_config_fro
 
 
 @pytest.mark.parametrize(("arch", "cls", "outputs"), [("cascade", CascadeUNet, 2), ("dense", DenseUNet, 1)])
-@pytest.mark.parametrize("size", [32, 64])
-def test_shapes_and_outputs(arch: str, cls: type, outputs: int, size: int) -> None:
-    cfg = BaselineConfig(arch=arch, cond_channels=5, image_size=32, widths=(8, 16, 32), depth=2, growth=4)
+@pytest.mark.parametrize("spatial", [(32, 32), (64, 64), (16, 16, 8), (32, 16, 24)])
+def test_shapes_and_outputs(arch: str, cls: type, outputs: int, spatial: tuple[int, ...]) -> None:
+    cfg = BaselineConfig(arch=arch, cond_channels=5, image_size=32, widths=(4, 8, 16), depth=2, growth=4,
+                         dims=len(spatial), patch_size=(16, 16, 8))
     model = build_model(cfg, seed=0)
     assert isinstance(model, cls)
-    cond = torch.randn(2, 5, size, size)
-    assert model(cond).shape == (2, 1, size, size)
+    cond = torch.randn(2, 5, *spatial)
+    assert model(cond).shape == (2, 1, *spatial)
     all_out = model(cond, all_outputs=True)
-    assert len(all_out) == outputs and all(o.shape == (2, 1, size, size) for o in all_out)
+    assert len(all_out) == outputs and all(o.shape == (2, 1, *spatial) for o in all_out)
     torch.testing.assert_close(all_out[-1], model(cond))
 
 
@@ -52,7 +53,7 @@ def test_sized_like_an_md_dose_preset_and_json_round_trip() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [({"arch": "resnet"}, "arch"), ({"loss": "huber"}, "loss"), ({"image_size": 18}, "multiple of 4"),
-     ({"widths": (8,)}, "at least 2")],
+     ({"widths": (8,)}, "at least 2"), ({"dims": 4}, "dims 4"), ({"dims": 3, "patch_size": (32, 30, 8)}, "patch_size")],
 )
 def test_invalid_settings_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

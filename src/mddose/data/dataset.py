@@ -177,13 +177,7 @@ class SliceDataset(Dataset):
         if unknown:
             raise KeyError(f"patients not in cache: {unknown[:5]}")
         self.items = [(pid, int(z)) for pid in ids for z in cache.entries[pid]["slices"]]
-        oars = config.rois.oars
-        first_oar = config.n_ct_channels + config.n_target_channels
-        self._swap = [
-            (first_oar + oars.index(a), first_oar + oars.index(b))
-            for a, b in config.rois.mirror_pairs
-            if a in oars and b in oars
-        ]
+        self._swap = mirror_swaps(config)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -204,23 +198,43 @@ class SliceDataset(Dataset):
         n_ct = cfg.n_ct_channels
         r = torch.rand(3)
         if r[0] < 0.5:  # mirror the patient left-right: flip columns, swap paired organs
-            cond, dose, mask = cond.flip(-1), dose.flip(-1), mask.flip(-1)
-            order = list(range(cond.shape[0]))
-            for a, b in self._swap:
-                order[a], order[b] = b, a
-            cond = cond[order]
+            cond, dose, mask = mirror(cond, dose, mask, self._swap, axis=-1)
         if cfg.max_shift > 0:
             dx, dy = (int(v) for v in torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,)))
             cond = _shift(cond, dx, dy, fill=[CT_CLIP_HU[0] / 1000.0] * n_ct + [0.0] * (cond.shape[0] - n_ct))
             dose, mask = _shift(dose, dx, dy, [0.0]), _shift(mask, dx, dy, [0.0])
-        if cfg.ct_jitter_hu > 0 or cfg.ct_scale_jitter > 0:
-            scale = 1.0 + cfg.ct_scale_jitter * float(torch.randn(()))
-            offset = cfg.ct_jitter_hu / 1000.0 * float(torch.randn(()))
-            ct = cond[:n_ct]
-            body = ct > CT_CLIP_HU[0] / 1000.0  # leave outside air untouched
-            cond = cond.clone()
-            cond[:n_ct] = torch.where(body, ct * scale + offset, ct)
-        return cond, dose, mask
+        return jitter_ct(cond, cfg), dose, mask
+
+
+def mirror_swaps(config: DataConfig) -> list[tuple[int, int]]:
+    """Channel index pairs of the paired organs (``RoiConfig.mirror_pairs``) that a left-right flip swaps."""
+    oars = config.rois.oars
+    first_oar = config.n_ct_channels + config.n_target_channels
+    return [(first_oar + oars.index(a), first_oar + oars.index(b))
+            for a, b in config.rois.mirror_pairs if a in oars and b in oars]
+
+
+def mirror(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, swaps: list[tuple[int, int]], axis: int):
+    """Mirror the patient left-right: flip ``axis`` (the patient's right-left axis) and swap paired organs."""
+    cond, dose, mask = cond.flip(axis), dose.flip(axis), mask.flip(axis)
+    order = list(range(cond.shape[0]))
+    for a, b in swaps:
+        order[a], order[b] = b, a
+    return cond[order], dose, mask
+
+
+def jitter_ct(cond: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """A random CT contrast and offset change inside the body (outside air untouched), from torch's RNG."""
+    if config.ct_jitter_hu <= 0 and config.ct_scale_jitter <= 0:
+        return cond
+    n_ct = config.n_ct_channels
+    scale = 1.0 + config.ct_scale_jitter * float(torch.randn(()))
+    offset = config.ct_jitter_hu / 1000.0 * float(torch.randn(()))
+    ct = cond[:n_ct]
+    body = ct > CT_CLIP_HU[0] / 1000.0
+    cond = cond.clone()
+    cond[:n_ct] = torch.where(body, ct * scale + offset, ct)
+    return cond
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int, fill: list[float]) -> torch.Tensor:

@@ -267,7 +267,9 @@ def setup_section(found: ReportSources) -> str:
             rows = [
                 ["Network", f"{esc(m.get('name'))}: {kind}, deterministic, {esc(m.get('loss'))} loss"],
                 ["Widths", f"{_dash(m.get('widths'))}, depth {esc(m.get('depth'))}"
-                           + (f", growth {esc(m.get('growth'))}" if m.get("arch") == "dense" else "")],
+                           + (f", growth {esc(m.get('growth'))}" if m.get("arch") == "dense" else "")
+                           + (f"; 3D, {'×'.join(map(str, m.get('patch_size', ())))} patches"
+                              if m.get("dims") == 3 else "; 2D slices")],
             ]
         else:
             rows = [
