@@ -150,3 +150,6 @@ def test_step_budget_and_budget_mismatch(tmp_path: Path) -> None:
     assert "3 training steps each" in (tmp_path / "exp" / "table3.md").read_text()
     with pytest.raises(MddoseError, match="trained with budget"):
         run_experiment("table3", cache, data, tmp_path / "exp", budget_minutes=0.02, **kw)
+    kw["base"] = micro_config(val_patients=0, lr=1e-4)
+    with pytest.raises(MddoseError, match="another configuration"):
+        run_experiment("table3", cache, data, tmp_path / "exp", budget_steps=3, **kw)

@@ -132,6 +132,10 @@ def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minut
               budget_steps: int | None, device: str, progress: bool) -> None:
     """Train one row for its budget (minutes, or steps when given); an interrupted row resumes for what is left
     of it; a finished one is kept."""
+    saved = run_dir / "config.json"
+    if saved.is_file() and RunConfig.from_dict(json.loads(saved.read_text())) != cfg:
+        raise MddoseError("this run was trained with another configuration than the experiment's: choose another "
+                          "folder", run_dir)
     finished = run_dir / "experiment_done.json"
     if finished.is_file():
         return
