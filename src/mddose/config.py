@@ -69,6 +69,11 @@ class RunConfig:
         """``diffusion`` (MD-Dose and its diffusion baselines) or ``regression`` (deterministic baselines)."""
         return "regression" if isinstance(self.model, BaselineConfig) else "diffusion"
 
+    @property
+    def volumetric(self) -> bool:
+        """A 3D baseline: trained on volume crops, predicted by sliding windows (everything else works on slices)."""
+        return isinstance(self.model, BaselineConfig) and self.model.dims == 3
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": asdict(self.data), "diffusion": asdict(self.diffusion),
                 "train": asdict(self.train)}

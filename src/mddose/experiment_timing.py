@@ -84,7 +84,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     mask = torch.from_numpy(slice_mask(vol, z))[None].to(device)
     cond, mask = resize_inputs(cond, mask, cfg.data)
     generator = torch.Generator(device=device)
-    volumetric = cfg.objective == "regression" and cfg.model.dims == 3
+    volumetric = cfg.volumetric
     if volumetric:  # one network evaluation = one sliding window; per slice follows from per patient below
         box = (slice(None), *(slice(0, min(p, n)) for p, n in zip(cfg.model.patch_size, vol.full_shape)))
         window = torch.from_numpy(structure_volume(vol, cfg.data)[box])[None].to(device)

@@ -77,11 +77,11 @@ def predict_volume(
     """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask.
 
     A deterministic baseline (``cfg.objective == "regression"``) ignores sampler, steps and samples: one
-    forward pass per slice, std 0.
+    forward pass per slice (a 3D one: Gaussian-blended sliding windows over the volume), std 0.
     """
     device = device or next(model.parameters()).device
     full = vol.full_shape
-    if cfg.objective == "regression" and cfg.model.dims == 3:  # sliding windows over the whole volume
+    if cfg.volumetric:  # a 3D baseline: sliding windows over the whole volume
         return predict_volume_3d(model, cfg.model, cfg.data, vol, device), np.zeros(full, np.float32)
     dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
     zs = [z for z in range(full[2]) if slice_mask(vol, z).any()]
@@ -146,8 +146,8 @@ def predict(
         if nifti:
             _write_nifti(out_dir / "nifti", patient_folder, patient, dose, std if samples > 1 else None)
     summary = {
-        "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective,
-        "sampler": sampler, "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
+        "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
+        "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
         "n_patients": len(times), "seconds_per_patient": times,
         "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
     }

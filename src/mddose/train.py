@@ -1,7 +1,8 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
 helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
-(:mod:`mddose.regression`) in place of the diffusion loss. Single process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs,
-gloo on CPUs), each rank taking its share of every global batch.
+(:mod:`mddose.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single process by
+default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking its share
+of every global batch.
 
 Run folder::
 
@@ -144,7 +145,7 @@ def train(
     if cache.rois.all != cfg.data.rois.all:
         raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
     train_ids, val_ids = split_patients(cache, cfg.train.val_patients)
-    volumes = cfg.objective == "regression" and cfg.model.dims == 3  # a 3D baseline trains on random crops
+    volumes = cfg.volumetric  # a 3D baseline trains on random crops
     dataset = (VolumeDataset(cache, cfg.data, cfg.model.patch_size, train_ids) if volumes
                else SliceDataset(cache, cfg.data, train_ids))
     if len(dataset) < cfg.train.batch_size:
