@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import subprocess
 import sys
@@ -67,6 +68,18 @@ def test_report_from_an_evaluation(evaluation: Path) -> None:
     summary = json.loads((evaluation / "summary.json").read_text())
     model_score = summary["methods"]["Model"]["openkbp"]["dose_score"]
     assert f"{model_score:.3f}" in page  # the table quotes the evaluation's numbers
+
+
+def test_figures_default_to_the_reference_method(evaluation: Path, tmp_path: Path) -> None:
+    from mddose.viz.report import find_sources
+
+    assert find_sources(evaluation).primary == "Model"  # the t-tests' reference: the first method by default
+    copy = tmp_path / "eval"
+    shutil.copytree(evaluation, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    write_json(copy / "summary.json", {**summary, "against": "Trivial"})  # as `mddose evaluate --against Trivial`
+    assert find_sources(copy).primary == "Trivial"
+    assert find_sources(copy, method="Model").primary == "Model"
 
 
 def test_patient_figure_panels_and_slices() -> None:

@@ -3,9 +3,10 @@
 ``SOURCE`` is any of:
 
 * an **evaluation folder** (``mddose evaluate``: ``summary.json``): the score table of every method, per-ROI
-  errors, per-patient scores and, for a few patients (best, median and worst of the first method by default),
-  axial slices of reference, prediction, error and uncertainty (:mod:`mddose.viz.report_figures`) and DVHs.
-  When the first method's predictions were made by ``mddose predict``, its ``prediction.json`` leads to the
+  errors, per-patient scores and, for a few patients (best, median and worst of the evaluation's reference
+  method by default: the one its t-tests compare with, the first unless ``--against`` named another), axial
+  slices of reference, prediction, error and uncertainty (:mod:`mddose.viz.report_figures`) and DVHs.
+  When that method's predictions were made by ``mddose predict``, its ``prediction.json`` leads to the
   training run, whose loss curve and configuration are added;
 * a **training run** (``mddose train``: ``config.json`` + ``history.json``): loss curve, validation scores,
   configuration and run time;
@@ -104,7 +105,8 @@ def find_sources(source: str | Path, method: str | None = None) -> ReportSources
         if method is not None and method not in names:
             raise MddoseError(f"no method {method!r} in the evaluation (it has {', '.join(names)})",
                               eval_dir / "summary.json")
-        found.primary = method or (names[0] if names else None)
+        against = summary.get("against")
+        found.primary = method or (against if against in names else names[0] if names else None)
         if found.primary is not None:
             pred_dir = Path(summary["methods"][found.primary]["prediction_dir"])
             if (pred_dir / "prediction.json").is_file():
@@ -154,7 +156,8 @@ def build_report(
     """Write ``report.html`` (+ ``figures/*.png``) for an evaluation, run or demo folder; returns the HTML path.
 
     ``patients``: how many patients get figures (chosen from best to worst dose score); ``patient_ids``
-    names them instead. ``method``: the method the patient figures show (default: the evaluation's first).
+    names them instead. ``method``: the method the patient figures show (default: the evaluation's reference
+    method, the one its t-tests compare with).
     """
     found = find_sources(source, method)
     out_dir = Path(out_dir) if out_dir is not None else found.source / "report"
