@@ -20,7 +20,7 @@ from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import write_json
-from mddose.device import resolve_device
+from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.predict import load_model, predict_volume
 
@@ -38,13 +38,14 @@ def bench_sampling(
     grid: tuple[tuple[str, int], ...] = DEFAULT_GRID,
     n_patients: int | None = None,
     samples: int = 1,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Benchmark every (sampler, steps) of ``grid`` on the patients of ``data_dir`` (with reference dose)."""
     dev = resolve_device(device)
+    batch_size = prediction_batch(dev, batch_size)
     cfg, model, folder = load_model(run, dev)
     if cfg.objective != "diffusion":
         raise MddoseError("a deterministic baseline has no sampler to benchmark", folder)

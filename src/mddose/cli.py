@@ -196,7 +196,8 @@ def predict(
     sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps (ddpm: 1000 as in the paper).")] = 20,
     samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per batch.")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: 32 on a GPU, 8 on "
+                                                                    "a CPU).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:

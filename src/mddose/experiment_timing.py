@@ -8,7 +8,8 @@ the same sampler and steps as Table I. Three times per method:
 * per network evaluation (the paper's "sec/iter"): one forward pass for one slice (batch 1);
 * per slice: the whole prediction of one slice, batch 1 (``steps`` evaluations for a diffusion model, one for a
   deterministic baseline);
-* per patient: every slice that meets the possible-dose mask, batched as ``mddose predict`` does (32 slices),
+* per patient: every slice that meets the possible-dose mask, batched as ``mddose predict`` does (32 slices on a
+  GPU, 8 on a CPU),
   once per patient, averaged over the patients.
 
 A 3D baseline has no slices of its own: its network evaluation is one sliding window (``patch_size``), its time
@@ -41,14 +42,13 @@ from mddose.data.openkbp import list_patients, read_patient
 from mddose.data.volume import structure_volume
 from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
-from mddose.device import resolve_device
+from mddose.device import prediction_batch, resolve_device
 from mddose.fileio import write_json, write_text
 from mddose.models.config import build_model, count_parameters
 from mddose.predict import predict_volume
 from mddose.regression import regress
 
 log = logging.getLogger(__name__)
-PATIENT_BATCH = 32
 
 
 def _seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: bool = True) -> float:
@@ -98,10 +98,10 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
                              repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    per_patient, slices = [], []
+    per_patient, slices, batch = [], [], prediction_batch(device)
     for p in patients:
         per_patient.append(_seconds(
-            lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, PATIENT_BATCH, 0, device), device, 1,
+            lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, batch, 0, device), device, 1,
             warmup=False))  # the per-slice runs warmed the network up
         slices.append(sum(slice_mask(p, k).any() for k in range(p.full_shape[2])))
     if volumetric:

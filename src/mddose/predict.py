@@ -27,7 +27,7 @@ from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
-from mddose.device import resolve_device
+from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
@@ -120,7 +120,7 @@ def predict(
     sampler: str = "dpm++",
     steps: int = 20,
     samples: int = 1,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
     nifti: bool = True,
@@ -128,6 +128,7 @@ def predict(
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written."""
     dev = resolve_device(device)
+    batch_size = prediction_batch(dev, batch_size)
     cfg, model, folder = load_model(run, dev)
     if cfg.objective == "regression":  # one deterministic pass: no sampler, nothing to draw twice
         sampler, steps, samples = "none", 0, 1

@@ -44,7 +44,7 @@ from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
-from mddose.device import resolve_device
+from mddose.device import prediction_batch, resolve_device
 from mddose.predict import predict_volume
 from mddose.regression import RegressionLoss
 from mddose.viz.training import plot_history
@@ -97,7 +97,8 @@ def validate(ema: torch.nn.Module, cfg: RunConfig, cache: Cache, ids: list[str],
     ema.eval()
     for pid in ids:
         vol = cache.get(pid)
-        pred, _ = predict_volume(ema, cfg, vol, cfg.train.val_sampler, cfg.train.val_steps, 1, 64, 0, device)
+        pred, _ = predict_volume(ema, cfg, vol, cfg.train.val_sampler, cfg.train.val_steps, 1,
+                                 prediction_batch(device), 0, device)
         patient = vol.to_patient(cache.rois)
         scores.append(dose_score(patient.dose, pred, patient.possible_dose_mask))
     return float(np.mean(scores))
