@@ -114,6 +114,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
         "seconds_per_iteration": per_iteration,
         "seconds_per_slice": per_slice,
         "seconds_per_patient": statistics.mean(per_patient),
+        "patient_batch": batch,
         "slices_per_patient": statistics.mean(slices),
         "patients": [p.patient_id for p in patients],
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
@@ -134,7 +135,8 @@ def run_timing(rows: dict[str, RunConfig], data_dir: str | Path, out_dir: Path, 
     for name, cfg in tqdm(rows.items(), desc="table2", unit="method", disable=not progress):
         path = out_dir / "timing" / f"{name}.json"
         held = json.loads(path.read_text()) if path.is_file() else {}
-        wanted = {"model": cfg.model.to_dict(), "device": where, "sampler": sampler, "steps": steps, "patients": ids}
+        wanted = {"model": cfg.model.to_dict(), "device": where, "sampler": sampler, "steps": steps, "patients": ids,
+                  "patient_batch": prediction_batch(dev)}
         if all(held.get(k) == v for k, v in wanted.items()):
             methods[name] = held
             continue
@@ -145,7 +147,8 @@ def run_timing(rows: dict[str, RunConfig], data_dir: str | Path, out_dir: Path, 
         "# Parameters and inference time (Table II)", "",
         f"Measured on {where}: base model `{base.model.name}` at {base.model.image_size}² input, {sampler} with "
         f"{steps} steps for the diffusion models (one pass for the deterministic ones), {len(patients)} patient(s) "
-        f"of `{data_dir}` ({', '.join(p.patient_id for p in patients)}). Median of repeated runs after a warm-up.",
+        f"of `{data_dir}` ({', '.join(p.patient_id for p in patients)}), {prediction_batch(dev)} slices per batch "
+        "for the per-patient times. Median of repeated runs after a warm-up.",
         "",
         "| Method | parameters | s / network evaluation (1 slice) | s / slice | s / patient | slices / patient |"
         + (" peak GPU memory (GiB) |" if dev.type == "cuda" else ""),
