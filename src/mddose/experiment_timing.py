@@ -84,10 +84,10 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     mask = torch.from_numpy(slice_mask(vol, z))[None].to(device)
     cond, mask = resize_inputs(cond, mask, cfg.data)
     generator = torch.Generator(device=device)
-    volumetric = cfg.volumetric
-    if volumetric:  # one network evaluation = one sliding window; per slice follows from per patient below
-        box = (slice(None), *(slice(0, min(p, n)) for p, n in zip(cfg.model.patch_size, vol.full_shape)))
-        window = torch.from_numpy(structure_volume(vol, cfg.data)[box])[None].to(device)
+    if cfg.volumetric:  # one network evaluation = one sliding window; per slice follows from per patient below
+        box = tuple(slice(0, min(p, n)) for p, n in zip(cfg.model.patch_size, vol.full_shape))
+        window = torch.zeros(1, cfg.model.cond_channels, *cfg.model.patch_size, device=device)
+        window[(0, slice(None), *box)] = torch.from_numpy(structure_volume(vol, cfg.data)[(slice(None), *box)])
         per_iteration = _seconds(lambda: model(window), device, repeats)
     elif cfg.objective == "regression":
         per_iteration = per_slice = _seconds(lambda: regress(model, cond, mask), device, repeats)
@@ -104,7 +104,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
             lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, batch, 0, device), device, 1,
             warmup=False))  # the per-slice runs warmed the network up
         slices.append(sum(slice_mask(p, k).any() for k in range(p.full_shape[2])))
-    if volumetric:
+    if cfg.volumetric:
         per_slice = sum(per_patient) / sum(slices)
     return {
         "parameters": count_parameters(model),
