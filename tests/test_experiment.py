@@ -114,6 +114,14 @@ def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
     assert "3D rows" in (tmp_path / "t2" / "table2.md").read_text()
 
 
+def test_bad_sampler_is_refused_before_training(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=2)
+    with pytest.raises(MddoseError, match="unknown sampler"):
+        run_experiment("table3", cache, data, tmp_path / "exp", budget_steps=2, base=micro_config(val_patients=0),
+                       sampler="euler", device="cpu", progress=False)
+    assert not (tmp_path / "exp" / "runs").exists()
+
+
 def test_one_table_per_folder(tmp_path: Path) -> None:
     data, cache = phantom_cache(tmp_path, patients=2)
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, time_patients=1)

@@ -91,3 +91,15 @@ def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str)
         assert (a[~p.possible_dose_mask] == 0).all() and a[p.possible_dose_mask].max() > 0
     with pytest.raises(MddoseError, match="no sampler"):
         bench_sampling(tmp_path / "run", data, tmp_path / "s.json", progress=False)
+
+
+def test_bad_sampler_settings_are_one_line_before_any_work(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = trained
+    with pytest.raises(MddoseError, match="unknown sampler 'foo'"):
+        predict(run, data, tmp_path / "o", sampler="foo", progress=False)
+    with pytest.raises(MddoseError, match="steps must be in 1..1000"):
+        predict(run, data, tmp_path / "o", steps=5000, progress=False)
+    assert not (tmp_path / "o").exists()
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", str(run), str(data), str(tmp_path / "o"),
+                           "--sampler", "foo"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: unknown sampler 'foo': choose ddpm, ddim, dpm++"

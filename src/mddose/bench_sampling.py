@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from mddose.bench import machine_info
 from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
+from mddose.device import prediction_batch, resolve_device
+from mddose.diffusion.sampling import check_sampling
+from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import write_json
-from mddose.device import prediction_batch, resolve_device
-from mddose.errors import MddoseError
 from mddose.predict import load_model, predict_volume
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def bench_sampling(
     cfg, model, folder = load_model(run, dev)
     if cfg.objective != "diffusion":
         raise MddoseError("a deterministic baseline has no sampler to benchmark", folder)
+    for sampler, steps in grid:
+        check_sampling(cfg.diffusion, sampler, steps)
     patients = [read_patient(f, cfg.data.rois) for f in list_patients(data_dir)[:n_patients]]
     rows = []
     for sampler, steps in tqdm(grid, desc="samplers", disable=not progress):

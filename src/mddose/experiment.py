@@ -38,6 +38,7 @@ from typing import Any
 
 from mddose.config import RunConfig, method_config, run_preset
 from mddose.data.openkbp import list_patients
+from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json, write_text
@@ -184,6 +185,7 @@ def run_experiment(
     out_dir = Path(out_dir)
     base = base or run_preset("tiny")
     rows = table_rows(table, base, baselines_3d, patch_3d)
+    check_sampling(base.diffusion, sampler, steps)  # before hours of training, not after
     claim_folder(out_dir, table, {} if table == "table2" else
                  {"minutes": None, "steps": budget_steps} if budget_steps is not None else
                  {"minutes": budget_minutes, "steps": None})

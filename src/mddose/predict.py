@@ -28,7 +28,7 @@ from mddose.data.cache import CachedPatient
 from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import prediction_batch, resolve_device
-from mddose.diffusion.sampling import sample_many
+from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model
@@ -132,6 +132,8 @@ def predict(
     cfg, model, folder = load_model(run, dev)
     if cfg.objective == "regression":  # one deterministic pass: no sampler, nothing to draw twice
         sampler, steps, samples = "none", 0, 1
+    else:
+        check_sampling(cfg.diffusion, sampler, steps)
     out_dir = Path(out_dir)
     folders = list_patients(data_dir)
     times: dict[str, float] = {}

@@ -25,9 +25,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mddose.diffusion.process import DiffusionConfig
+from mddose.errors import MddoseError
 
 SamplerName = Literal["ddpm", "ddim", "dpm++"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+
+
+def check_sampling(config: DiffusionConfig, sampler: str, steps: int) -> None:
+    """Refuse an unknown sampler or a step count outside 1..T with one clear line, before any work starts."""
+    if sampler not in SAMPLERS:
+        raise MddoseError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
+    if not 1 <= steps <= config.num_train_timesteps:
+        raise MddoseError(f"sampler steps must be in 1..{config.num_train_timesteps}, not {steps}")
 
 
 def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
