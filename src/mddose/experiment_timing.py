@@ -78,7 +78,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     """Parameters and the three inference times of one method (see the module docstring)."""
     model = build_model(cfg.model, seed=cfg.train.seed).to(device).eval()
     vol = patients[0]
-    zs = [z for z in range(vol.full_shape[2]) if slice_mask(vol, z).any()]
+    zs = vol.axial_slices()
     z = zs[len(zs) // 2]  # a slice through the middle of the treated volume
     cond = torch.from_numpy(structure_channels(vol, z, cfg.data))[None].to(device)
     mask = torch.from_numpy(slice_mask(vol, z))[None].to(device)
@@ -103,7 +103,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
         per_patient.append(_seconds(
             lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, batch, 0, device), device, 1,
             warmup=False))  # the per-slice runs warmed the network up
-        slices.append(sum(slice_mask(p, k).any() for k in range(p.full_shape[2])))
+        slices.append(len(p.axial_slices()))
     if cfg.volumetric:
         per_slice = sum(per_patient) / sum(slices)
     return {

@@ -84,7 +84,7 @@ def predict_volume(
     if cfg.volumetric:  # a 3D baseline: sliding windows over the whole volume
         return predict_volume_3d(model, cfg.model, cfg.data, vol, device), np.zeros(full, np.float32)
     dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
-    zs = [z for z in range(full[2]) if slice_mask(vol, z).any()]
+    zs = vol.axial_slices()
     generator = torch.Generator(device=device).manual_seed(seed)
     size = cfg.data.image_size
     bar = tqdm(total=len(zs), desc=vol.patient_id, unit="slice", leave=False, disable=not progress)

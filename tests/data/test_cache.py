@@ -41,6 +41,9 @@ def test_round_trip_precision(split: Path, tmp_path: Path) -> None:
     # the slice index lists exactly the axial slices that meet the possible-dose mask
     p1 = read_patient(split / "pt_1")
     assert cache.entries["pt_1"]["slices"] == np.flatnonzero(p1.possible_dose_mask.any(axis=(0, 1))).tolist()
+    for pid in ("pt_1", "pt_2", "pt_3"):  # the cached patient finds the same slices in its crop
+        assert cache.get(pid).axial_slices() == cache.entries[pid]["slices"]
+        assert CachedPatient.from_patient(read_patient(split / pid)).axial_slices() == cache.entries[pid]["slices"]
 
 
 def test_rois_outside_mask_are_kept(tmp_path: Path) -> None:

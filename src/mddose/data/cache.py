@@ -92,6 +92,10 @@ class CachedPatient:
         bit = 0 if name == "possible_dose_mask" else 1 + self.roi_names.index(name)
         return (self.rois >> bit) & 1 == 1
 
+    def axial_slices(self) -> list[int]:
+        """Full-grid indices of the axial slices that meet the possible-dose mask (as ``Patient.axial_slices``)."""
+        return [self.offset[2] + int(k) for k in np.flatnonzero((self.rois & 1).any(axis=(0, 1)))]
+
     def dose_gy(self) -> np.ndarray | None:
         return None if self.dose is None else self.dose.astype(np.float32) * np.float32(DOSE_STEP_GY)
 
