@@ -129,10 +129,10 @@ def _predicted_with(pred_dir: Path, cfg: RunConfig, sampler: str, steps: int, sa
     return (held.get("sampler"), held.get("steps"), held.get("samples")) == (sampler, steps, samples)
 
 
-def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minutes: float,
-              budget_steps: int | None, device: str, progress: bool) -> None:
-    """Train one row for its budget (minutes, or steps when given); an interrupted row resumes for what is left
-    of it; a finished one is kept."""
+def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget: dict[str, Any], device: str,
+              progress: bool) -> None:
+    """Train one row for its budget (``{"minutes": M, "steps": None}`` or ``{"minutes": None, "steps": N}``); an
+    interrupted row resumes for what is left of it; a finished one is kept."""
     saved = run_dir / "config.json"
     if saved.is_file() and RunConfig.from_dict(json.loads(saved.read_text())) != cfg:
         raise MddoseError("this run was trained with another configuration than the experiment's: choose another "
@@ -141,19 +141,18 @@ def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget_minut
     if finished.is_file():
         return
     done = _trained_seconds(run_dir)
-    if budget_steps is not None:
-        log.info("training %s to step %d", run_dir.name, budget_steps)
-        train(cache_dir, run_dir, None if done is not None else cfg, max_steps=budget_steps,
+    if budget["steps"] is not None:
+        log.info("training %s to step %d", run_dir.name, budget["steps"])
+        train(cache_dir, run_dir, None if done is not None else cfg, max_steps=budget["steps"],
               resume=done is not None, device=device, progress=progress)
     elif done is None:
-        log.info("training %s for %.1f min", run_dir.name, budget_minutes)
-        train(cache_dir, run_dir, cfg, minutes=budget_minutes, device=device, progress=progress)
+        log.info("training %s for %.1f min", run_dir.name, budget["minutes"])
+        train(cache_dir, run_dir, cfg, minutes=budget["minutes"], device=device, progress=progress)
     else:
-        left = max(budget_minutes * 60.0 - done, 0.0) / 60
+        left = max(budget["minutes"] * 60.0 - done, 0.0) / 60
         log.info("resuming %s for the remaining %.1f min", run_dir.name, left)
         train(cache_dir, run_dir, minutes=left, resume=True, device=device, progress=progress)
-    write_json(finished, {"budget_minutes": None if budget_steps is not None else budget_minutes,
-                          "budget_steps": budget_steps})
+    write_json(finished, {"budget_minutes": budget["minutes"], "budget_steps": budget["steps"]})
 
 
 def run_experiment(
@@ -186,9 +185,8 @@ def run_experiment(
     base = base or run_preset("tiny")
     rows = table_rows(table, base, baselines_3d, patch_3d)
     check_sampling(base.diffusion, sampler, steps)  # before hours of training, not after
-    claim_folder(out_dir, table, {} if table == "table2" else
-                 {"minutes": None, "steps": budget_steps} if budget_steps is not None else
-                 {"minutes": budget_minutes, "steps": None})
+    budget = {"minutes": None if budget_steps is not None else budget_minutes, "steps": budget_steps}
+    claim_folder(out_dir, table, {} if table == "table2" else budget)
     if table == "table2":
         from mddose.experiment_timing import run_timing
 
@@ -196,7 +194,7 @@ def run_experiment(
     methods: dict[str, Any] = {}
     for name, cfg in rows.items():
         run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
-        train_row(cfg, cache_dir, run_dir, budget_minutes, budget_steps, device, progress)
+        train_row(cfg, cache_dir, run_dir, budget, device, progress)
         if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
             predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
                     nifti=False, progress=progress)
@@ -217,10 +215,10 @@ def run_experiment(
     if table == "table1":
         sampling += (" for the diffusion models, one forward pass for the deterministic ones"
                      + (" (3D: sliding windows over the volume)," if baselines_3d else ","))
-    budget = f"{budget_steps} training steps" if budget_steps is not None else f"{budget_minutes:g} min of training"
+    spent = f"{budget_steps} training steps" if budget_steps is not None else f"{budget_minutes:g} min of training"
     table_md = (
         f"# {TABLES[table]}\n\n"
-        f"Same cache, seed and budget for every method: {budget} each "
+        f"Same cache, seed and budget for every method: {spent} each "
         f"(base model `{base.model.name}`, {base.model.image_size}² input), then {sampling} "
         f"on the {summary['n_reference_patients']} patients of `{data_dir}`.\n\n"
         + (out_dir / "eval" / "comparison.md").read_text().split("\n", 2)[2]
@@ -231,10 +229,9 @@ def run_experiment(
         f"Fig. 4) and dose washes (`eval/figures/{shown}_dose.png`).\n"
     )
     write_text(out_dir / f"{table}.md", table_md)
-    result = {"table": table, "budget_minutes": None if budget_steps is not None else budget_minutes,
-              "budget_steps": budget_steps, "sampler": sampler, "steps": steps,
-              "samples": samples, "cache_dir": str(cache_dir), "data_dir": str(data_dir),
-              "base": base.to_dict(), "methods": methods,
+    result = {"table": table, "budget_minutes": budget["minutes"], "budget_steps": budget["steps"],
+              "sampler": sampler, "steps": steps, "samples": samples, "cache_dir": str(cache_dir),
+              "data_dir": str(data_dir), "base": base.to_dict(), "methods": methods,
               "scores": {n: summary["methods"][n]["openkbp"] for n in names}}
     write_json(out_dir / "experiment.json", result)
     return result
