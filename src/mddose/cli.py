@@ -224,10 +224,7 @@ def bench_networks_command(
     """Parameters and time per image of each block type at each size, with log-log slopes (JSON)."""
     from mddose.bench_networks import bench_networks
 
-    try:
-        size_list = tuple(int(s) for s in sizes.split(","))
-    except ValueError:
-        raise typer.BadParameter("sizes must be comma-separated integers", param_hint="--sizes") from None
+    size_list = _ints(sizes, "--sizes", "sizes must be comma-separated integers")
     if any(s < 16 or s % 16 for s in size_list):
         raise typer.BadParameter("sizes must be positive multiples of 16", param_hint="--sizes")
     if preset not in ("paper", "small", "tiny"):
@@ -354,13 +351,19 @@ def experiment(
     typer.echo(f"table: {out_dir / (table + '.md')}")
 
 
-def _int_triple(text: str, option: str) -> tuple[int, int, int]:
+def _ints(text: str, option: str, problem: str) -> tuple[int, ...]:
+    """Comma-separated integers, or ``problem`` as the option's usage error."""
     try:
-        values = tuple(int(v) for v in text.split(","))
+        return tuple(int(v) for v in text.split(","))
     except ValueError:
-        values = ()
+        raise typer.BadParameter(problem, param_hint=option) from None
+
+
+def _int_triple(text: str, option: str) -> tuple[int, int, int]:
+    problem = f"expected three integers X,Y,Z, not {text!r}"
+    values = _ints(text, option, problem)
     if len(values) != 3:
-        raise typer.BadParameter(f"expected three integers X,Y,Z, not {text!r}", param_hint=option)
+        raise typer.BadParameter(problem, param_hint=option)
     return values  # type: ignore[return-value]
 
 
