@@ -97,11 +97,17 @@ def _wash(ax, patient: Patient, sl: _Slice, dose: np.ndarray, vmax: float, rx: f
     d = sl.take(dose)
     image = ax.imshow(np.ma.masked_less(d, WASH_FLOOR * vmax), cmap=DOSE_CMAP, vmin=0, vmax=vmax, alpha=0.35,
                       extent=sl.extent, interpolation="nearest")
+    _isodose_lines(ax, sl, dose, rx, width=1.3)
+    return image
+
+
+def _isodose_lines(ax, sl: _Slice, dose: np.ndarray, rx: float, width: float = 1.0) -> None:
+    """The isodose lines (``ISODOSE_PERCENT`` of ``rx``) that cross this slice of ``dose``."""
+    d = sl.take(dose)
     levels = [(p / 100 * rx, c) for p, c in zip(ISODOSE_PERCENT, ISODOSE_COLORS) if d.min() < p / 100 * rx < d.max()]
     if levels:
         ax.contour(sl.cols, sl.rows, d, levels=[lv for lv, _ in levels], colors=[c for _, c in levels],
-                   linewidths=1.3)
-    return image
+                   linewidths=width)
 
 
 def _isodose_legend(fig: Figure, rx: float) -> None:

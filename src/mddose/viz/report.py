@@ -173,7 +173,7 @@ def build_report(
             roi_rows = read_rows(found.eval_dir / "per_roi.csv")
             chosen = ([(pid, "chosen") for pid in patient_ids] if patient_ids
                       else pick_patients(rows, found.primary, patients))
-            parts.append(sections.scores_section(found, rows))
+            parts.append(sections.scores_section(found))
             parts.append(sections.roi_section(found, roi_rows))
             nav += [("scores", "Scores"), ("rois", "Per-ROI errors")]
             if chosen:

@@ -20,8 +20,7 @@ from matplotlib.figure import Figure
 
 from mddose.data.patient import Patient
 from mddose.viz.figures import (
-    ERROR_CMAP, ISODOSE_COLORS, ISODOSE_PERCENT, WASH_FLOOR, _ct, _isodose_legend, _reference_gy, _Slice, _wash,
-    default_slice,
+    ERROR_CMAP, WASH_FLOOR, _ct, _isodose_legend, _isodose_lines, _reference_gy, _Slice, _wash, default_slice,
 )
 
 UNCERTAINTY_CMAP = "magma"
@@ -46,14 +45,6 @@ def report_slices(patient: Patient, reference: np.ndarray, n: int = 3) -> list[i
     while len(picks) < n and len(picks) < zs.size:
         picks.add(int(max((z for z in zs if z not in picks), key=lambda z: min(abs(z - p) for p in picks))))
     return sorted(picks)
-
-
-def _isodose_lines(ax, sl: _Slice, dose: np.ndarray, rx: float, width: float = 1.0) -> None:
-    d = sl.take(dose)
-    levels = [(p / 100 * rx, c) for p, c in zip(ISODOSE_PERCENT, ISODOSE_COLORS) if d.min() < p / 100 * rx < d.max()]
-    if levels:
-        ax.contour(sl.cols, sl.rows, d, levels=[lv for lv, _ in levels], colors=[c for _, c in levels],
-                   linewidths=width)
 
 
 def error_limit(patient: Patient, errors: list[np.ndarray], rx: float) -> tuple[float, bool]:

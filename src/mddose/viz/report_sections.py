@@ -72,7 +72,7 @@ def subtitle(found: ReportSources) -> str:
     return " · ".join(parts)
 
 
-def scores_section(found: ReportSources, rows: list[dict[str, str]]) -> str:
+def scores_section(found: ReportSources) -> str:
     """Headline cards (first two methods' OpenKBP scores) and the table of every method's scores."""
     methods = found.summary["methods"]
     names = list(methods)
