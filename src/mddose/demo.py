@@ -94,9 +94,9 @@ class DemoPlan:
     finish_s: float = 0.0  # evaluation + report
     margin_s: float = 0.0
 
-    def predict_estimate(self, steps: int | None = None, samples: int | None = None) -> float:
+    def predict_estimate(self) -> float:
         """Seconds to predict the test patients (network time plus reading and writing, with 25 % slack)."""
-        images = self.test_slices * (steps or self.steps) * (samples or self.samples)
+        images = self.test_slices * self.steps * self.samples
         return 1.25 * images * self.seconds_per_image + 1.5 * self.test_patients
 
 

@@ -43,7 +43,7 @@ from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import recover_dir, write_json
-from mddose.models.config import build_model
+from mddose.models.config import build_model, count_parameters
 from mddose.device import prediction_batch, resolve_device
 from mddose.predict import predict_volume
 from mddose.regression import RegressionLoss
@@ -174,7 +174,7 @@ def train(
     autocast = dev.type == "cuda" and cfg.train.bf16
     if rank == 0:
         write_json(run_dir / "config.json", cfg.to_dict())
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = count_parameters(model)
         log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
                  f"{n_params:,}", dev, len(dataset), len(val_ids), world)
 

@@ -145,4 +145,4 @@ class DropPath(nn.Module):
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Linearly increasing drop-path rates, 0 for the first block and ``rate`` for the last."""
-    return torch.linspace(0.0, rate, depth).tolist() if depth > 1 else [0.0] * depth
+    return torch.linspace(0.0, rate, depth).tolist()
