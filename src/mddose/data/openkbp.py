@@ -71,9 +71,9 @@ def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bo
     """Read one sparse OpenKBP CSV into a dense array (bool for ``mask=True``, float64 otherwise)."""
     path = Path(path)
     text = _read_text(path).lstrip("\ufeff")
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != HEADER:
-        got = lines[0].strip()[:40] if lines else "an empty file"
+    head = text[:256].splitlines()  # the first line, without splitting the whole file (the fast path needs not)
+    if not head or head[0].strip() != HEADER:
+        got = head[0].strip()[:40] if head else "an empty file"
         raise MddoseError(f"not an OpenKBP sparse CSV: expected header '{HEADER}', got '{got}'", path)
     size = int(np.prod(shape))
     fast = _parse_fast(text.split("\n", 1)[1] if "\n" in text else "", mask, size)
@@ -83,7 +83,7 @@ def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bo
         out[idx] = True if mask else values
         return out.reshape(shape)
     # slow path: row by row, to say exactly which row is wrong
-    rows = [line for line in lines[1:] if line.strip()]
+    rows = [line for line in text.splitlines()[1:] if line.strip()]
     out = np.zeros(size, dtype=bool if mask else np.float64)
     if not rows:
         return out.reshape(shape)
