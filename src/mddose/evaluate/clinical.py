@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mddose.evaluate.dvh import d_percent, v_dose
-from mddose.evaluate.paper import homogeneity_index
+from mddose.evaluate.paper import hi_from
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def clinical_metrics(voxels: np.ndarray, prescription: float | None = None) -> d
     }
     if prescription is not None:
         out["V95"] = v_dose(voxels, V_X_OF_PRESCRIPTION * prescription)
-        out["HI"] = homogeneity_index(voxels)
+        out["HI"] = float("nan") if empty else hi_from(d2, d50, d98)  # the percentiles above, not again
     return out
 
 

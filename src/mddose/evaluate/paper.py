@@ -42,7 +42,11 @@ def homogeneity_index(voxels: np.ndarray) -> float:
     """HI = (D_2% - D_98%) / D_50% of one PTV's voxel doses (eq. 10). NaN when empty or D_50% is 0."""
     if voxels.size == 0:
         return float("nan")
-    d2, d50, d98 = d_percent(voxels, np.array([2.0, 50.0, 98.0]))
+    return hi_from(*d_percent(voxels, np.array([2.0, 50.0, 98.0])))
+
+
+def hi_from(d2: float, d50: float, d98: float) -> float:
+    """HI from percentiles already computed: (D2 - D98) / D50, NaN when D50 is not positive (or NaN)."""
     return float((d2 - d98) / d50) if d50 > 0 else float("nan")
 
 
