@@ -29,7 +29,7 @@ def predict_trivial(data_dir: str | Path, out_dir: str | Path, progress: bool = 
     out_dir = Path(out_dir)
     written = []
     for folder in tqdm(list_patients(data_dir), desc="trivial", unit="pt", disable=not progress):
-        patient = read_patient(folder, read_ct=False)
+        patient = read_patient(folder, read_ct=False, read_dose=False)  # targets and mask are all it needs
         path = out_dir / f"{patient.patient_id}.csv"
         write_dose_csv(path, trivial_dose(patient), patient.possible_dose_mask)
         written.append(path)

@@ -85,6 +85,15 @@ def test_missing_roi_is_not_contoured(tmp_path: Path) -> None:
     assert "LeftParotid" not in read_patient(tmp_path / "pt_1").structures
 
 
+def test_reading_without_dose_or_ct(tmp_path: Path) -> None:
+    p = toy_patient()
+    write_patient(p, tmp_path / "pt_1")
+    light = read_patient(tmp_path / "pt_1", read_ct=False, read_dose=False)
+    assert light.dose is None and (light.ct == -1000).all()
+    np.testing.assert_array_equal(light.possible_dose_mask, p.possible_dose_mask)
+    assert set(light.structures) == set(read_patient(tmp_path / "pt_1").structures)
+
+
 def test_submission_format(tmp_path: Path) -> None:
     p = toy_patient()
     pred = p.dose + 1.0  # non-zero everywhere

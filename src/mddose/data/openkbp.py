@@ -188,12 +188,14 @@ def read_patient(
     shape: tuple[int, int, int] | None = None,
     read_ct: bool = True,
     dose_dtype: type = np.float32,
+    read_dose: bool = True,
 ) -> Patient:
     """Read one OpenKBP patient folder. ROIs not in ``rois`` are ignored; a missing ROI file is fine.
 
     ``shape`` defaults to the folder's ``grid_shape.csv``, else 128×128×128 (every OpenKBP patient).
     ``read_ct=False`` skips the CT (about half the reading time; the CT is then air everywhere), for scoring.
-    ``dose_dtype=np.float64`` keeps the dose exactly as the official evaluator reads it.
+    ``dose_dtype=np.float64`` keeps the dose exactly as the official evaluator reads it. ``read_dose=False``
+    leaves the dose out (None) for work that never looks at it.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -212,7 +214,7 @@ def read_patient(
         path = find_file(folder, name)
         if path is not None:
             structures[name] = read_sparse_csv(path, shape, mask=True)
-    dose_path = find_file(folder, "dose")
+    dose_path = find_file(folder, "dose") if read_dose else None
     dose = read_sparse_csv(dose_path, shape).astype(dose_dtype) if dose_path else None
     return Patient(folder.name, ct_hu, possible, spacing, structures, dose, rois)
 
