@@ -44,7 +44,7 @@ class TrainConfig:
     val_steps: int = 10
     checkpoint_every_s: float = 60.0
     log_every: int = 10
-    bf16: bool = True  # autocast in bfloat16 on CUDA (ignored on CPU)
+    bf16: bool = True  # autocast in bfloat16 (CUDA and CPU); the selective scans still accumulate in float32
 
 
 @dataclass
@@ -61,6 +61,8 @@ class RunConfig:
             )
         if self.model.image_size != self.data.image_size:
             raise ValueError(f"model image_size {self.model.image_size} != data image_size {self.data.image_size}")
+        if self.data.crop and isinstance(self.model, ModelConfig) and self.model.has_positions:
+            raise ValueError("data.crop needs a network without absolute positions: set pos_embed and rope to false")
         if isinstance(self.model, BaselineConfig) and self.model.dims == 3 and self.data.context_slices:
             raise ValueError("a 3D baseline takes no 2.5D context: set data.context_slices to 0")
 
@@ -121,8 +123,11 @@ def run_preset(name: str) -> RunConfig:
     if name == "paper":
         return paper_preset()
     if name in ("default", "small", "tiny"):
-        model = model_preset("small" if name == "default" else name)
-        return RunConfig(model=model, data=DataConfig(image_size=model.image_size, augment=True),
+        data = DataConfig(context_slices=1, augment=True, crop=96)
+        model = model_preset("small" if name == "default" else name, cond_channels=data.cond_channels)
+        train = TrainConfig(lr=5e-4, warmup_steps=200, decay_steps=40_000, max_steps=40_000, val_every=1000,
+                            checkpoint_every_s=180.0)
+        return RunConfig(model=model, data=replace(data, image_size=model.image_size), train=train,
                          diffusion=DiffusionConfig(prediction_type="sample"))
     raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from mddose.checkpoint import load_weights, read_config
 from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
-from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
+from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
@@ -87,13 +87,16 @@ def predict_volume(
     zs = vol.axial_slices()
     generator = torch.Generator(device=device).manual_seed(seed)
     size = cfg.data.image_size
+    # a network trained on crops predicts on the patient's box only (nothing of the possible-dose mask is outside)
+    wx, wy = patient_window(vol, cfg.model.size_multiple) if cfg.data.crop else (slice(None), slice(None))
     bar = tqdm(total=len(zs), desc=vol.patient_id, unit="slice", leave=False, disable=not progress)
     for start in range(0, len(zs), batch_size):
         chunk = zs[start:start + batch_size]
-        cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data) for z in chunk])).to(device)
-        mask = torch.from_numpy(np.stack([slice_mask(vol, z) for z in chunk])).to(device)
+        cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data)[:, wx, wy] for z in chunk]))
+        mask = torch.from_numpy(np.stack([slice_mask(vol, z)[:, wx, wy] for z in chunk]))
+        cond, mask = cond.to(device), mask.to(device)
         native = cond.shape[-2:]
-        cond, mask_in = resize_inputs(cond, mask, cfg.data)  # exactly as the model saw its training slices
+        cond, mask_in = (cond, mask) if cfg.data.crop else resize_inputs(cond, mask, cfg.data)  # as in training
         if cfg.objective == "regression":
             mean = regress(model, cond, mask_in)
             spread = torch.zeros_like(mean)
@@ -101,13 +104,13 @@ def predict_volume(
             mean, spread = sample_many(
                 model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
             )
-        if tuple(native) != (size, size):
+        if not cfg.data.crop and tuple(native) != (size, size):
             mean = F.interpolate(mean, size=native, mode="bilinear", align_corners=False)
             spread = F.interpolate(spread, size=native, mode="bilinear", align_corners=False)
         scale = cfg.data.dose_norm_gy
         for i, z in enumerate(chunk):
-            dose[:, :, z] = (mean[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
-            std[:, :, z] = (spread[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
+            dose[wx, wy, z] = (mean[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
+            std[wx, wy, z] = (spread[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
         bar.update(len(chunk))
     bar.close()
     return dose, std

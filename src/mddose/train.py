@@ -171,7 +171,7 @@ def train(
     diffusion = cfg.objective == "diffusion"
     loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
     curve_labels = (f"Training: {cfg.model.name}", "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
-    autocast = dev.type == "cuda" and cfg.train.bf16
+    autocast = cfg.train.bf16
     if rank == 0:
         write_json(run_dir / "config.json", cfg.to_dict())
         n_params = count_parameters(model)

@@ -50,10 +50,15 @@ class DataConfig:
     max_shift: int = 6  # pixels, uniform in [-max_shift, max_shift] per axis
     ct_jitter_hu: float = 20.0  # CT offset jitter (HU, std)
     ct_scale_jitter: float = 0.02  # CT contrast jitter (relative, std)
+    # crop > 0: train on random crop × crop windows around the patient and predict on the patient's box (a
+    # multiple of 16 around it) instead of the whole slice; for networks without absolute positions only
+    crop: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.rois, dict):
             self.rois = RoiConfig.from_dict(self.rois)
+        if self.crop and (self.crop % 16 or self.crop > self.image_size):
+            raise ValueError(f"crop must be a multiple of 16 up to image_size {self.image_size}, not {self.crop}")
         if self.target_encoding not in ("prescription", "per_level"):
             raise ValueError(f"target_encoding must be 'prescription' or 'per_level', not {self.target_encoding!r}")
 
@@ -191,6 +196,9 @@ class SliceDataset(Dataset):
         if self.config.augment:
             cond, dose, mask = self._augment(cond, dose, mask)
         cond, dose, mask = resize(cond, dose, mask, self.config)
+        if self.config.crop:
+            window = random_window(vol, self.config.crop)
+            cond, dose, mask = (x[:, window[0], window[1]] for x in (cond, dose, mask))
         return (cond, dose, mask) if self.return_mask else (cond, dose)
 
     def _augment(self, cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor):
@@ -204,6 +212,27 @@ class SliceDataset(Dataset):
             cond = _shift(cond, dx, dy, fill=[CT_CLIP_HU[0] / 1000.0] * n_ct + [0.0] * (cond.shape[0] - n_ct))
             dose, mask = _shift(dose, dx, dy, [0.0]), _shift(mask, dx, dy, [0.0])
         return jitter_ct(cond, cfg), dose, mask
+
+
+def random_window(vol: CachedPatient, size: int) -> tuple[slice, slice]:
+    """A random size × size in-plane window that holds as much of the patient's box as it can (torch's RNG)."""
+    window = []
+    for lo, extent, full in zip(vol.offset[:2], vol.ct.shape[:2], vol.full_shape[:2]):
+        hi = lo + extent
+        first, last = (max(0, hi - size), min(lo, full - size)) if extent <= size else (lo, hi - size)
+        start = int(torch.randint(first, last + 1, ()))
+        window.append(slice(start, start + size))
+    return window[0], window[1]
+
+
+def patient_window(vol: CachedPatient, multiple: int) -> tuple[slice, slice]:
+    """The in-plane window prediction runs on: the patient's box grown to a multiple of ``multiple``, centred."""
+    window = []
+    for lo, extent, full in zip(vol.offset[:2], vol.ct.shape[:2], vol.full_shape[:2]):
+        size = min(full, -(-extent // multiple) * multiple)
+        start = min(max(0, lo + extent // 2 - size // 2), full - size)
+        window.append(slice(start, start + size))
+    return window[0], window[1]
 
 
 def mirror_swaps(config: DataConfig) -> list[tuple[int, int]]:

@@ -3,7 +3,8 @@
 Presets: ``paper`` follows the published MD-Dose code (128×128 input, 3×3 stems to 24 channels, encoder widths
 48/96/192/384 with depths 4/6/6/8, decoder widths 192/96/48/48 with depths 6/6/4/4, bidirectional Mamba with
 16 states, conv width 4, expansion 2, drop-path 0.1, 96-d Fourier time features at scale 30); ``small`` and
-``tiny`` keep the skeleton with fewer channels and blocks for quick GPU runs and CPU tests.
+``tiny`` keep the skeleton with fewer channels and blocks, laid out for a CPU (:data:`CPU_LAYOUT`: Mamba only at
+the coarse levels); ``paper`` stays the pure-Mamba layout.
 
 The SSM kind defaults to ``ssd`` (Mamba-2 chunked scan, fast everywhere); ``ssm_kind="s6"`` is the paper's
 Mamba-1 layer. Every row of the paper's Tables III and IV is one config from :func:`ablation_configs`.
@@ -46,6 +47,9 @@ class ModelConfig:
     dec_depths: tuple[int, ...] = (6, 6, 4, 4)
     denoiser_block: str = "mamba"  # mamba | swin | conv
     encoder_block: str = "mamba"  # none (structures concatenated to x_t) | mamba | swin | conv
+    # Mamba where it pays: the finest ``conv_levels`` resolution levels (0 = full size, 1 = half, ...) use residual
+    # convolutions in the denoiser and the structure encoder whatever the block types above say (0: none)
+    conv_levels: int = 0
     # Mamba
     ssm_kind: str = "ssd"  # ssd (Mamba-2) | s6 (Mamba-1, the paper's)
     d_state: int = 16
@@ -81,6 +85,15 @@ class ModelConfig:
         """Number of down-sampling levels (4 in the paper)."""
         return len(self.enc_widths)
 
+    def block_at(self, kind: str, level: int) -> str:
+        """The block type a stage of ``kind`` (the denoiser's or encoder's) uses at resolution ``level`` (0 = full)."""
+        return "conv" if level < self.conv_levels else kind
+
+    @property
+    def has_positions(self) -> bool:
+        """Whether some stage adds absolute positions (Mamba stages with pos_embed or rope)."""
+        return bool(self.mamba_widths()) and (self.pos_embed or self.rope)
+
     @property
     def size_multiple(self) -> int:
         """Image height and width must be multiples of this (16 for four levels)."""
@@ -101,6 +114,8 @@ class ModelConfig:
             return f"scan_order {self.scan_order!r} is not 'rows' or 'rows+cols'"
         if self.scan_backend not in ("auto", "torch", "reference", "mamba_ssm"):
             return f"scan_backend {self.scan_backend!r} is not auto, torch, reference or mamba_ssm"
+        if not 0 <= self.conv_levels <= n + 1:
+            return f"conv_levels {self.conv_levels} is not in [0, {n + 1}]"
         if self.image_size % self.size_multiple:
             return f"image_size {self.image_size} is not a multiple of {self.size_multiple}"
         if min(self.enc_widths + self.dec_widths + (self.stem_channels,)) < 1 or min(self.enc_depths) < 1:
@@ -109,13 +124,21 @@ class ModelConfig:
             return "widths feeding an up-sampling (last encoder, all but the last decoder) must be even"
         if self.time_embed_dim % 2:
             return "time_embed_dim must be even"
-        if "mamba" in (self.denoiser_block, self.encoder_block):
-            widths = self.enc_widths + (self.dec_widths if self.denoiser_block == "mamba" else ())
+        widths = self.mamba_widths()
+        if widths:
             if self.rope and any(w % 4 for w in widths):
                 return "Mamba widths must be multiples of 4 for the 2D rotary embedding"
             if self.ssm_kind == "ssd" and any(self.expand * w % self.ssd_head_dim for w in widths):
                 return f"expand × width must be a multiple of ssd_head_dim={self.ssd_head_dim}"
         return None
+
+    def mamba_widths(self) -> tuple[int, ...]:
+        """Widths of the stages built of Mamba blocks (denoiser encoder and decoder, structure encoder)."""
+        n = self.levels
+        enc = [w for i, w in enumerate(self.enc_widths)
+               if "mamba" in (self.block_at(self.denoiser_block, i + 1), self.block_at(self.encoder_block, i + 1))]
+        dec = [w for j, w in enumerate(self.dec_widths) if self.block_at(self.denoiser_block, n - 1 - j) == "mamba"]
+        return tuple(enc + dec)
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated)."""
@@ -155,6 +178,13 @@ class ModelConfig:
         return cls.from_dict(data, source=path)
 
 
+#: The layout of the ``small`` and ``tiny`` presets, "Mamba where it pays" (docs/experiments/cpu-layout.md):
+#: convolutions at the two finest levels (128², 64²) and 32², Mamba at 16² and 8² where tokens are few and a
+#: global receptive field is cheap; no absolute positions, so the network can train on crops and predict on
+#: any window; 32-channel SSD heads.
+CPU_LAYOUT: dict[str, Any] = {"conv_levels": 3, "pos_embed": False, "rope": False, "ssd_head_dim": 32}
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The ``paper``, ``small`` or ``tiny`` configuration, with optional field overrides."""
     if name == "paper":
@@ -167,6 +197,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
             enc_depths=(2, 2, 2, 2),
             dec_widths=(128, 64, 32, 32),
             dec_depths=(2, 2, 2, 2),
+            **CPU_LAYOUT,
         )
     elif name == "tiny":
         base = ModelConfig(
@@ -177,6 +208,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
             dec_widths=(64, 32, 16, 16),
             dec_depths=(1, 1, 1, 1),
             time_embed_dim=32,
+            **CPU_LAYOUT,
         )
     else:
         raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")

@@ -25,7 +25,8 @@ class StructureEncoder(nn.Module):
         self.stem = nn.Conv2d(cfg.cond_channels, cfg.stem_channels, kernel_size=3, padding=1)
         widths = (cfg.stem_channels, *cfg.enc_widths)
         self.stages = nn.ModuleList(
-            Stage(cfg.encoder_block, widths[i], widths[i + 1], depth, 2, cfg.image_size >> (i + 1), cfg, time=False)
+            Stage(cfg.block_at(cfg.encoder_block, i + 1), widths[i], widths[i + 1], depth, 2,
+                  cfg.image_size >> (i + 1), cfg, time=False)
             for i, depth in enumerate(cfg.enc_depths)
         )
 

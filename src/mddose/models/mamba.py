@@ -85,8 +85,13 @@ class SelectiveSSM(nn.Module):
         dt = F.softplus(torch.einsum("blkr,khr->blkh", dt_low, self.dt_proj).float() + self.dt_bias)  # (B, L, K, Δ)
         scan = scan_function(self.kind, self.backend, u.device)
         A = -torch.exp(self.A_log.float())
+        with torch.autocast(u.device.type, enabled=False):  # the scan accumulates in float32 under bf16 autocast
+            y = self._scan(scan, u, dt, A, B, C)
+        return y.reshape(u.shape)  # (B, L, K, E)
+
+    def _scan(self, scan, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
         if self.kind == "s6":
-            y = scan(
+            return scan(
                 rearrange(u, "b l k e -> b l (k e)"),
                 rearrange(dt, "b l k e -> b l (k e)"),
                 rearrange(A, "k e n -> (k e) n"),
@@ -95,17 +100,15 @@ class SelectiveSSM(nn.Module):
                 rearrange(self.D, "k e -> (k e)"),
                 chunk_size=self.chunk_size,
             )  # (B, L, K·E)
-        else:
-            y = scan(
-                rearrange(u, "b l k (h p) -> b l (k h) p", h=self.heads),
-                rearrange(dt, "b l k h -> b l (k h)"),
-                rearrange(A, "k h -> (k h)"),
-                B,
-                C,
-                rearrange(self.D, "k (h p) -> (k h) p", h=self.heads),
-                chunk_size=self.chunk_size,
-            )  # (B, L, K·H, P)
-        return y.reshape(u.shape)  # (B, L, K, E)
+        return scan(
+            rearrange(u, "b l k (h p) -> b l (k h) p", h=self.heads),
+            rearrange(dt, "b l k h -> b l (k h)"),
+            rearrange(A, "k h -> (k h)"),
+            B,
+            C,
+            rearrange(self.D, "k (h p) -> (k h) p", h=self.heads),
+            chunk_size=self.chunk_size,
+        )  # (B, L, K·H, P)
 
 
 class MambaMixer(nn.Module):

@@ -44,7 +44,7 @@ class MambaUNet(nn.Module):
         widths = (cfg.stem_channels, *cfg.enc_widths)
         kind, size = cfg.denoiser_block, cfg.image_size
         self.down = nn.ModuleList(
-            Stage(kind, widths[i], widths[i + 1], depth, 2, size >> (i + 1), cfg, time=True)
+            Stage(cfg.block_at(kind, i + 1), widths[i], widths[i + 1], depth, 2, size >> (i + 1), cfg, time=True)
             for i, depth in enumerate(cfg.enc_depths)
         )
         self.up, self.reduce, self.dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -54,7 +54,7 @@ class MambaUNet(nn.Module):
             merged = channels // 2 + widths[level]  # up-sampled + skip
             self.up.append(Upsample(channels))
             self.reduce.append(nn.Conv2d(merged, width, 1, bias=False) if merged != width else nn.Identity())
-            self.dec.append(Stage(kind, width, width, depth, 1, size >> level, cfg, time=True))
+            self.dec.append(Stage(cfg.block_at(kind, level), width, width, depth, 1, size >> level, cfg, time=True))
             channels = width
         self.head = nn.Conv2d(channels, cfg.out_channels, kernel_size=3, padding=1, bias=False)
 
