@@ -17,8 +17,11 @@ from mddose.models.config import ModelConfig
 def test_methods_differ_only_in_the_network() -> None:
     base = run_preset("tiny")
     rows = {m: method_config(m, base) for m in METHODS}
-    assert all(r.data == base.data and r.train == base.train and r.diffusion == base.diffusion
-               for r in rows.values())
+    assert all(r.train == base.train and r.diffusion == base.diffusion for r in rows.values())
+    # the 3D baselines read volume patches: the same data without 2.5D context or slice crops
+    assert all(r.data == base.data for m, r in rows.items() if not m.endswith("-3d"))
+    assert all(r.data == replace(base.data, context_slices=0, crop=0) and r.model.cond_channels == 9
+               for m, r in rows.items() if m.endswith("-3d"))
     assert rows["md-dose"].model == base.model
     assert (rows["diffdp"].model.denoiser_block, rows["diffdp"].model.encoder_block) == ("conv", "conv")
     assert (rows["sp-diffdose"].model.denoiser_block, rows["sp-diffdose"].model.encoder_block) == ("swin", "swin")

@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")
+pretrained_app = typer.Typer(no_args_is_help=True, help="The models shipped with mddose.")
+app.add_typer(pretrained_app, name="pretrained")
 
 
 @app.command()
@@ -186,15 +188,19 @@ def train(
     typer.echo(f"trained to step {result['step']} in {result['seconds']:.0f} s; "
                f"best validation dose score: {best['dose_score']:.3f} Gy at step {best['step']}" if best else
                f"trained to step {result['step']} in {result['seconds']:.0f} s")
+    if result["warning"]:
+        typer.echo(f"WARNING: {result['warning']}", err=True)
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (or checkpoint folder).")],
-    data_dir: Annotated[Path, typer.Argument(help="Folder of patient folders (OpenKBP layout).")],
-    out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
+    paths: Annotated[list[Path], typer.Argument(help="RUN_DIR DATA_DIR OUT_DIR, or DATA_DIR OUT_DIR with "
+                                                     "--pretrained. RUN_DIR: run or checkpoint folder; DATA_DIR: "
+                                                     "patient folders (OpenKBP layout); OUT_DIR: predictions.")],
+    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose instead of RUN_DIR: "
+                                                           "openkbp.")] = None,
     sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (ddpm: 1000 as in the paper).")] = 20,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (ddpm: 1000 as in the paper).")] = 10,
     samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: 32 on a GPU, 8 on "
                                                                     "a CPU).")] = None,
@@ -203,10 +209,30 @@ def predict(
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
     from mddose.predict import predict as run_predict
+    from mddose.pretrained import pretrained_folder
 
+    if len(paths) != (2 if pretrained else 3):
+        raise MddoseError("expected DATA_DIR OUT_DIR with --pretrained, else RUN_DIR DATA_DIR OUT_DIR")
+    run_dir = pretrained_folder(pretrained) if pretrained else paths[0]
+    data_dir, out_dir = paths[-2:]
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
+
+
+@pretrained_app.command("export")
+def pretrained_export(
+    run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (models/openkbp/run).")],
+    val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
+    name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
+    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for scoring.")] = 10,
+) -> None:
+    """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
+    from mddose.pretrained import export_run
+
+    row = export_run(run_dir, val_dir, name, steps=steps)
+    typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
+               f"on {row['patients']} patients; {'shipped' if row['shipped'] else 'not better: weights kept'}")
 
 
 @bench_app.command("networks")
@@ -291,6 +317,8 @@ def demo(
     typer.echo(f"\ndemo finished in {info['seconds'] / 60:.1f} min (budget {minutes:g} min)")
     for name, s in info["scores"].items():
         typer.echo(f"  {name:17s} OpenKBP dose score {s['dose_score']:6.2f} Gy   DVH score {s['dvh_score']:6.2f} Gy")
+    if info["train"].get("warning"):
+        typer.echo(f"WARNING: {info['train']['warning']}", err=True)
     typer.echo(f"report: {info['report']}")
 
 

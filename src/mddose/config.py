@@ -163,10 +163,13 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
     elif method in ("c3d", "hd-unet", "c3d-3d", "hd-unet-3d"):
         extra = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {})) if method.endswith("-3d") else {}
+        data = replace(base.data, context_slices=0, crop=0) if extra else base.data  # 3D: volume patches
         try:
-            model = baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra)
+            model = baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra,
+                                    cond_channels=data.cond_channels)
         except ValueError as e:
             raise MddoseError(str(e)) from None
+        return RunConfig(model=model, data=data, diffusion=base.diffusion, train=base.train)
     else:
         raise MddoseError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
     return replace(base, model=model)

@@ -290,7 +290,7 @@ def run_demo(
         cfg = demo_config(seed)
         dev = resolve_device(device)
         plan = plan_budget(plan, cfg, dev, time.monotonic() - start)
-        if dev.type == "cpu":
+        if dev.type == "cpu":  # training starts on the planned count; its ThreadTuner re-checks it as it goes
             torch.set_num_threads(plan.train_threads)
         per_step = plan.seconds_per_step + _batch_seconds(out_dir / "cache", cfg)  # + reading the batch
         steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
@@ -303,8 +303,10 @@ def run_demo(
 
         t0 = time.monotonic()
         log.info("[3/6] train: a small MD-Dose on %d phantoms for %.1f minutes", n_train, plan.train_s / 60)
+        if dev.type == "cpu":
+            torch.set_num_threads(threads_before)
         trained = train(out_dir / "cache", out_dir / "run", cfg, minutes=plan.train_s / 60, device=device,
-                        progress=progress)
+                        progress=progress, planned_steps=steps_expected)
         stage("train", t0)
 
         t0 = time.monotonic()
@@ -328,7 +330,9 @@ def run_demo(
 
         scores = {name: s["openkbp"] for name, s in summary["methods"].items()}
         info.update(status="reported", plan=asdict(plan), stages=stages, scores=scores,
-                    train={"steps": trained["step"], "seconds": trained["seconds"], "last_loss": trained["last_loss"]},
+                    train={"steps": trained["step"], "planned_steps": steps_expected, "seconds": trained["seconds"],
+                           "threads": trained["threads"], "last_loss": trained["last_loss"],
+                           "warning": trained["warning"]},
                     predict={"device": predicted["device"],
                              "mean_seconds_per_patient": predicted["mean_seconds_per_patient"]},
                     seconds=round(time.monotonic() - start, 2))

@@ -44,7 +44,7 @@ from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import recover_dir, write_json
 from mddose.models.config import build_model, count_parameters
-from mddose.device import prediction_batch, resolve_device
+from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
 from mddose.predict import predict_volume
 from mddose.regression import RegressionLoss
 from mddose.viz.training import plot_history
@@ -120,8 +120,13 @@ def train(
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
+    planned_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation."""
+    """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation.
+
+    ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
+    slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
+    """
     run_dir = Path(run_dir)
     last = recover_dir(run_dir / "checkpoints" / "last")
     if resume:
@@ -183,10 +188,13 @@ def train(
                         {k: v for k, v in state.items()})
 
     start, last_ckpt, running = time.monotonic(), time.monotonic(), []
-    seconds_before = state["seconds"]
+    seconds_before, first_step, step_times = state["seconds"], state["step"], []
+    if planned_steps is None and minutes is not None and max_steps is not None:
+        planned_steps = max_steps - first_step
+    tuner = ThreadTuner(dev) if world == 1 else None
     bar = tqdm(total=stop_step, initial=state["step"], desc="train", unit="step", disable=not progress or rank > 0)
     while (stop_step is None or state["step"] < stop_step) and (deadline is None or time.monotonic() < deadline):
-        step = state["step"]
+        step, step_start = state["step"], time.perf_counter()
         idx, state["epoch"], state["pos"] = batch_indices(
             len(dataset), cfg.train.batch_size, cfg.train.seed, state["epoch"], state["pos"]
         )
@@ -205,6 +213,9 @@ def train(
         ema_update(ema, model, step, cfg.train.ema_decay)
         state["step"] = step + 1
         running.append(float(loss.detach()))
+        step_times.append(time.perf_counter() - step_start)
+        if tuner is not None:
+            tuner.step_done(step_times[-1])
         bar.update(1)
         if state["step"] % cfg.train.log_every == 0 and rank == 0:
             state["history"].append({"step": state["step"], "loss": float(np.mean(running)), "lr": lr_at(step, cfg)})
@@ -218,6 +229,10 @@ def train(
             plot_history(state, run_dir / "loss.png", *curve_labels)
             last_ckpt = time.monotonic()
     bar.close()
+    warning = slowdown(step_times, planned_steps, state["step"] - first_step)
+    if warning and rank == 0:
+        log.warning("%s", warning)
+        state.setdefault("warnings", []).append({"step": state["step"], "warning": warning})
     if rank == 0:
         validated = state["validation"] and state["validation"][-1]["step"] == state["step"]
         if val_ids and not validated:
@@ -225,10 +240,12 @@ def train(
         state["seconds"] = seconds_before + time.monotonic() - start
         checkpoint("last")
         plot_history(state, run_dir / "loss.png", *curve_labels)
-        write_json(run_dir / "history.json", {k: state[k] for k in ("history", "validation", "best", "seconds")})
+        write_json(run_dir / "history.json",
+                   {k: state.get(k, []) for k in ("history", "validation", "best", "seconds", "warnings")})
     if world > 1:
         dist.barrier()
-    return {"step": state["step"], "seconds": state["seconds"], "best": state["best"],
+    return {"step": state["step"], "seconds": state["seconds"], "best": state["best"], "warning": warning,
+            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
             "last_loss": state["history"][-1]["loss"] if state["history"] else None}
 
 

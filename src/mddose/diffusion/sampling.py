@@ -99,10 +99,12 @@ def sample(
     b, _, h, w = cond.shape
     x = torch.randn((b, 1, h, w), generator=generator, device=cond.device, dtype=cond.dtype)
     alpha_bar = sched.alphas_cumprod.to(cond.device)
+    encode = getattr(model, "encode_structures", None)  # the anatomy's features: once, not once per step
+    extra = {"structure": encode(cond)} if encode is not None else {}
     for t in tqdm(sched.timesteps, desc=sampler, leave=False, disable=not progress):
         t_int = int(t)
         t_batch = torch.full((b,), t_int, device=cond.device, dtype=torch.long)
-        out = guide(model(x, t_batch, cond), x, t_int, alpha_bar, config, mask)
+        out = guide(model(x, t_batch, cond, **extra), x, t_int, alpha_bar, config, mask)
         x = sched.step(out, t, x, generator=generator).prev_sample if sampler == "ddpm" else sched.step(out, t, x).prev_sample
     dose = config.to_dose(x.clamp(*config.x0_bounds))
     return dose if mask is None else dose * (mask > 0.5)

@@ -139,12 +139,23 @@ class MambaMixer(nn.Module):
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
-        length = u.shape[1]
-        u = rearrange(u, "b l k e -> b (k e) l")
-        u = F.silu(self.conv(u)[..., :length])  # causal: keep the first L outputs
-        y = self.ssm(rearrange(u, "b (k e) l -> b l k e", k=self.paths))  # (B, L, K, E)
+        y = self.ssm(F.silu(self._causal_conv(u)))  # (B, L, K, E)
         y = sum(self._from_paths(y.unbind(2), height, width))  # (B, L, E)
         return self.out_proj(y * F.silu(z))
+
+    def _causal_conv(self, u: Tensor) -> Tensor:
+        """The depthwise causal conv1d of every path, as d_conv shifted products in the token-major layout.
+
+        u: (B, L, K, E) -> (B, L, K, E). Same weights and result as ``self.conv`` on (B, K·E, L) (whose first L
+        outputs are the causal ones), without the two transposes and the slow CPU backward of a grouped conv.
+        """
+        d, length = self.conv.kernel_size[0], u.shape[1]
+        weight = self.conv.weight.view(self.paths, -1, d).to(u.dtype)  # (K, E, d)
+        padded = F.pad(u, (0, 0, 0, 0, d - 1, 0))  # d - 1 zeros before the first token
+        out = self.conv.bias.view(self.paths, -1).to(u.dtype) + padded[:, :length] * weight[..., 0]
+        for k in range(1, d):
+            out = torch.addcmul(out, padded[:, k:k + length], weight[..., k])
+        return out
 
     def _to_paths(self, u: Tensor, height: int, width: int) -> list[Tensor]:
         """Row-major forward, backward [, column-major forward, backward]; each (B, L, E)."""
@@ -183,7 +194,8 @@ class MambaBlock(nn.Module):
         tokens = rearrange(x, "b c h w -> b (h w) c")  # (B, L, C)
         if self.rope:
             tokens = apply_rotary_2d(tokens, height, width)
-        tokens = tokens + self.drop_path(self.mixer(self.norm(tokens), height, width))
+        # norms in float32: under bf16 autocast the fused kernel needs input and weight of one dtype
+        tokens = tokens + self.drop_path(self.mixer(self.norm(tokens.float()), height, width))
         return rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)
 
 
@@ -201,4 +213,4 @@ class MambaStack(nn.Module):
         x = self.pos_embed(x)
         for block in self.blocks:
             x = block(x)
-        return rearrange(self.norm(rearrange(x, "b c h w -> b h w c")), "b h w c -> b c h w")
+        return rearrange(self.norm(rearrange(x.float(), "b c h w -> b h w c")), "b h w c -> b c h w")

@@ -182,15 +182,14 @@ def ssd_scan(
     Bc, Cc = (_chunks(F.pad(t, (0, 0, 0, 0, 0, pad)), q, "b (c q) g n -> b c g 1 q n") for t in (B, C))
     a = dtc * rearrange(A, "(g k) -> g k 1", g=groups)  # (B, Nc, G, Hg, Q) log-decay per step, <= 0
     xdt = xc * dtc[..., None]  # (B, Nc, G, Hg, Q, P)
-    decay = _exp_decay(_segment_sums(a))  # (B, Nc, G, Hg, Q, Q): [i, j] = decay from step j to step i (j <= i)
+    cum = torch.cumsum(a, dim=-1)  # (B, Nc, G, Hg, Q) log-decay from chunk start to each step
+    decay = _causal_decay(cum)  # (B, Nc, G, Hg, Q, Q): [i, j] = decay from step j to step i, 0 for j > i
     # 1) inside each chunk: y_i = sum_{j <= i} (C_i . B_j) decay[i, j] dt_j x_j   (attention-like, causal)
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    scores = (Cc @ Bc.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, Nc, G, 1, Q, Q), shared by the heads
+    scores = Cc @ Bc.transpose(-1, -2)  # (B, Nc, G, 1, Q, Q), shared by the heads; decay masks it
     y = (scores * decay) @ xdt  # (B, Nc, G, Hg, Q, P)
     # 2) state each chunk leaves behind, from a zero start: sum_j decay[last, j] dt_j x_j B_j^T
     chunk_states = (xdt * decay[..., -1, :, None]).transpose(-1, -2) @ Bc  # (B, Nc, G, Hg, P, N)
     # 3) across chunks: the state entering each chunk
-    cum = torch.cumsum(a, dim=-1)  # (B, Nc, G, Hg, Q) log-decay from chunk start to each step
     start = _entering_states(cum[..., -1], chunk_states)  # (B, Nc, G, Hg, P, N)
     # 4) contribution of the entering state: exp(cum_i) C_i . h_start
     y = y + (Cc @ start.transpose(-1, -2)) * _exp_decay(cum)[..., None]  # (B, Nc, G, Hg, Q, P)
@@ -210,27 +209,28 @@ def _entering_states(log_decay: Tensor, states: Tensor, block: int = 32) -> Tens
     pad = -chunks % block
     ld = rearrange(F.pad(log_decay, (0, 0, 0, 0, 0, pad)), "b (s q) g k -> b s g k q", q=block)
     st = rearrange(F.pad(states, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad)), "b (s q) g k p n -> b s g k q (p n)", q=block)
-    causal = torch.ones(block, block, dtype=torch.bool, device=states.device).tril()
-    local = (_exp_decay(_segment_sums(ld)).masked_fill(~causal, 0.0)) @ st  # (B, S, G, Hg, Q, P·N) from zero
-    block_decay = _exp_decay(ld.sum(-1))[..., None]  # (B, S, G, Hg, 1)
+    cum = torch.cumsum(ld, dim=-1)
+    local = _causal_decay(cum) @ st  # (B, S, G, Hg, Q, P·N) from zero
+    block_decay = _exp_decay(cum[..., -1:])  # (B, S, G, Hg, 1)
     carry, entering = torch.zeros_like(local[:, 0, ..., 0, :]), []
     for decay_s, last_s in zip(block_decay.unbind(1), local[..., -1, :].unbind(1)):
         entering.append(carry)
         carry = torch.addcmul(last_s, decay_s, carry)
-    after = local + _exp_decay(torch.cumsum(ld, dim=-1))[..., None] * torch.stack(entering, dim=1)[..., None, :]
+    after = local + _exp_decay(cum)[..., None] * torch.stack(entering, dim=1)[..., None, :]
     after = rearrange(after, "b s g k q (p n) -> b (s q) g k p n", n=states.shape[-1])[:, :chunks]
     return torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)  # state after chunk k-1
 
 
-def _segment_sums(a: Tensor) -> Tensor:
-    """Segment sums of per-step log-decays: (..., Q) -> (..., Q, Q), [i, j] = a[j+1] + ... + a[i] for j <= i.
+def _causal_decay(cum: Tensor) -> Tensor:
+    """Decay matrices from cumulative log-decays: (..., Q) -> (..., Q, Q), [i, j] = exp(cum_i - cum_j) for j <= i.
 
-    Zero above the diagonal (the caller masks those entries). Summing a masked copy (instead of subtracting two
-    cumulative sums) keeps full float32 precision when the cumulative log-decay is large.
+    Exactly 0 above the diagonal (exp of -inf), so the matrix is also the causal mask. One subtraction per entry;
+    its float32 rounding is relative to |cum|, i.e. below 1e-4 of a decay even after thousands of log-units.
     """
-    q = a.shape[-1]
-    below = torch.ones(q, q, dtype=torch.bool, device=a.device).tril(-1)
-    return torch.cumsum(a[..., :, None].expand(*a.shape, q).masked_fill(~below, 0.0), dim=-2)
+    q = cum.shape[-1]
+    causal = torch.ones(q, q, dtype=torch.bool, device=cum.device).tril()
+    seg = (cum[..., :, None] - cum[..., None, :]).clamp(min=LOG_DECAY_FLOOR)
+    return torch.exp(seg.masked_fill(~causal, float("-inf")))
 
 
 def _exp_decay(log_decay: Tensor) -> Tensor:

@@ -58,15 +58,28 @@ class MambaUNet(nn.Module):
             channels = width
         self.head = nn.Conv2d(channels, cfg.out_channels, kernel_size=3, padding=1, bias=False)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """x_t: (B, in, H, W) noisy dose; t: (B,) timesteps; cond: (B, C_struct, H, W) -> (B, out, H, W) noise."""
+    def encode_structures(self, cond: Tensor) -> list[Tensor | None]:
+        """The structure encoder's features per level (Nones where structures are concatenated instead).
+
+        They do not depend on x_t or t: a sampler computes them once per slice and passes them to every step.
+        """
+        if self.structure_encoder is None:
+            return [None] * self.config.levels
+        return self.structure_encoder(cond)
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, cond: Tensor, structure: list[Tensor | None] | None = None
+    ) -> Tensor:
+        """x_t: (B, in, H, W) noisy dose; t: (B,) timesteps; cond: (B, C_struct, H, W) -> (B, out, H, W) noise.
+
+        ``structure``: :meth:`encode_structures` of ``cond``, when the caller already has it.
+        """
         self._check(x_t, t, cond)
         temb = self.time_embed(t)  # (B, T)
+        if structure is None:
+            structure = self.encode_structures(cond)
         if self.structure_encoder is None:
             x_t = torch.cat([x_t, cond], dim=1)  # (B, in + C_struct, H, W)
-            structure = [None] * self.config.levels
-        else:
-            structure = self.structure_encoder(cond)
         h = self.stem(x_t)  # (B, stem, H, W)
         skips = [h]
         for stage, extra in zip(self.down, structure):
@@ -78,7 +91,8 @@ class MambaUNet(nn.Module):
         for up, reduce, stage in zip(self.up, self.reduce, self.dec):
             h = reduce(torch.cat([up(h), skips.pop()], dim=1))  # (B, width, 2h, 2w)
             h = stage(h, temb)
-        return self.head(h)
+        with torch.autocast(h.device.type, enabled=False):  # the dose itself in float32, also under bf16 autocast
+            return self.head(h.float())
 
     def _check(self, x_t: Tensor, t: Tensor, cond: Tensor) -> None:
         cfg = self.config

@@ -54,6 +54,7 @@ details summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
 dl.defs dt { font-weight: 600; margin-top: 8px; }
 dl.defs dd { margin: 2px 0 0 18px; max-width: 100ch; color: #333a48; }
 .note { color: var(--muted); font-size: 13px; }
+.warning { border-left: 4px solid #c0392b; background: #fdecea; padding: 8px 12px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 13px; border-top: 1px solid var(--line); padding-top: 10px; }
 @media (max-width: 900px) { .grid2 { grid-template-columns: 1fr; } main { padding: 16px; } }
 """

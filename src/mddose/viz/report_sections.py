@@ -217,7 +217,9 @@ def training_section(found: ReportSources, figures: Path) -> str:
     from mddose.viz.training import plot_history
 
     history = found.history or {}
-    parts = ['<section id="training"><h2>Training</h2><div class="grid2"><div>']
+    parts = ['<section id="training"><h2>Training</h2>']
+    parts += [f'<p class="warning"><b>Warning:</b> {esc(w["warning"])}.</p>' for w in history.get("warnings", [])]
+    parts.append('<div class="grid2"><div>')
     loss = figures / "loss.png"
     model = (found.config or {}).get("model", {})
     if "arch" in model:  # a deterministic baseline

@@ -1,0 +1,144 @@
+"""The model that ships with the package (``mddose predict --pretrained openkbp``) and how it is renewed.
+
+Package folder of a shipped model::
+
+    mddose/weights/<name>/
+      config.json          the RunConfig that rebuilds the network
+      ema.safetensors      the EMA weights in float16 (loaded into float32)
+      training_log.json    one row per stretch of training: date, CPU-minutes, steps, validation scores
+      MODEL_CARD.md        data, recipe, scores and the training log, written from training_log.json
+
+The resumable run (full checkpoint: weights, EMA, optimizer, RNG, step) lives outside the package, in
+``models/<name>/run`` of the repository; ``scripts/train-openkbp.sh`` trains it further and
+:func:`export_run` (``mddose pretrained export``) scores it on the validation patients, logs the stretch and
+replaces the shipped weights only when the validation dose score improved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from mddose.checkpoint import load_tensors, read_config
+from mddose.errors import MddoseError
+from mddose.fileio import atomic_path, write_json, write_text
+from mddose.predict import checkpoint_folder
+
+WEIGHTS_ROOT = Path(__file__).parent / "weights"
+PRETRAINED: dict[str, str] = {"openkbp": "MD-Dose trained on the 169 OpenKBP training patients (head and neck)"}
+LOG_FILE, CARD_FILE = "training_log.json", "MODEL_CARD.md"
+
+
+def pretrained_folder(name: str) -> Path:
+    """The package folder of shipped model ``name`` (a checkpoint folder :func:`~mddose.predict.load_model` reads)."""
+    if name not in PRETRAINED:
+        raise MddoseError(f"unknown pretrained model {name!r}: choose {', '.join(PRETRAINED)}")
+    folder = WEIGHTS_ROOT / name
+    if not (folder / "ema.safetensors").is_file():
+        raise MddoseError(f"pretrained model {name!r} is not installed (no ema.safetensors)", folder)
+    return folder
+
+
+def training_log(folder: Path) -> list[dict[str, Any]]:
+    path = folder / LOG_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def export_run(
+    run: str | Path,
+    val_dir: str | Path,
+    name: str = "openkbp",
+    sampler: str = "dpm++",
+    steps: int = 10,
+    samples: int = 1,
+    work_dir: str | Path | None = None,
+    target: Path | None = None,
+) -> dict[str, Any]:
+    """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
+
+    Returns the log row. ``target`` overrides the package folder (tests).
+    """
+    from mddose.evaluate.run import evaluate
+    from mddose.predict import predict
+
+    folder = checkpoint_folder(Path(run) / "checkpoints" / "last") if (Path(run) / "checkpoints").is_dir() \
+        else checkpoint_folder(run)
+    target = target or WEIGHTS_ROOT / name
+    trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        summary = predict(folder, val_dir, Path(tmp) / "pred", sampler, steps, samples, nifti=False)
+        scores = evaluate(val_dir, [Path(tmp) / "pred"], Path(tmp) / "eval", names=["md-dose"], gamma=False)
+    method = scores["methods"]["md-dose"]
+    log_rows = training_log(target)
+    seconds = float(trainer.get("seconds", 0.0))
+    row = {
+        "date": dt.date.today().isoformat(),
+        "cpu_minutes": round((seconds - sum(r["cpu_minutes"] for r in log_rows) * 60) / 60, 1),
+        "total_cpu_hours": round(seconds / 3600, 2),
+        "steps": int(trainer.get("step", 0)),
+        "dose_score": round(method["openkbp"]["dose_score"], 4),
+        "dvh_score": round(method["openkbp"]["dvh_score"], 4),
+        "patients": method["n_patients_scored"],
+        "sampler": sampler, "sampler_steps": steps, "samples": samples,
+        "seconds_per_patient": summary["mean_seconds_per_patient"],
+    }
+    shipped = [r for r in log_rows if r.get("shipped")]
+    row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
+    if row["shipped"]:
+        _write_weights(folder, target)
+    write_json(target / LOG_FILE, [*log_rows, row])
+    write_text(target / CARD_FILE, model_card(name, read_config(target), [*log_rows, row]))
+    return row
+
+
+def _write_weights(folder: Path, target: Path) -> None:
+    """config.json and the EMA weights in float16 (half the size; the network computes in float32 or bf16)."""
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in load_tensors(folder / "ema.safetensors").items()}
+    with atomic_path(target / "ema.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(target / "config.json", read_config(folder))
+
+
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The model card's markdown: what the model is, how it was trained, what it scores."""
+    model, data, train = config["model"], config["data"], config["train"]
+    best = min((r for r in rows if r.get("shipped")), key=lambda r: r["dose_score"], default=None)
+    lines = [
+        f"# mddose pretrained model `{name}`", "",
+        f"{PRETRAINED[name]}. Load it with `mddose predict --pretrained {name} DATA_DIR OUT_DIR`.", "",
+        "## Data", "",
+        "OpenKBP (AAPM 2020 challenge) head-and-neck plans: trained on `train-pats` (169 patients, 2 of them held",
+        "out for validation during training), scored on all 33 `validation-pats`. The test patients were never seen.", "",
+        "## Recipe", "",
+        f"- Network: `{model['name']}`, {model['denoiser_block']} denoiser with a {model['encoder_block']} structure"
+        f" encoder, convolutions at the {model.get('conv_levels', 0)} finest levels, widths {model['enc_widths']},"
+        f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
+        f"- Inputs: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map, 7 OAR masks at"
+        f" {data['image_size']}²; training crops {data['crop'] or 'none'}; augmentation {data['augment']}.",
+        f"- Diffusion: {config['diffusion']['prediction_type']} prediction, T = "
+        f"{config['diffusion']['num_train_timesteps']}.",
+        f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
+        f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
+        "",
+        "## Scores (OpenKBP validation, 33 patients)", "",
+    ]
+    if best:
+        lines += [f"Shipped weights: step {best['steps']:,}, {best['total_cpu_hours']} CPU-hours: dose score"
+                  f" **{best['dose_score']:.3f} Gy**, DVH score **{best['dvh_score']:.3f} Gy** ({best['sampler']},"
+                  f" {best['sampler_steps']} steps, {best['samples']} sample(s), {best['seconds_per_patient']} s per"
+                  " patient on 2 CPU cores).", ""]
+    lines += ["Scored by `mddose pretrained export models/openkbp/run ../shared/openkbp/validation-pats`"
+              " (predict + `mddose evaluate`).", "",
+              "## Training log", "",
+              "| date | CPU-minutes | total CPU-hours | steps | dose score (Gy) | DVH score (Gy) | shipped |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['dose_score']:.3f}"
+              f" | {r['dvh_score']:.3f} | {'yes' if r['shipped'] else 'no'} |" for r in rows]
+    return "\n".join(lines) + "\n"
