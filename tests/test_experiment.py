@@ -29,9 +29,13 @@ def test_rows_differ_only_in_blocks() -> None:
     assert [r.objective for r in rows1.values()] == ["regression"] * 2 + ["diffusion"] * 3
     assert rows1["MD-Dose"].model == base.model == rows3["mamba"].model.replace(name=base.model.name)
     assert all(r.train == base.train and r.data == base.data for r in rows1.values())
+    layout = table_rows("layout", base)
+    assert [(r.model.denoiser_block, r.model.encoder_block, r.model.conv_levels) for r in layout.values()] == [
+        ("mamba", "mamba", 0), ("mamba", "mamba", base.model.conv_levels), ("conv", "conv", base.model.conv_levels)]
+    assert all(r.train == base.train and r.data == base.data for r in layout.values())
 
 
-@pytest.mark.parametrize("table", ["table1", "table3", "table4"])
+@pytest.mark.parametrize("table", ["table1", "table3", "table4", "layout"])
 def test_table_end_to_end_and_resume(tmp_path: Path, table: str) -> None:
     data, cache = phantom_cache(tmp_path, patients=3)
     base = micro_config(val_patients=0)

@@ -103,3 +103,21 @@ def test_bad_sampler_settings_are_one_line_before_any_work(trained: tuple[Path, 
     proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", str(run), str(data), str(tmp_path / "o"),
                            "--sampler", "foo"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == "error: unknown sampler 'foo': choose ddpm, ddim, dpm++"
+
+
+def test_diverged_weights_are_refused_before_any_prediction(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mddose.predict import checkpoint_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_folder(trained[0]), run)
+    state = load_file(str(run / "ema.safetensors"))
+    state[next(iter(state))] = torch.full_like(state[next(iter(state))], float("nan"))
+    save_file(state, str(run / "ema.safetensors"))
+    with pytest.raises(MddoseError, match="NaN or infinite"):
+        predict(run, trained[1], tmp_path / "out", steps=2, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mddose.bench import loglog_slope, machine_info, time_call
 from mddose.device import resolve_device
 from mddose.fileio import write_json
-from mddose.models.config import build_model, count_parameters, preset
+from mddose.models.config import build_model, count_parameters, layout_configs, preset
 from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def bench_networks(
     scans: bool = True,
     seed: int = 0,
     threads: int | None = None,
+    layouts: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark, write ``out_json`` (atomically) and return the same dict.
 
@@ -58,14 +59,14 @@ def bench_networks(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(out_json, sizes, repeats, device, preset_name, batch, paper, scans, seed)
+        return _run(out_json, sizes, repeats, device, preset_name, batch, paper, scans, seed, layouts)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run(
     out_json: Path, sizes: tuple[int, ...], repeats: int, device: str, preset_name: str, batch: int,
-    paper: bool, scans: bool, seed: int,
+    paper: bool, scans: bool, seed: int, layouts: bool = True,
 ) -> dict[str, Any]:
     dev = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
@@ -100,6 +101,8 @@ def _run(
                         row["forward_s_per_image"], row["forward_backward_s_per_image"])
             result["paper"][kind] = {"parameters": count_parameters(model), **row}
             del model
+    if layouts:
+        result["layouts"] = time_layouts(preset_name, dev, repeats, generator)
     if scans:
         result["scans"] = _time_scans(dev, repeats, generator)
     write_json(out_json, result)
@@ -172,4 +175,77 @@ def _time_scans(dev: torch.device, repeats: int, gen: torch.Generator) -> list[d
             logger.info("scan %-13s %5d tokens: forward+backward %.4f s", name, length, timing["min_s"])
             rows.append({"scan": name, "batch": batch, "tokens": length, "channels": channels, "states": states,
                          "forward_backward_s": timing["min_s"], "timing": timing})
+    return rows
+
+
+def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.Generator, batch: int = 8,
+                 size: int = 128) -> dict[str, Any]:
+    """Training steps (forward + backward + AdamW, ``batch`` images at ``size``²) of the three layouts of
+    :func:`~mddose.models.config.layout_configs` on the preset's widths, in float32 and bf16 autocast, their
+    ratios to the all-conv twin, and each layout's per-stage split (forward + backward of every stage alone)."""
+    rows: dict[str, Any] = {}
+    for name, cfg in layout_configs(preset(preset_name)).items():
+        model = build_model(cfg, seed=0).to(dev)
+        x_t, t, cond = _inputs(cfg, batch, size, dev, gen)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        row: dict[str, Any] = {"config": cfg.to_dict(), "parameters": count_parameters(model)}
+        for precision in ("float32", "bf16"):
+            def step(precision=precision) -> None:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = model(x_t, t, cond).float().square().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            row[f"train_step_s_{precision}"] = time_call(step, dev, repeats)["min_s"]
+            logger.info("layout %-6s %s: %.3f s per training step (batch %d, %d²)", name, precision,
+                        row[f"train_step_s_{precision}"], batch, size)
+        row["stages"] = _time_stages(model, x_t, t, cond, dev, repeats)
+        rows[name] = row
+        del model, optimizer
+    for name, row in rows.items():
+        for precision in ("float32", "bf16"):
+            row[f"ratio_to_conv_{precision}"] = row[f"train_step_s_{precision}"] / rows["conv"][
+                f"train_step_s_{precision}"]
+    return {"batch": batch, "size": size, "preset": preset_name, "layouts": rows}
+
+
+def _inputs(cfg: Any, batch: int, size: int, dev: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    x_t = torch.randn(batch, cfg.in_channels, size, size, generator=gen).to(dev)
+    cond = torch.randn(batch, cfg.cond_channels, size, size, generator=gen).to(dev)
+    return x_t, torch.randint(0, cfg.num_timesteps, (batch,), generator=gen).to(dev), cond
+
+
+def _time_stages(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                 dev: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """Forward + backward (float32) of every stage of the denoiser and the structure encoder on its own input."""
+    stages = [(f"denoiser down {i + 1}", s) for i, s in enumerate(model.down)]
+    stages += [(f"denoiser up {len(model.dec) - j - 1}", s) for j, s in enumerate(model.dec)]
+    if model.structure_encoder is not None:
+        stages += [(f"structure {i + 1}", s) for i, s in enumerate(model.structure_encoder.stages)]
+    seen: dict[str, tuple[torch.Tensor, ...]] = {}
+    sizes: dict[str, list[int]] = {}
+
+    def keep(name: str):
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            seen.setdefault(name, tuple(a.detach().clone() for a in args))
+            sizes.setdefault(name, list(out.shape[-2:]))
+        return hook
+
+    hooks = [stage.register_forward_hook(keep(name)) for name, stage in stages]
+    with torch.no_grad():
+        model(x_t, t, cond)
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for name, stage in stages:
+        args = seen[name]
+
+        def forward_backward(stage=stage, args=args) -> None:
+            stage(*(a.requires_grad_() for a in args)).square().mean().backward()
+            stage.zero_grad(set_to_none=True)
+
+        seconds = time_call(forward_backward, dev, repeats)["min_s"]
+        rows.append({"stage": name, "block": type(stage.body).__name__, "size": sizes[name],
+                     "channels": stage.embed.proj.out_channels, "forward_backward_s": seconds})
     return rows

@@ -243,6 +243,8 @@ def bench_networks_command(
     preset: Annotated[str, typer.Option(help="Skeleton for the block-type comparison: paper, small or tiny.")] = "small",
     batch: Annotated[int, typer.Option(min=1, help="Images per call (times are per image).")] = 1,
     paper: Annotated[bool, typer.Option(help="Also time the paper config per 128x128 slice.")] = True,
+    layouts: Annotated[bool, typer.Option(help="Also time training steps of the Mamba / hybrid / conv layouts "
+                                               "(batch 8, 128²) and their per-stage split.")] = True,
     scans: Annotated[bool, typer.Option(help="Also time the bare s6 and ssd scans.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
@@ -255,7 +257,8 @@ def bench_networks_command(
         raise typer.BadParameter("sizes must be positive multiples of 16", param_hint="--sizes")
     if preset not in ("paper", "small", "tiny"):
         raise typer.BadParameter("preset must be paper, small or tiny", param_hint="--preset")
-    result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans, threads=threads)
+    result = bench_networks(json_out, size_list, repeats, device, preset, batch, paper, scans, threads=threads,
+                            layouts=layouts)
     for name, entry in result["block_types"].items():
         times = ", ".join(f"{r['size']}²: {r['forward_s_per_image']:.3f}/{r['forward_backward_s_per_image']:.3f} s"
                           for r in entry["sizes"])
@@ -343,7 +346,8 @@ def report(
 @app.command()
 def experiment(
     table: Annotated[str, typer.Argument(help="table1 (methods), table2 (parameters, inference time), table3 "
-                                              "(denoiser blocks) or table4 (structure encoders).")],
+                                              "(denoiser blocks), table4 (structure encoders) or layout (Mamba "
+                                              "at every / the coarse / no level).")],
     cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare' (table2: unused).")],
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
     out_dir: Annotated[Path, typer.Argument(help="Experiment folder, one per table (re-running resumes it).")],

@@ -43,7 +43,7 @@ from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json, write_text
 from mddose.models.baselines import BaselineConfig
-from mddose.models.config import ablation_configs, build_model, count_parameters
+from mddose.models.config import ablation_configs, build_model, count_parameters, layout_configs
 from mddose.predict import predict
 from mddose.train import train
 
@@ -54,6 +54,8 @@ TABLES: dict[str, str] = {
     "table2": "Parameters and inference time (Table II) of the Table I methods",
     "table3": "Denoising network (Table III): conv / Swin / Mamba denoiser, Mamba structure encoder",
     "table4": "Structure encoder (Table IV): none (concatenation) / conv / Swin / Mamba encoder, Mamba denoiser",
+    "layout": "Mamba where it pays: Mamba at every level (the paper's layout) / at the coarse levels only (the "
+              "CPU hybrid) / nowhere (the all-conv twin)",
 }
 TABLE1_METHODS = {"C3D-like": "c3d", "HD-UNet-like": "hd-unet", "DiffDP-like": "diffdp",
                   "SP-DiffDose-like": "sp-diffdose", "MD-Dose": "md-dose"}
@@ -61,7 +63,7 @@ TABLE1_METHODS = {"C3D-like": "c3d", "HD-UNet-like": "hd-unet", "DiffDP-like": "
 
 def reference_row(table: str) -> str:
     """The row that is MD-Dose itself: the t-tests compare every other row with it."""
-    return "MD-Dose" if table in ("table1", "table2") else "mamba"
+    return {"table1": "MD-Dose", "table2": "MD-Dose", "layout": "hybrid"}.get(table, "mamba")
 
 
 def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
@@ -80,6 +82,8 @@ def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
                 name, method = f"{name}-3D", f"{method}-3d"
             rows[name] = method_config(method, base, patch_3d)
         return rows
+    if table == "layout":
+        return {name: dataclasses.replace(base, model=model) for name, model in layout_configs(base.model).items()}
     rows = {}
     for name, model in ablation_configs(base.model).items():
         if name.startswith(f"{table}-"):
@@ -94,7 +98,8 @@ def describe(cfg: RunConfig) -> str:
         where = f"3D, {'×'.join(map(str, m.patch_size))} patches" if m.dims == 3 else "2D"
         return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net ({where}), {m.loss} loss"
     encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
-    return f"{m.denoiser_block} denoiser, {encoder}, {cfg.diffusion.prediction_type} prediction"
+    where = f" (conv at the {m.conv_levels} finest levels)" if m.conv_levels and m.mamba_widths() else ""
+    return f"{m.denoiser_block} denoiser, {encoder}{where}, {cfg.diffusion.prediction_type} prediction"
 
 
 def claim_folder(out_dir: Path, table: str, budget: dict[str, Any]) -> None:

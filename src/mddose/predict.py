@@ -57,7 +57,10 @@ def load_model(run: str | Path, device: torch.device, weights: str = "ema") -> t
         raise MddoseError(f"config.json does not describe an mddose run ({e})", folder / "config.json") from None
     model = build_model(cfg.model)
     path = folder / f"{weights}.safetensors"
-    load_weights(model, path if path.is_file() else folder / "model.safetensors")
+    path = path if path.is_file() else folder / "model.safetensors"
+    load_weights(model, path)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        raise MddoseError("the weights hold NaN or infinite values (a diverged training run?)", path)
     return cfg, model.to(device).eval(), folder
 
 
@@ -113,6 +116,8 @@ def predict_volume(
             std[wx, wy, z] = (spread[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
         bar.update(len(chunk))
     bar.close()
+    if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
+        raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
     return dose, std
 
 

@@ -6,7 +6,8 @@ Package folder of a shipped model::
       config.json          the RunConfig that rebuilds the network
       ema.safetensors      the EMA weights in float16 (loaded into float32)
       training_log.json    one row per stretch of training: date, CPU-minutes, steps, validation scores
-      MODEL_CARD.md        data, recipe, scores and the training log, written from training_log.json
+      comparison.md        the model beside the baselines at equal CPU time (measured, with its commands)
+      MODEL_CARD.md        data, recipe, scores, comparison and training log, written from the files above
 
 The resumable run (full checkpoint: weights, EMA, optimizer, RNG, step) lives outside the package, in
 ``models/<name>/run`` of the repository; ``scripts/train-openkbp.sh`` trains it further and
@@ -32,7 +33,7 @@ from mddose.predict import checkpoint_folder
 
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
 PRETRAINED: dict[str, str] = {"openkbp": "MD-Dose trained on the 169 OpenKBP training patients (head and neck)"}
-LOG_FILE, CARD_FILE = "training_log.json", "MODEL_CARD.md"
+LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "comparison.md"
 
 
 def pretrained_folder(name: str) -> Path:
@@ -93,8 +94,17 @@ def export_run(
     if row["shipped"]:
         _write_weights(folder, target)
     write_json(target / LOG_FILE, [*log_rows, row])
-    write_text(target / CARD_FILE, model_card(name, read_config(target), [*log_rows, row]))
+    write_card(target, name)
     return row
+
+
+def write_card(folder: Path, name: str = "openkbp") -> Path:
+    """(Re)write MODEL_CARD.md from the folder's config, training log and comparison."""
+    comparison = folder / COMPARISON_FILE
+    text = model_card(name, read_config(folder), training_log(folder),
+                      comparison.read_text() if comparison.is_file() else "")
+    write_text(folder / CARD_FILE, text)
+    return folder / CARD_FILE
 
 
 def _write_weights(folder: Path, target: Path) -> None:
@@ -106,7 +116,7 @@ def _write_weights(folder: Path, target: Path) -> None:
     write_json(target / "config.json", read_config(folder))
 
 
-def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], comparison: str = "") -> str:
     """The model card's markdown: what the model is, how it was trained, what it scores."""
     model, data, train = config["model"], config["data"], config["train"]
     best = min((r for r in rows if r.get("shipped")), key=lambda r: r["dose_score"], default=None)
@@ -135,8 +145,10 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]]) ->
                   f" {best['sampler_steps']} steps, {best['samples']} sample(s), {best['seconds_per_patient']} s per"
                   " patient on 2 CPU cores).", ""]
     lines += ["Scored by `mddose pretrained export models/openkbp/run ../shared/openkbp/validation-pats`"
-              " (predict + `mddose evaluate`).", "",
-              "## Training log", "",
+              " (predict + `mddose evaluate`).", ""]
+    if comparison:
+        lines += [comparison.strip(), ""]
+    lines += ["## Training log", "",
               "| date | CPU-minutes | total CPU-hours | steps | dose score (Gy) | DVH score (Gy) | shipped |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['dose_score']:.3f}"

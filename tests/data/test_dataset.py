@@ -113,3 +113,25 @@ def test_real_cache_slices(openkbp_validation: Path, tmp_path: Path) -> None:
     cond, dose, mask = ds[len(ds) // 2]
     assert 0 < dose.max() <= 1.0 and (dose[mask == 0] == 0).all()
     assert cond[1].max() > 0 or cond[2:].max() > 0
+
+
+def test_crops_hold_the_patient_and_prediction_windows_cover_it(cache: Cache) -> None:
+    from mddose.data.dataset import patient_window, random_window
+
+    vol = cache.get(cache.patient_ids[0])
+    (x0, y0), (sx, sy) = vol.offset[:2], vol.ct.shape[:2]
+    torch.manual_seed(0)
+    for _ in range(20):
+        wx, wy = random_window(vol, 32)
+        assert wx.stop - wx.start == wy.stop - wy.start == 32
+        assert 0 <= wx.start and wx.stop <= vol.full_shape[0] and 0 <= wy.start and wy.stop <= vol.full_shape[1]
+        for (lo, n), w in (((x0, sx), wx), ((y0, sy), wy)):  # the box inside the window, or the window inside it
+            assert (w.start <= lo and lo + n <= w.stop) or (lo <= w.start and w.stop <= lo + n)
+    wx, wy = patient_window(vol, 16)
+    assert (wx.stop - wx.start) % 16 == 0 and (wy.stop - wy.start) % 16 == 0
+    assert wx.start <= x0 and x0 + sx <= wx.stop and wy.start <= y0 and y0 + sy <= wy.stop
+    cfg = DataConfig(crop=32, augment=True)
+    cond, dose = SliceDataset(cache, cfg)[0]
+    assert cond.shape[1:] == dose.shape[1:] == (32, 32)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        DataConfig(crop=40)

@@ -107,3 +107,21 @@ def test_cli_import_then_export(
     code, _, err = _cli(monkeypatch, capsys, "export-dicom", str(csv), str(dicom64), str(tmp_path / "RD2.dcm"))
     assert code == 1 and "--patient-dir" in err.strip().splitlines()[-1]
     assert not (tmp_path / "RD2.dcm").exists()
+
+
+def test_import_predict_pretrained_export(tmp_path: Path, dicom64: Path) -> None:
+    """A clinic's DICOM through the shipped model: import-dicom -> predict --pretrained -> export-dicom."""
+    import subprocess
+
+    patients = tmp_path / "patients"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "mddose.cli", *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True)
+    for args in (("import-dicom", dicom64, patients / "pt_2"),
+                 ("predict", "--pretrained", "openkbp", patients, tmp_path / "preds", "--steps", "2"),
+                 ("export-dicom", tmp_path / "preds" / "pt_2.csv", dicom64, tmp_path / "RD_mddose.dcm",
+                  "--patient-dir", patients / "pt_2")):
+        proc = run(*args)
+        assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(tmp_path / "RD_mddose.dcm")
+    dose = ds.pixel_array * float(ds.DoseGridScaling)
+    assert ds.Modality == "RTDOSE" and ds.DoseUnits == "GY" and np.isfinite(dose).all() and 0 < dose.max() < 90

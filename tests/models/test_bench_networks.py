@@ -19,7 +19,8 @@ def test_loglog_slope() -> None:
 
 def test_bench_networks_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench" / "networks.json"
-    result = bench_networks(out, sizes=(16, 32), repeats=1, device="cpu", preset_name="tiny", paper=False, scans=False)
+    result = bench_networks(out, sizes=(16, 32), repeats=1, device="cpu", preset_name="tiny", paper=False, scans=False,
+                            layouts=False)
     on_disk = json.loads(out.read_text())
     assert on_disk["block_types"].keys() == result["block_types"].keys() == VARIANTS.keys()
     for entry in on_disk["block_types"].values():
@@ -28,3 +29,18 @@ def test_bench_networks_writes_json(tmp_path: Path) -> None:
         assert all(r["forward_s_per_image"] > 0 and r["forward_backward_s_per_image"] > 0 for r in entry["sizes"])
         assert isinstance(entry["slope_forward"], float) and isinstance(entry["slope_forward_backward"], float)
     assert on_disk["machine"]["device"] == "cpu"
+
+
+def test_layout_timings_have_ratios_and_a_stage_split() -> None:
+    import torch
+
+    from mddose.bench_networks import time_layouts
+
+    result = time_layouts("tiny", torch.device("cpu"), 1, torch.Generator().manual_seed(0), batch=1, size=32)
+    rows = result["layouts"]
+    assert list(rows) == ["mamba", "hybrid", "conv"]
+    assert rows["conv"]["ratio_to_conv_float32"] == pytest.approx(1.0)
+    assert all(r["train_step_s_bf16"] > 0 and r["ratio_to_conv_bf16"] > 0 for r in rows.values())
+    blocks = {name: {s["block"] for s in r["stages"]} for name, r in rows.items()}
+    assert blocks == {"mamba": {"MambaStack"}, "hybrid": {"MambaStack", "ConvStack"}, "conv": {"ConvStack"}}
+    assert len(rows["hybrid"]["stages"]) == 12  # 4 down, 4 up, 4 structure-encoder stages

@@ -98,3 +98,38 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng_alone() -> None:
     assert torch.equal(torch.random.get_rng_state(), state)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_conv_levels_choose_the_block_per_level_in_both_networks() -> None:
+    from mddose.models.blocks import ConvStack
+    from mddose.models.mamba import MambaStack
+
+    cfg = preset("tiny", conv_levels=3)
+    model = build_model(cfg, seed=0)
+    kinds = lambda stages: [type(s.body).__name__ for s in stages]  # noqa: E731
+    assert kinds(model.down) == ["ConvStack", "ConvStack", "MambaStack", "MambaStack"]  # 64², 32², 16², 8² at 128
+    assert kinds(model.dec) == ["MambaStack", "ConvStack", "ConvStack", "ConvStack"]  # 16², 32², 64², 128²
+    assert kinds(model.structure_encoder.stages) == kinds(model.down)
+    assert not cfg.has_positions and cfg.mamba_widths() == (64, 128, 64)
+    everywhere = build_model(preset("tiny", conv_levels=0), seed=0)
+    assert all(isinstance(s.body, MambaStack) for s in everywhere.down)
+    assert isinstance(build_model(preset("tiny", conv_levels=5), seed=0).down[-1].body, ConvStack)
+    with pytest.raises(ValueError, match="conv_levels"):
+        preset("tiny", conv_levels=6)
+
+
+def test_cached_structure_features_give_the_same_output(tiny_model: torch.nn.Module) -> None:
+    x_t, t, cond = _batch(32)
+    tiny_model.eval()
+    with torch.no_grad():
+        again = tiny_model(x_t, t, cond, structure=tiny_model.encode_structures(cond))
+        assert torch.equal(tiny_model(x_t, t, cond), again)
+    tiny_model.train()
+
+
+def test_bf16_autocast_keeps_the_output_in_float32(tiny_model: torch.nn.Module) -> None:
+    x_t, t, cond = _batch(32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny_model.eval()(x_t, t, cond)
+    tiny_model.train()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

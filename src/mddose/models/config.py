@@ -227,6 +227,18 @@ def ablation_configs(base: ModelConfig) -> dict[str, ModelConfig]:
     return {row: base.replace(name=f"{base.name}-{row}", **changes) for row, changes in rows.items()}
 
 
+def layout_configs(base: ModelConfig) -> dict[str, ModelConfig]:
+    """Where Mamba pays, as three rows on ``base``'s widths: ``mamba`` everywhere (the paper's layout), the
+    ``hybrid`` (convolutions at the finest levels: ``base.conv_levels``, else :data:`CPU_LAYOUT`'s), ``conv``
+    everywhere (the all-conv twin). The block types of denoiser and structure encoder change together."""
+    hybrid = base.conv_levels or CPU_LAYOUT["conv_levels"]
+    return {"mamba": base.replace(name=f"{base.name}-mamba", denoiser_block="mamba", encoder_block="mamba",
+                                  conv_levels=0),
+            "hybrid": base.replace(name=f"{base.name}-hybrid", denoiser_block="mamba", encoder_block="mamba",
+                                   conv_levels=hybrid),
+            "conv": base.replace(name=f"{base.name}-conv", denoiser_block="conv", encoder_block="conv")}
+
+
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig | BaselineConfig:
     """A network config from its JSON: a deterministic baseline when it names an ``arch``, else MD-Dose's."""
     return BaselineConfig.from_dict(data) if "arch" in data else ModelConfig.from_dict(data)

@@ -1,0 +1,79 @@
+"""The shipped model: its files load and match their config, ``predict --pretrained`` works on a synthetic
+patient, and ``export_run`` logs every stretch but replaces the weights only when they validate better."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mddose.config import RunConfig
+from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
+from mddose.data.phantom import write_phantoms
+from mddose.errors import MddoseError
+from mddose.models.config import build_model
+from mddose.predict import load_model
+from mddose.pretrained import CARD_FILE, LOG_FILE, PRETRAINED, export_run, pretrained_folder, training_log
+from mddose.train import train
+from tests.helpers import micro_config, phantom_cache
+
+
+def test_packaged_weights_load_and_match_their_config() -> None:
+    folder = pretrained_folder("openkbp")
+    cfg = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    state = load_file(str(folder / "ema.safetensors"))
+    own = build_model(cfg.model).state_dict()
+    assert set(state) == set(own) and all(state[k].shape == own[k].shape for k in own)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert (folder / "ema.safetensors").stat().st_size <= 16 * 2**20
+    loaded_cfg, model, _ = load_model(folder, torch.device("cpu"))
+    assert loaded_cfg == cfg and all(torch.isfinite(p).all() for p in model.parameters())
+    rows = training_log(folder)
+    assert rows and any(r["shipped"] for r in rows) and "Training log" in (folder / CARD_FILE).read_text()
+
+
+def test_predict_pretrained_on_a_synthetic_patient(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_phantoms(data, n_patients=1, seed=3, grid=64, progress=False)
+    out = tmp_path / "pred"
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", "--pretrained", "openkbp", str(data),
+                           str(out), "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    patient = read_patient(list_patients(data)[0])
+    dose = read_dose_csv(out / f"{patient.patient_id}.csv", patient.shape)
+    assert dose.shape == patient.shape and np.isfinite(dose).all() and (dose >= 0).all()
+    assert (dose[~patient.possible_dose_mask] == 0).all() and dose[patient.possible_dose_mask].max() > 0
+
+
+def test_predict_pretrained_needs_two_paths_and_a_known_name(tmp_path: Path) -> None:
+    for args, message in ((["--pretrained", "openkbp", str(tmp_path)], "DATA_DIR OUT_DIR"),
+                          (["--pretrained", "lung", str(tmp_path), str(tmp_path / "o")], "unknown pretrained")):
+        proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", *args], capture_output=True, text=True)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(MddoseError, match="unknown pretrained"):
+        pretrained_folder("nope")
+    assert "openkbp" in PRETRAINED
+
+
+def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=3)
+    run, target = tmp_path / "run", tmp_path / "weights"
+    train(cache, run, micro_config(val_patients=0), max_steps=3, progress=False)
+    first = export_run(run, data, steps=2, target=target)
+    assert first["shipped"] and first["patients"] == 3 and first["steps"] == 3
+    weights = (target / "ema.safetensors").read_bytes()
+    # a second stretch that validates no better is logged but leaves the shipped weights alone
+    (target / LOG_FILE).write_text(json.dumps([{**first, "dose_score": 0.0}]))
+    train(cache, run, max_steps=4, resume=True, progress=False)
+    second = export_run(run, data, steps=2, target=target)
+    assert not second["shipped"] and second["steps"] == 4
+    assert (target / "ema.safetensors").read_bytes() == weights
+    assert len(training_log(target)) == 2
+    card = (target / CARD_FILE).read_text()
+    assert card.count("| 20") == 2 and "Shipped weights: step 3" in card
