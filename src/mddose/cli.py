@@ -226,11 +226,13 @@ def pretrained_export(
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
     steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for scoring.")] = 10,
+    keep: Annotated[Optional[Path], typer.Option(help="Keep the predictions (pred/) and evaluation (eval/) "
+                                                      "here.")] = None,
 ) -> None:
     """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
     from mddose.pretrained import export_run
 
-    row = export_run(run_dir, val_dir, name, steps=steps)
+    row = export_run(run_dir, val_dir, name, steps=steps, keep=keep)
     typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
                f"on {row['patients']} patients; {'shipped' if row['shipped'] else 'not better: weights kept'}")
 

@@ -36,7 +36,7 @@ class ThreadTuner:
     """
 
     def __init__(self, device: torch.device, probe: int = 4, every: int = 200) -> None:
-        most = torch.get_num_threads()
+        most = self.initial = torch.get_num_threads()
         self.candidates = [1, most] if device.type == "cpu" and most > 1 else []
         self.probe, self.every = probe, every
         self.times: dict[int, list[float]] = {n: [] for n in self.candidates}
@@ -67,6 +67,12 @@ class ThreadTuner:
         self.chosen = min(self.candidates, key=lambda n: sorted(self.times[n][1:])[len(self.times[n][1:]) // 2])
         torch.set_num_threads(self.chosen)
         self._probing, self._since = False, 0
+
+
+    def restore(self) -> None:
+        """Give torch back the thread count it had before the tuner."""
+        if self.candidates:
+            torch.set_num_threads(self.initial)
 
 
 def slowdown(step_seconds: list[float], planned_steps: int | None, steps: int) -> str | None:

@@ -27,7 +27,7 @@ from mddose.config import RunConfig
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
-from mddose.device import prediction_batch, resolve_device
+from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import recover_dir, write_json
@@ -76,8 +76,11 @@ def predict_volume(
     seed: int = 0,
     device: torch.device | None = None,
     progress: bool = False,
+    tuner: ThreadTuner | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask.
+
+    ``tuner`` is told each batch's time (it picks the CPU thread count from them).
 
     A deterministic baseline (``cfg.objective == "regression"``) ignores sampler, steps and samples: one
     forward pass per slice (a 3D one: Gaussian-blended sliding windows over the volume), std 0.
@@ -94,7 +97,7 @@ def predict_volume(
     wx, wy = patient_window(vol, cfg.model.size_multiple) if cfg.data.crop else (slice(None), slice(None))
     bar = tqdm(total=len(zs), desc=vol.patient_id, unit="slice", leave=False, disable=not progress)
     for start in range(0, len(zs), batch_size):
-        chunk = zs[start:start + batch_size]
+        chunk, began = zs[start:start + batch_size], time.perf_counter()
         cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data)[:, wx, wy] for z in chunk]))
         mask = torch.from_numpy(np.stack([slice_mask(vol, z)[:, wx, wy] for z in chunk]))
         cond, mask = cond.to(device), mask.to(device)
@@ -115,6 +118,8 @@ def predict_volume(
             dose[wx, wy, z] = (mean[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
             std[wx, wy, z] = (spread[i, 0] * mask[i, 0]).float().cpu().numpy() * scale
         bar.update(len(chunk))
+        if tuner is not None and len(chunk) == batch_size:  # full batches only: comparable times
+            tuner.step_done(time.perf_counter() - began)
     bar.close()
     if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
         raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
@@ -145,17 +150,19 @@ def predict(
     out_dir = Path(out_dir)
     folders = list_patients(data_dir)
     times: dict[str, float] = {}
+    tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
     for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
         patient = read_patient(patient_folder, cfg.data.rois)
         start = time.perf_counter()
         vol = CachedPatient.from_patient(patient)
-        dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress)
+        dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress, tuner)
         times[patient.patient_id] = round(time.perf_counter() - start, 3)
         write_dose_csv(out_dir / f"{patient.patient_id}.csv", dose, patient.possible_dose_mask)
         if samples > 1:
             write_dose_csv(out_dir / "uncertainty" / f"{patient.patient_id}.csv", std, patient.possible_dose_mask)
         if nifti:
             _write_nifti(out_dir / "nifti", patient_folder, patient, dose, std if samples > 1 else None)
+    tuner.restore()
     summary = {
         "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
         "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),

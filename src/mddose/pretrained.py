@@ -60,10 +60,12 @@ def export_run(
     samples: int = 1,
     work_dir: str | Path | None = None,
     target: Path | None = None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
 
-    Returns the log row. ``target`` overrides the package folder (tests).
+    Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
+    (``eval/``); ``target`` overrides the package folder (tests).
     """
     from mddose.evaluate.run import evaluate
     from mddose.predict import predict
@@ -73,8 +75,9 @@ def export_run(
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        summary = predict(folder, val_dir, Path(tmp) / "pred", sampler, steps, samples, nifti=False)
-        scores = evaluate(val_dir, [Path(tmp) / "pred"], Path(tmp) / "eval", names=["md-dose"], gamma=False)
+        out = Path(keep) if keep else Path(tmp)
+        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
+        scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
     method = scores["methods"]["md-dose"]
     log_rows = training_log(target)
     seconds = float(trainer.get("seconds", 0.0))

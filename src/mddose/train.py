@@ -229,6 +229,8 @@ def train(
             plot_history(state, run_dir / "loss.png", *curve_labels)
             last_ckpt = time.monotonic()
     bar.close()
+    if tuner is not None:
+        tuner.restore()
     warning = slowdown(step_times, planned_steps, state["step"] - first_step)
     if warning and rank == 0:
         log.warning("%s", warning)
@@ -245,7 +247,7 @@ def train(
     if world > 1:
         dist.barrier()
     return {"step": state["step"], "seconds": state["seconds"], "best": state["best"], "warning": warning,
-            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+            "threads": (tuner.chosen if tuner is not None else torch.get_num_threads()) if dev.type == "cpu" else None,
             "last_loss": state["history"][-1]["loss"] if state["history"] else None}
 
 
