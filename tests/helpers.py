@@ -15,7 +15,7 @@ from mddose.models.config import preset
 def micro_config(**train: object) -> RunConfig:
     """The tiny skeleton made smaller still and fed 32×32 slices: a training step takes ~0.1 s on a CPU."""
     model = preset("tiny", image_size=32, stem_channels=8, enc_widths=(8, 16, 16, 32), dec_widths=(16, 16, 8, 8),
-                   time_embed_dim=16, drop_path=0.0)
+                   time_embed_dim=16, drop_path=0.0, ssd_head_dim=16)  # 16: every level can be Mamba (layout)
     options = dict(batch_size=4, lr=2e-3, warmup_steps=0, val_patients=1, val_every=0, val_steps=2,
                    checkpoint_every_s=1e9, log_every=1)
     options.update(train)

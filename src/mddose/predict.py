@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 def checkpoint_folder(run: str | Path) -> Path:
     """A checkpoint folder from a run folder (its best, else last checkpoint) or a checkpoint folder itself."""
     run = Path(run)
-    if (run / "config.json").is_file() and (run / "model.safetensors").is_file():
-        return run
+    if (run / "config.json").is_file() and any((run / f"{w}.safetensors").is_file() for w in ("model", "ema")):
+        return run  # a checkpoint folder, or shipped weights (EMA only)
     for name in ("best", "last"):
         if (recover_dir(run / "checkpoints" / name) / "config.json").is_file():
             return run / "checkpoints" / name
