@@ -190,7 +190,7 @@ def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.G
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         row: dict[str, Any] = {"config": cfg.to_dict(), "parameters": count_parameters(model)}
         for precision in ("float32", "bf16"):
-            def step(precision=precision) -> None:
+            def step(precision=precision, model=model, optimizer=optimizer) -> None:
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     loss = model(x_t, t, cond).float().square().mean()
                 optimizer.zero_grad(set_to_none=True)

@@ -68,7 +68,6 @@ class ThreadTuner:
         torch.set_num_threads(self.chosen)
         self._probing, self._since = False, 0
 
-
     def restore(self) -> None:
         """Give torch back the thread count it had before the tuner."""
         if self.candidates:

@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 
 from mddose.checkpoint import load_tensors, read_config
@@ -58,7 +57,6 @@ def export_run(
     sampler: str = "dpm++",
     steps: int = 10,
     samples: int = 1,
-    work_dir: str | Path | None = None,
     target: Path | None = None,
     keep: Path | None = None,
 ) -> dict[str, Any]:
@@ -70,11 +68,11 @@ def export_run(
     from mddose.evaluate.run import evaluate
     from mddose.predict import predict
 
-    folder = checkpoint_folder(Path(run) / "checkpoints" / "last") if (Path(run) / "checkpoints").is_dir() \
-        else checkpoint_folder(run)
+    last = Path(run) / "checkpoints" / "last"  # the run's newest state, not its best-on-two-patients
+    folder = checkpoint_folder(last if last.is_dir() else run)
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(keep) if keep else Path(tmp)
         summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
         scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
