@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
+from mddose import cli_qa
 from mddose.errors import MddoseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
@@ -383,6 +384,10 @@ def experiment(
         typer.echo(f"{name:>16}: {m['parameters'] / 1e6:.2f} M parameters, {m['seconds_per_slice']:.3f} s per slice, "
                    f"{m['seconds_per_patient']:.2f} s per patient")
     typer.echo(f"table: {out_dir / (table + '.md')}")
+
+
+app.command("qa", help=cli_qa.QA_HELP)(cli_qa.qa_command)
+app.command("qa-calibrate")(cli_qa.qa_calibrate_command)
 
 
 def _ints(text: str, option: str, problem: str) -> tuple[int, ...]:

@@ -123,7 +123,7 @@ def gamma_pass_rate(
         axes, reference[box], axes, prediction[box],
         dose_percent_threshold=dose_percent, distance_mm_threshold=distance_mm,
         lower_percent_dose_cutoff=cutoff_percent, global_normalisation=top, max_gamma=max_gamma,
-        local_gamma=False,
+        local_gamma=False, interp_algo="scipy",  # pymedphys' own interpolator needs numba; scipy's does not
     )
     evaluated = ~np.isnan(gamma)
     if not evaluated.any():

@@ -152,8 +152,12 @@ def dose_wash_figure(
 def comparison_figure(
     patient: Patient, reference: np.ndarray, predictions: Mapping[str, np.ndarray],
     slice_index: int | None = None, title: str | None = None,
+    reference_label: str = "Reference (GT)", reference_short: str = "reference",
 ) -> Figure:
-    """The paper's Fig. 3: predictions then the reference (top), prediction − reference maps (bottom)."""
+    """The paper's Fig. 3: predictions then the reference (top), prediction − reference maps (bottom).
+
+    ``reference_label`` titles the reference panel, ``reference_short`` names it in the difference maps (plan QA
+    shows a plan against the predicted dose with them)."""
     if not predictions:
         raise ValueError("comparison_figure needs at least one prediction")
     sl = _Slice(patient, default_slice(patient, reference) if slice_index is None else slice_index)
@@ -170,17 +174,17 @@ def comparison_figure(
     fig = Figure(figsize=(3.6 * n + 1.4, 7.8), layout="constrained")
     fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
     axes = fig.subplots(2, n, squeeze=False)
-    for ax, (label, dose) in zip(axes[0], [*predictions.items(), ("Reference (GT)", reference)]):
+    for ax, (label, dose) in zip(axes[0], [*predictions.items(), (reference_label, reference)]):
         wash = _wash(ax, patient, sl, dose, vmax, rx)
         ax.set_title(label, fontsize=10)
     for ax, (label, error) in zip(axes[1], errors.items()):
         _ct(ax, patient, sl)
         diff = ax.imshow(np.ma.masked_where(~inside, error), cmap=ERROR_CMAP, vmin=-emax, vmax=emax,
                          extent=sl.extent, interpolation="nearest")
-        ax.set_title(f"{label} − reference", fontsize=10)
+        ax.set_title(f"{label} − {reference_short}", fontsize=10)
     axes[1, -1].axis("off")
     fig.colorbar(wash, ax=list(axes[0]), label="Dose (Gy)", shrink=0.9)
-    fig.colorbar(diff, ax=list(axes[1]), label="Prediction − reference (Gy)", shrink=0.9,
+    fig.colorbar(diff, ax=list(axes[1]), label=f"Prediction − {reference_short} (Gy)", shrink=0.9,
                  extend="both" if magnitude.size and magnitude.max() > emax else "neither")
     _isodose_legend(fig, rx)
     fig.suptitle(title or f"{patient.patient_id}: axial slice {sl.z} (z = {sl.z_mm:.0f} mm)", fontsize=11)

@@ -41,6 +41,7 @@ th { background: var(--soft); font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
 td.text, th.text { text-align: left; }
 td.best { font-weight: 700; color: var(--good); }
+tr.flagged td { background: #fdecea; color: #a5281b; font-weight: 600; }
 th.span { text-align: center; border-left: 2px solid #fff; }
 .tables { display: flex; flex-wrap: wrap; gap: 10px 36px; align-items: flex-start; }
 figure { margin: 12px 0 22px; }

@@ -1,0 +1,81 @@
+"""The ``mddose qa`` and ``mddose qa-calibrate`` commands (registered on the app by :mod:`mddose.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mddose.errors import MddoseError
+
+QA_HELP = (
+    "Check a clinical plan against the dose the model predicts is achievable for this anatomy.\n\n"
+    "mddose qa RUN_DIR PATIENT_DIR [PLAN_DOSE] --out OUT, or mddose qa --pretrained openkbp PATIENT_DIR "
+    "[PLAN_DOSE] --out OUT. PATIENT_DIR: an OpenKBP-layout patient folder or a DICOM folder (imported on the fly); "
+    "PLAN_DOSE: the plan's dose.csv or RTDOSE (default: the patient's own dose.csv, or the RTDOSE in the DICOM "
+    "folder). Per ROI the clinical DVH metrics of the plan are compared with the achievable ones and flagged "
+    "beyond a tolerance made of the model's validation error (qa_errors.json, from qa-calibrate) and the spread "
+    "of its samples. Writes qa.json, qa.csv and qa.html; exit 3 with --fail-on-flag when a ROI is flagged."
+)
+
+
+def _model_and_paths(paths: list[Path], pretrained: str | None) -> tuple[Path, Path, Path | None]:
+    from mddose.pretrained import pretrained_folder
+
+    rest = paths if pretrained else paths[1:]
+    if not paths or not 1 <= len(rest) <= 2:
+        raise MddoseError("expected [RUN_DIR] PATIENT_DIR [PLAN_DOSE] (RUN_DIR unless --pretrained)")
+    model = pretrained_folder(pretrained) if pretrained else paths[0]
+    return model, rest[0], rest[1] if len(rest) == 2 else None
+
+
+def qa_command(
+    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] PATIENT_DIR [PLAN_DOSE]; RUN_DIR unless "
+                                                     "--pretrained.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (qa.json, qa.csv, qa.html).")],
+    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
+    errors: Annotated[Optional[Path], typer.Option(help="Error table (default: the model's qa_errors.json).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Predicted samples: mean and spread.")] = 4,
+    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per sample.")] = 10,
+    z: Annotated[float, typer.Option(min=0.0, help="Tolerance in standard deviations (1.645: one-sided 95 %).")] = 1.645,
+    gamma: Annotated[bool, typer.Option(help="3%/3mm gamma of the plan against the prediction (pymedphys).")] = True,
+    roi_map: Annotated[Optional[Path], typer.Option("--roi-map", help="ROI-name map for a DICOM folder.")] = None,
+    fail_on_flag: Annotated[bool, typer.Option("--fail-on-flag", help="Exit 3 when a ROI is flagged.")] = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    from mddose.qa.run import FLAGGED_EXIT, ModelPredictor, run_qa, summary_lines
+
+    model, patient_dir, plan = _model_and_paths(paths, pretrained)
+    predictor = ModelPredictor(model, sampler, steps, samples, seed, device)
+    summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map)
+    for line in summary_lines(summary, out):
+        typer.echo(line)
+    if fail_on_flag and summary["flagged"]:
+        raise typer.Exit(FLAGGED_EXIT)
+
+
+def qa_calibrate_command(
+    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] VAL_DIR: validation patients with their plans' "
+                                                     "doses; RUN_DIR unless --pretrained.")],
+    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Predictions of VAL_DIR already made by this model "
+                                                             "(mddose predict): not predicted again.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Table to write (default: qa_errors.json "
+                                                                     "beside the weights).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Predicted samples per patient (their mean is scored).")] = 4,
+    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per sample.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Measure the model's error per ROI and metric on validation patients: the table qa's tolerances use."""
+    from mddose.qa.calibrate import calibrate
+    from mddose.qa.run import ModelPredictor
+
+    model, val_dir, extra = _model_and_paths(paths, pretrained)
+    if extra is not None:
+        raise MddoseError("expected [RUN_DIR] VAL_DIR")
+    table, path = calibrate(ModelPredictor(model, sampler, steps, samples, 0, device), val_dir, out, predictions)
+    typer.echo(f"wrote {path}: {len(table.metrics)} ROIs, {table.info['patients']} patients")

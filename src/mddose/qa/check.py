@@ -1,0 +1,84 @@
+"""The QA comparison: per ROI and metric, the plan against the achievable value, with a tolerance and a flag.
+
+``achievable = predicted − bias`` (the metric of the mean predicted dose, corrected by the model's mean
+validation error on it), ``difference = plan − achievable``. A metric is flagged when its difference exceeds the
+tolerance in the worse direction (:data:`~mddose.qa.metrics.WORSE_WHEN`); a ROI when any of its metrics is. A
+metric the error table does not know is shown but never flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mddose.data.patient import Patient
+from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS, WORSE_WHEN, patient_qa_metrics, qa_unit
+from mddose.qa.tolerance import DEFAULT_Z, ErrorTable
+
+
+@dataclass(frozen=True)
+class QaRow:
+    """One (ROI, metric) line of the QA table."""
+
+    roi: str
+    kind: str  # "OAR" or "target"
+    metric: str
+    unit: str
+    plan: float
+    predicted: float
+    achievable: float
+    sample_sd: float
+    difference: float
+    tolerance: float
+    flag: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class QaResult:
+    """Every row, the flagged ROIs, the predicted samples (K, X, Y, Z), their mean and per-voxel spread (Gy)."""
+
+    rows: list[QaRow]
+    samples: np.ndarray
+    mean: np.ndarray
+    spread: np.ndarray
+
+    @property
+    def flagged(self) -> list[str]:
+        return list(dict.fromkeys(r.roi for r in self.rows if r.flag))
+
+
+def _is_flagged(metric: str, difference: float, tolerance: float) -> bool:
+    if not (math.isfinite(difference) and math.isfinite(tolerance)):
+        return False
+    return difference > tolerance if WORSE_WHEN[metric] > 0 else abs(difference) > tolerance
+
+
+def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: ErrorTable,
+               z: float = DEFAULT_Z) -> QaResult:
+    """Compare ``plan`` (X, Y, Z Gy) with the predicted ``samples`` (K, X, Y, Z Gy) on ``patient``'s ROIs."""
+    rois = patient.present_rois()
+    structures = {r: patient.structures[r] for r in rois}
+    rx, vv = patient.prescriptions, patient.voxel_volume_mm3
+    mean = samples.mean(axis=0)
+    plan_m = patient_qa_metrics(plan, structures, rx, vv)
+    pred_m = patient_qa_metrics(mean, structures, rx, vv)
+    per_sample = [patient_qa_metrics(s, structures, rx, vv) for s in samples]
+    rows = []
+    for roi in rois:
+        metrics = TARGET_QA_METRICS if roi in rx else OAR_QA_METRICS
+        for metric in metrics:
+            sd = float(np.std([s[roi][metric] for s in per_sample]))
+            err = table.error(roi, metric)
+            predicted = pred_m[roi][metric]
+            achievable = predicted - err.bias if err is not None else predicted
+            difference = plan_m[roi][metric] - achievable
+            tolerance = table.tolerance(roi, metric, sd, z)
+            rows.append(QaRow(roi, "target" if roi in rx else "OAR", metric, qa_unit(metric), plan_m[roi][metric],
+                              predicted, achievable, sd, difference, tolerance,
+                              _is_flagged(metric, difference, tolerance)))
+    return QaResult(rows, samples, mean.astype(np.float32), samples.std(axis=0).astype(np.float32))

@@ -1,0 +1,175 @@
+"""``mddose qa``: predict the achievable dose for a patient, compare the clinical plan with it, write the results.
+
+Output folder (written as a whole: an interrupted or failed run leaves nothing)::
+
+    OUT_DIR/
+      qa.json            everything below, machine-readable (schema: docs/qa.md)
+      qa.csv             one row per ROI and metric: plan, predicted, achievable, difference, tolerance, flag
+      qa.html            the page: summary, per-ROI table, DVHs, dose and difference washes
+      figures/           the page's PNGs
+      prediction/        pt_N.csv (mean predicted dose) and pt_N_std.csv (per-voxel spread over the samples)
+      patient/pt_N/      the patient as imported, when PATIENT_DIR was a DICOM folder
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mddose.data.cache import CachedPatient
+from mddose.data.openkbp import write_dose_csv
+from mddose.data.patient import Patient, RoiConfig
+from mddose.device import prediction_batch, resolve_device
+from mddose.errors import MddoseError
+from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
+from mddose.fileio import atomic_dir, write_json, write_text
+from mddose.io.geometry import ModelGrid
+from mddose.qa.check import QaResult, QaRow, check_plan
+from mddose.qa.inputs import read_plan, read_qa_patient
+from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
+
+QA_FORMAT = "mddose-qa/1"
+DEFAULT_SAMPLES = 4
+#: Exit status of ``mddose qa --fail-on-flag`` when a ROI is flagged (1 stays "bad input").
+FLAGGED_EXIT = 3
+
+
+class Predictor(Protocol):
+    """What QA needs of a model: its ROIs, where its weights are, and K dose samples (K, X, Y, Z) in Gy."""
+
+    rois: RoiConfig
+    weights: Path
+    info: dict[str, Any]
+
+    def samples(self, patient: Patient) -> np.ndarray: ...
+
+
+class ModelPredictor:
+    """A run folder, checkpoint folder or shipped model, sampled ``samples`` times with seeds seed, seed + 1, …"""
+
+    def __init__(self, model: str | Path, sampler: str = "dpm++", steps: int = 10, samples: int = DEFAULT_SAMPLES,
+                 seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
+        from mddose.diffusion.sampling import check_sampling
+        from mddose.predict import load_model
+
+        self.device = resolve_device(device)
+        self.cfg, self.model, self.folder = load_model(model, self.device)
+        if self.cfg.objective == "regression":
+            sampler, steps, samples = "none", 0, 1
+        else:
+            check_sampling(self.cfg.diffusion, sampler, steps)
+        self.sampler, self.steps, self.n, self.seed = sampler, steps, samples, seed
+        self.batch, self.progress = prediction_batch(self.device, batch_size), progress
+        self.rois = self.cfg.data.rois
+        ema = self.folder / "ema.safetensors"
+        self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
+        self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
+                     "seed": seed, "device": str(self.device)}
+
+    def samples(self, patient: Patient) -> np.ndarray:
+        from mddose.predict import predict_volume
+
+        vol = CachedPatient.from_patient(patient)
+        draws = [predict_volume(self.model, self.cfg, vol, self.sampler, self.steps, 1, self.batch, self.seed + k,
+                                self.device, self.progress)[0] for k in range(self.n)]
+        return np.stack(draws)
+
+
+def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | None, out_dir: str | Path,
+           errors: str | Path | None = None, z: float = DEFAULT_Z, gamma: bool = True,
+           roi_map: str | Path | None = None, grid: ModelGrid | None = None) -> dict[str, Any]:
+    """Check one plan; returns what ``qa.json`` holds. ``errors`` defaults to the model's ``qa_errors.json``."""
+    began = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MddoseError("output exists and is not a folder", out_dir)
+    table_path = Path(errors) if errors else predictor.weights.parent / ERROR_TABLE
+    table = ErrorTable.load(table_path)
+    if table.rois != list(predictor.rois.all):
+        raise MddoseError(f"the error table is for ROIs {', '.join(table.rois)}, the model has "
+                          f"{', '.join(predictor.rois.all)}", table_path)
+    warnings = _table_warnings(table, predictor.weights)
+    with atomic_dir(out_dir) as tmp:
+        patient, folder = read_qa_patient(Path(patient_dir), predictor.rois, tmp / "patient",
+                                          Path(roi_map) if roi_map else None, grid)
+        plan_dose = read_plan(Path(plan) if plan else None, patient, folder)
+        samples = predictor.samples(patient)
+        result = check_plan(patient, plan_dose, samples, table, z)
+        g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
+        summary = {
+            "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(patient_dir),
+            "plan": str(plan) if plan else str(folder / "dose.csv"), "model": predictor.info,
+            "error_table": {"path": str(table_path), **{k: table.info.get(k) for k in ("patients", "date")}},
+            "z": z, "flagged": result.flagged, "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate),
+                                                         "reason": g.reason},
+            "rows": [r.to_dict() for r in result.rows], "warnings": warnings,
+        }
+        _write_outputs(tmp, patient, plan_dose, result, summary)
+        summary["seconds"] = round(time.perf_counter() - began, 1)
+        write_json(tmp / "qa.json", summary)
+    return summary
+
+
+def _table_warnings(table: ErrorTable, weights: Path) -> list[str]:
+    recorded = table.info.get("weights_sha256")
+    if recorded and weights.is_file() and recorded != weights_sha256(weights):
+        return [f"the error table was measured with other weights than {weights}: refresh it with "
+                "`mddose qa-calibrate`"]
+    return []
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _write_outputs(tmp: Path, patient: Patient, plan: np.ndarray, result: QaResult, summary: dict[str, Any]) -> None:
+    from mddose.qa.page import write_page
+
+    pid = patient.patient_id
+    write_dose_csv(tmp / "prediction" / f"{pid}.csv", result.mean, patient.possible_dose_mask)
+    write_dose_csv(tmp / "prediction" / f"{pid}_std.csv", result.spread, patient.possible_dose_mask)
+    write_text(tmp / "qa.csv", rows_csv(result.rows))
+    write_page(tmp, patient, plan, result, summary)
+
+
+def rows_csv(rows: list[QaRow]) -> str:
+    buf = io.StringIO()
+    columns = list(rows[0].to_dict()) if rows else []
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else f"{v:.4g}" if isinstance(v, float) else v)
+                         for k, v in r.to_dict().items()})
+    return buf.getvalue()
+
+
+def summary_lines(summary: dict[str, Any], out_dir: Path) -> list[str]:
+    """The terminal summary: one line per ROI (its flagged metrics spelled out), gamma, where the outputs are."""
+    flagged = set(summary["flagged"])
+    lines = [f"{summary['patient']}: {len(flagged)} ROI(s) flagged"
+             + (f" ({', '.join(summary['flagged'])})" if flagged else "")]
+    by_roi: dict[str, list[dict[str, Any]]] = {}
+    for r in summary["rows"]:
+        by_roi.setdefault(r["roi"], []).append(r)
+    for roi, rows in by_roi.items():
+        bad = [r for r in rows if r["flag"]]
+        shown = bad or rows[:1]
+        detail = "; ".join(f"{r['metric']} plan {_fmt(r['plan'])} vs achievable {_fmt(r['achievable'])} "
+                           f"(±{_fmt(r['tolerance'])}) {r['unit']}".rstrip() for r in shown)
+        lines.append(f"  {'FLAG' if roi in flagged else 'ok  '} {roi:<13} {detail}")
+    g = summary["gamma"]
+    rate = f"{g['pass_rate']:.1f} %" if g["pass_rate"] is not None else f"not computed ({g['reason']})"
+    lines.append(f"gamma {g['criteria']}, plan vs prediction: {rate}")
+    lines += [f"WARNING: {w}" for w in summary["warnings"]]
+    lines.append(f"wrote {out_dir / 'qa.html'}, qa.json, qa.csv")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
