@@ -3,6 +3,7 @@ patient, and ``export_run`` logs every stretch but replaces the weights only whe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) ->
     first = export_run(run, data, steps=2, target=target)
     assert first["shipped"] and first["patients"] == 3 and first["steps"] == 3
     weights = (target / "ema.safetensors").read_bytes()
+    table = json.loads((target / "qa_errors.json").read_text())  # qa's tolerances for the weights shipped
+    assert table["patients"] == 3 and table["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     # a second stretch that validates no better is logged but leaves the shipped weights alone
     (target / LOG_FILE).write_text(json.dumps([{**first, "dose_score": 0.0}]))
     train(cache, run, max_steps=4, resume=True, progress=False)

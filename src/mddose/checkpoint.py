@@ -123,8 +123,15 @@ def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[s
     path = folder / "trainer.json"
     if not path.is_file():
         raise MddoseError("checkpoint has no training state to resume from", folder)
-    trainer = json.loads(path.read_text())
-    optimizer_from_flat(optimizer, load_tensors(folder / "optimizer.safetensors"), trainer["optimizer"])
+    try:
+        trainer = json.loads(path.read_text())
+        groups = trainer["optimizer"]
+        if not isinstance(trainer.get("step"), int):
+            raise KeyError("step")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise MddoseError(f"corrupt training state ({type(e).__name__}: {e}); resume from another checkpoint or "
+                          "start a new run", path) from None
+    optimizer_from_flat(optimizer, load_tensors(folder / "optimizer.safetensors"), groups)
     rng = load_tensors(folder / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():

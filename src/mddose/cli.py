@@ -410,6 +410,9 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
 
 
+INTERRUPTED = 130
+
+
 def main() -> None:
     """Console entry point: one clear line and exit status 1 for bad input."""
     _configure_logging("--verbose" in sys.argv)
@@ -421,9 +424,15 @@ def main() -> None:
     except (_ClickException, click.exceptions.ClickException) as e:
         e.show()
         sys.exit(e.exit_code)
-    except (typer.Abort, click.exceptions.Abort):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+        rv = INTERRUPTED
+    except OSError as e:  # a full disk, a read-only or missing folder: the file and the system's reason
+        where = e.filename or "output"
+        typer.echo(f"error: {where}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    if rv == INTERRUPTED:  # Ctrl-C (typer turns it into this exit status itself)
+        typer.echo("interrupted: files already finished are complete, the one being written was not kept",
+                   err=True)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mddose.checkpoint import read_config
 from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig, baseline_config
 from mddose.models.config import ModelConfig, model_config_from_dict
 from mddose.models.config import preset as model_preset
+from mddose.typecheck import check_fields
 
 
 @dataclass
@@ -46,6 +48,21 @@ class TrainConfig:
     log_every: int = 10
     bf16: bool = True  # autocast in bfloat16 (CUDA and CPU); the selective scans still accumulate in float32
 
+    def __post_init__(self) -> None:
+        check_fields(self, "train.")
+        positive = {"batch_size": 1, "decay_steps": 1, "log_every": 1, "val_steps": 1}
+        for name, least in positive.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"train.{name} must be at least {least}, not {getattr(self, name)}")
+        for name in ("warmup_steps", "max_steps", "val_patients", "val_every", "weight_decay", "grad_clip",
+                     "checkpoint_every_s"):  # checkpoint_every_s = 0: after every step
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must not be negative, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, not {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
+
 
 @dataclass
 class RunConfig:
@@ -55,6 +72,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for section in ("model", "data", "diffusion"):
+            check_fields(getattr(self, section), f"{section}.")
         if self.model.cond_channels != self.data.cond_channels:
             raise ValueError(
                 f"model expects {self.model.cond_channels} structure channels, data gives {self.data.cond_channels}"
@@ -182,10 +201,17 @@ def load_run_config(path: str | Path) -> RunConfig:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise MddoseError(f"cannot read config ({e})", path) from None
-    base = run_preset(d.pop("preset", "default")).to_dict()
+    if not isinstance(d, dict):
+        raise MddoseError(f"a config is a JSON object of sections, not a {type(d).__name__}", path)
+    try:
+        base = run_preset(d.pop("preset", "default")).to_dict()
+    except MddoseError as e:
+        raise MddoseError(str(e), path) from None
     for section, values in d.items():
         if section not in base:
             raise MddoseError(f"unknown config section {section!r}", path)
+        if not isinstance(values, dict):
+            raise MddoseError(f"section {section!r} must be a JSON object of fields, not {values!r}", path)
         if section == "model" and "arch" in values and "arch" not in base["model"]:
             try:  # a deterministic baseline sized like the preset's network
                 base["model"] = baseline_config(values["arch"], ModelConfig.from_dict(base["model"])).to_dict()
@@ -196,6 +222,17 @@ def load_run_config(path: str | Path) -> RunConfig:
         return RunConfig.from_dict(base)
     except (TypeError, ValueError) as e:
         raise MddoseError(f"invalid config: {e}", path) from None
+    except MddoseError as e:  # raised by a section without the file's name
+        raise MddoseError(f"invalid config: {e}", path if e.path is None else None) from None
+
+
+def checkpoint_run_config(folder: Path) -> RunConfig:
+    """The RunConfig a checkpoint folder was trained with (its config.json), or one line naming the file."""
+    try:
+        return RunConfig.from_dict(read_config(folder))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise MddoseError(f"config.json does not describe an mddose run ({type(e).__name__}: {e})",
+                          folder / "config.json") from None
 
 
 def with_overrides(cfg: RunConfig, **train: Any) -> RunConfig:

@@ -6,12 +6,26 @@ import os
 
 import torch
 
+from mddose.errors import MddoseError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; any other name (``cpu``, ``cuda:1``) is passed to torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MddoseError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MddoseError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no usable GPU"
+            raise MddoseError(f"--device {name}: this torch ({torch.__version__}) has {build}; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MddoseError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
 
 
 def prediction_batch(device: torch.device, requested: int | None = None) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mddose.errors import MddoseError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -96,3 +98,41 @@ def recover_dir(path: str | Path) -> Path:
         if aside:
             os.replace(aside[-1], path)
     return path
+
+
+#: Left in an output folder while a command fills it file by file (predict, baseline, prepare); its presence
+#: means the command did not finish, and the readers of that folder refuse it.
+INCOMPLETE = ".mddose-incomplete"
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work starts, an output folder that is a file or cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MddoseError("output exists and is not a folder", path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MddoseError(f"cannot create the output folder: {probe} is a file", path)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MddoseError(f"cannot write into {probe} (permission denied)", path)
+    return path
+
+
+@contextlib.contextmanager
+def filling(folder: str | Path, command: str) -> Iterator[Path]:
+    """Mark ``folder`` unfinished (:data:`INCOMPLETE`) while ``command`` writes into it; unmark on success only."""
+    folder = check_output_dir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / INCOMPLETE
+    write_text(marker, f"{command} did not finish writing this folder; run it again to complete it\n")
+    yield folder
+    marker.unlink()
+
+
+def check_finished(folder: str | Path) -> None:
+    """Refuse a folder a command did not finish (:func:`filling` left its marker)."""
+    marker = Path(folder) / INCOMPLETE
+    if marker.is_file():
+        raise MddoseError(f"unfinished: {marker.read_text(encoding='utf-8').strip()}", folder)

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mddose.checkpoint import load_weights, read_config
-from mddose.config import RunConfig
+from mddose.checkpoint import load_weights
+from mddose.config import RunConfig, checkpoint_run_config
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
-from mddose.fileio import recover_dir, write_json
+from mddose.fileio import check_output_dir, filling, recover_dir, write_json
 from mddose.models.config import build_model
 from mddose.regression import predict_volume_3d, regress
 
@@ -51,10 +51,7 @@ def checkpoint_folder(run: str | Path) -> Path:
 def load_model(run: str | Path, device: torch.device, weights: str = "ema") -> tuple[RunConfig, torch.nn.Module, Path]:
     """Rebuild the model from a checkpoint's config.json and load its (EMA) weights."""
     folder = checkpoint_folder(run)
-    try:
-        cfg = RunConfig.from_dict(read_config(folder))
-    except (KeyError, TypeError, ValueError) as e:
-        raise MddoseError(f"config.json does not describe an mddose run ({e})", folder / "config.json") from None
+    cfg = checkpoint_run_config(folder)
     model = build_model(cfg.model)
     path = folder / f"{weights}.safetensors"
     path = path if path.is_file() else folder / "model.safetensors"
@@ -139,7 +136,13 @@ def predict(
     nifti: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written."""
+    """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
+
+    While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.fileio.INCOMPLETE`) that ``evaluate``
+    refuses; it goes only once every patient and ``prediction.json`` are written.
+    """
+    out_dir = check_output_dir(out_dir)
+    folders = list_patients(data_dir)
     dev = resolve_device(device)
     batch_size = prediction_batch(dev, batch_size)
     cfg, model, folder = load_model(run, dev)
@@ -147,30 +150,36 @@ def predict(
         sampler, steps, samples = "none", 0, 1
     else:
         check_sampling(cfg.diffusion, sampler, steps)
-    out_dir = Path(out_dir)
-    folders = list_patients(data_dir)
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
-    for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
-        patient = read_patient(patient_folder, cfg.data.rois)
-        start = time.perf_counter()
-        vol = CachedPatient.from_patient(patient)
-        dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress, tuner)
-        times[patient.patient_id] = round(time.perf_counter() - start, 3)
-        write_dose_csv(out_dir / f"{patient.patient_id}.csv", dose, patient.possible_dose_mask)
-        if samples > 1:
-            write_dose_csv(out_dir / "uncertainty" / f"{patient.patient_id}.csv", std, patient.possible_dose_mask)
-        if nifti:
-            _write_nifti(out_dir / "nifti", patient_folder, patient, dose, std if samples > 1 else None)
-    tuner.restore()
-    summary = {
-        "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
-        "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
-        "n_patients": len(times), "seconds_per_patient": times,
-        "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
-    }
-    write_json(out_dir / "prediction.json", summary)
+    with filling(out_dir, "mddose predict"):
+        for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
+            patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
+            start = time.perf_counter()
+            vol = CachedPatient.from_patient(patient)
+            dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress,
+                                       tuner)
+            times[patient.patient_id] = round(time.perf_counter() - start, 3)
+            _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
+        tuner.restore()
+        summary = {
+            "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
+            "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
+            "n_patients": len(times), "seconds_per_patient": times,
+            "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
+        }
+        write_json(out_dir / "prediction.json", summary)
     return summary
+
+
+def _write_patient(out_dir: Path, patient_dir: Path, patient, dose: np.ndarray, std: np.ndarray | None,
+                   nifti: bool) -> None:
+    """pt_N.csv, uncertainty/pt_N.csv (with a spread) and the NIfTI copies of one predicted patient."""
+    write_dose_csv(out_dir / f"{patient.patient_id}.csv", dose, patient.possible_dose_mask)
+    if std is not None:
+        write_dose_csv(out_dir / "uncertainty" / f"{patient.patient_id}.csv", std, patient.possible_dose_mask)
+    if nifti:
+        _write_nifti(out_dir / "nifti", patient_dir, patient, dose, std)
 
 
 def _write_nifti(folder: Path, patient_dir: Path, patient, dose: np.ndarray, std: np.ndarray | None) -> None:

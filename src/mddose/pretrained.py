@@ -7,6 +7,7 @@ Package folder of a shipped model::
       ema.safetensors      the EMA weights in float16 (loaded into float32)
       training_log.json    one row per stretch of training: date, CPU-minutes, steps, validation scores
       comparison.md        the model beside the baselines at equal CPU time (measured, with its commands)
+      qa_errors.json       its error per ROI and QA metric on the validation patients (``mddose qa``'s tolerances)
       MODEL_CARD.md        data, recipe, scores, comparison and training log, written from the files above
 
 The resumable run (full checkpoint: weights, EMA, optimizer, RNG, step) lives outside the package, in
@@ -72,31 +73,40 @@ def export_run(
     folder = checkpoint_folder(last if last.is_dir() else run)
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
+    log_rows = training_log(target)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(keep) if keep else Path(tmp)
         summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
         scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
-    method = scores["methods"]["md-dose"]
-    log_rows = training_log(target)
-    seconds = float(trainer.get("seconds", 0.0))
-    row = {
-        "date": dt.date.today().isoformat(),
-        "cpu_minutes": round((seconds - sum(r["cpu_minutes"] for r in log_rows) * 60) / 60, 1),
-        "total_cpu_hours": round(seconds / 3600, 2),
-        "steps": int(trainer.get("step", 0)),
-        "dose_score": round(method["openkbp"]["dose_score"], 4),
-        "dvh_score": round(method["openkbp"]["dvh_score"], 4),
-        "patients": method["n_patients_scored"],
-        "sampler": sampler, "sampler_steps": steps, "samples": samples,
-        "seconds_per_patient": summary["mean_seconds_per_patient"],
-    }
-    shipped = [r for r in log_rows if r.get("shipped")]
-    row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
-    if row["shipped"]:
-        _write_weights(folder, target)
+        method = scores["methods"]["md-dose"]
+        seconds = float(trainer.get("seconds", 0.0))
+        row = {
+            "date": dt.date.today().isoformat(),
+            "cpu_minutes": round((seconds - sum(r["cpu_minutes"] for r in log_rows) * 60) / 60, 1),
+            "total_cpu_hours": round(seconds / 3600, 2),
+            "steps": int(trainer.get("step", 0)),
+            "dose_score": round(method["openkbp"]["dose_score"], 4),
+            "dvh_score": round(method["openkbp"]["dvh_score"], 4),
+            "patients": method["n_patients_scored"],
+            "sampler": sampler, "sampler_steps": steps, "samples": samples,
+            "seconds_per_patient": summary["mean_seconds_per_patient"],
+        }
+        shipped = [r for r in log_rows if r.get("shipped")]
+        row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
+        if row["shipped"]:
+            _write_weights(folder, target)
+            _write_error_table(target, val_dir, out / "pred")
     write_json(target / LOG_FILE, [*log_rows, row])
     write_card(target, name)
     return row
+
+
+def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:
+    """The QA error table of the weights just shipped, from the validation predictions that scored them."""
+    from mddose.qa.calibrate import calibrate
+    from mddose.qa.run import ModelPredictor
+
+    calibrate(ModelPredictor(target, device="cpu"), val_dir, predictions=predictions)
 
 
 def write_card(folder: Path, name: str = "openkbp") -> Path:

@@ -34,15 +34,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from mddose.checkpoint import load_trainer_state, load_weights, read_config, save_checkpoint
-from mddose.config import RunConfig, run_preset
+from mddose.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from mddose.config import RunConfig, checkpoint_run_config, run_preset
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.data.volume import VolumeDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
-from mddose.fileio import recover_dir, write_json
+from mddose.fileio import check_output_dir, recover_dir, write_json
 from mddose.models.config import build_model, count_parameters
 from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
 from mddose.predict import predict_volume
@@ -127,12 +127,12 @@ def train(
     ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
     slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
     """
-    run_dir = Path(run_dir)
+    run_dir = check_output_dir(run_dir)
     last = recover_dir(run_dir / "checkpoints" / "last")
     if resume:
         if not (last / "trainer.json").is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
-        cfg = RunConfig.from_dict(read_config(last))
+        cfg = checkpoint_run_config(last)
     else:
         if (last / "config.json").is_file():
             raise MddoseError("run folder already has a checkpoint: pass --resume or choose a new folder", run_dir)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.data.patient import Patient
+from mddose.fileio import filling
 
 
 def trivial_dose(patient: Patient) -> np.ndarray:
@@ -26,11 +27,11 @@ def trivial_dose(patient: Patient) -> np.ndarray:
 
 def predict_trivial(data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> list[Path]:
     """Write the trivial baseline of every patient in ``data_dir`` as ``OUT_DIR/pt_N.csv``."""
-    out_dir = Path(out_dir)
-    written = []
-    for folder in tqdm(list_patients(data_dir), desc="trivial", unit="pt", disable=not progress):
-        patient = read_patient(folder, read_ct=False, read_dose=False)  # targets and mask are all it needs
-        path = out_dir / f"{patient.patient_id}.csv"
-        write_dose_csv(path, trivial_dose(patient), patient.possible_dose_mask)
-        written.append(path)
+    folders, written = list_patients(data_dir), []
+    with filling(out_dir, "mddose baseline") as out:  # refused by evaluate until every patient is written
+        for folder in tqdm(folders, desc="trivial", unit="pt", disable=not progress):
+            patient = read_patient(folder, read_ct=False, read_dose=False)  # targets and mask are all it needs
+            path = out / f"{patient.patient_id}.csv"
+            write_dose_csv(path, trivial_dose(patient), patient.possible_dose_mask)
+            written.append(path)
     return written

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import write_bytes, write_json
+from mddose.fileio import check_finished, check_output_dir, filling, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ class Cache:
 
     def __init__(self, cache_dir: str | Path) -> None:
         self.dir = Path(cache_dir)
+        check_finished(self.dir)  # an interrupted prepare: train on it only once prepare has finished it
         self.index = load_index(self.dir)
         self.rois = RoiConfig.from_dict(self.index["rois"])
         self.entries: dict[str, dict[str, Any]] = {e["id"]: e for e in self.index["patients"]}
@@ -236,10 +237,15 @@ def prepare_cache(
     data_dir: str | Path, cache_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Build or complete the cache of every patient folder in ``data_dir``; returns a summary."""
-    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    data_dir, cache_dir = Path(data_dir), check_output_dir(cache_dir)
     folders = list_patients(data_dir)
     rois = rois or RoiConfig()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with filling(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in
+        return _fill_cache(folders, data_dir, cache_dir, rois, progress)
+
+
+def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiConfig,
+                progress: bool) -> dict[str, Any]:
     entries: dict[str, dict[str, Any]] = {}
     if (cache_dir / INDEX).is_file():
         old = load_index(cache_dir)

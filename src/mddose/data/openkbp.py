@@ -45,13 +45,29 @@ SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 HEADER = ",data"
 
 
+#: A dose with more of its total outside the possible-dose mask than this is on another patient's grid.
+OUTSIDE_MASK_LIMIT = 0.5
+#: No radiotherapy dose (Gy) is higher: a file above it is not in Gy or is corrupt.
+MAX_DOSE_GY = 200.0
+#: Below this HU a CT value is neither tissue, air nor a scanner's padding value (-1024 … -3024).
+MIN_CT_HU = -3100.0
+
+
 def find_file(folder: Path, stem: str) -> Path | None:
-    """The file ``stem.csv[.gz|.xz]`` in ``folder``, or None."""
-    for suffix in SUFFIXES:
-        path = folder / f"{stem}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    """The file ``stem.csv[.gz|.xz]`` in ``folder``, or None; two of them (say .csv and .csv.xz) are an error."""
+    found = [folder / f"{stem}{suffix}" for suffix in SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise MddoseError(f"both {' and '.join(p.name for p in found)}: keep one", folder)
+    return found[0] if found else None
+
+
+def check_on_grid(dose: np.ndarray, possible_dose_mask: np.ndarray, path: Path, what: str = "dose") -> None:
+    """Refuse a dose whose total lies mostly outside the possible-dose mask: it is not on this patient's grid."""
+    total = float(np.abs(dose).sum())
+    outside = float(np.abs(dose[~possible_dose_mask]).sum())
+    if total > 0 and outside > OUTSIDE_MASK_LIMIT * total:
+        raise MddoseError(f"{outside / total:.0%} of the {what} lies outside the patient's possible-dose mask: it is "
+                          "not on this patient's grid", path)
 
 
 def _read_text(path: Path) -> str:
@@ -80,6 +96,7 @@ def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bo
     if fast is not None:
         out = np.zeros(size, dtype=bool if mask else np.float64)
         idx, values = fast
+        _check_unique(idx, path)
         out[idx] = True if mask else values
         return out.reshape(shape)
     # slow path: row by row, to say exactly which row is wrong
@@ -97,6 +114,7 @@ def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bo
         bad = int(np.flatnonzero((idx < 0) | (idx >= size))[0])
         grid = "×".join(map(str, shape))
         raise MddoseError(f"row {bad + 2}: index {idx[bad]} is outside the {grid} grid", path)
+    _check_unique(idx, path)
     if mask:
         out[idx] = True
         return out.reshape(shape)
@@ -113,6 +131,17 @@ def read_sparse_csv(path: Path, shape: tuple[int, ...] = OPENKBP_SHAPE, mask: bo
         raise MddoseError(f"row {bad + 2}: value {val_s[bad]!r} is not finite", path)
     out[idx] = values
     return out.reshape(shape)
+
+
+def _check_unique(idx: np.ndarray, path: Path) -> None:
+    """Refuse an index listed twice (which value would count?); sorted files, the usual ones, are checked in O(n)."""
+    if idx.size < 2 or bool(np.all(np.diff(idx) > 0)):
+        return
+    order = np.argsort(idx, kind="stable")
+    repeated = np.flatnonzero(np.diff(idx[order]) == 0)
+    if repeated.size:
+        row = int(order[repeated[0] + 1])
+        raise MddoseError(f"row {row + 2}: index {idx[row]} is listed twice", path)
 
 
 def _parse_fast(body: str, mask: bool, size: int) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -182,6 +211,24 @@ def read_grid_shape(folder: Path) -> tuple[int, int, int]:
     return (values[0], values[1], values[2])
 
 
+def _check_mask(possible: np.ndarray, path: Path, explicit_shape: bool) -> None:
+    if not possible.any():
+        raise MddoseError("the possible-dose mask is empty: there is nowhere to predict or score a dose", path)
+    if not explicit_shape and int(np.flatnonzero(possible).max()) < 64**3:
+        raise MddoseError("every voxel of the possible-dose mask lies in the first 64³ indices of the 128³ grid: a "
+                          "64×64×64 patient without its grid_shape.csv?", path)
+
+
+def _checked_dose(dose: np.ndarray, path: Path) -> np.ndarray:
+    """A dose in Gy as read, or one line saying why it cannot be one (nothing is clipped or clamped)."""
+    if dose.min() < 0:
+        raise MddoseError(f"negative dose ({dose.min():.4g} Gy at index {int(np.argmin(dose))})", path)
+    if dose.max() > MAX_DOSE_GY:
+        raise MddoseError(f"dose of {dose.max():.4g} Gy (index {int(np.argmax(dose))}) is above {MAX_DOSE_GY:.0f} Gy: "
+                          "not a dose in Gy", path)
+    return dose
+
+
 def read_patient(
     folder: str | Path,
     rois: RoiConfig | None = None,
@@ -201,13 +248,20 @@ def read_patient(
     if not folder.is_dir():
         raise MddoseError("patient folder does not exist", folder)
     rois = rois or RoiConfig()
+    explicit_shape = shape is not None or find_file(folder, "grid_shape") is not None
     shape = shape or read_grid_shape(folder)
+    mask_path = _required(folder, "possible_dose_mask")
+    possible = read_sparse_csv(mask_path, shape, mask=True)
+    _check_mask(possible, mask_path, explicit_shape)
     if read_ct:
-        ct = read_sparse_csv(_required(folder, "ct"), shape)
+        ct_path = _required(folder, "ct")
+        ct = read_sparse_csv(ct_path, shape)
         ct_hu = np.where(ct != 0, ct - CT_OFFSET, -CT_OFFSET).astype(np.float32)
+        if ct_hu.min() < MIN_CT_HU:
+            raise MddoseError(f"CT value {ct_hu.min():.0f} HU is below {MIN_CT_HU:.0f} HU (no tissue, air or padding "
+                              "value): the file should hold HU + 1000", ct_path)
     else:
         ct_hu = np.full(shape, -CT_OFFSET, dtype=np.float32)
-    possible = read_sparse_csv(_required(folder, "possible_dose_mask"), shape, mask=True)
     spacing = read_voxel_dimensions(_required(folder, "voxel_dimensions"))
     structures = {}
     for name in rois.all:
@@ -215,7 +269,7 @@ def read_patient(
         if path is not None:
             structures[name] = read_sparse_csv(path, shape, mask=True)
     dose_path = find_file(folder, "dose") if read_dose else None
-    dose = read_sparse_csv(dose_path, shape).astype(dose_dtype) if dose_path else None
+    dose = _checked_dose(read_sparse_csv(dose_path, shape), dose_path).astype(dose_dtype) if dose_path else None
     return Patient(folder.name, ct_hu, possible, spacing, structures, dose, rois)
 
 
@@ -281,13 +335,24 @@ def natural_key(name: str) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+PATIENT_MARKERS = ("ct", "possible_dose_mask", "voxel_dimensions")  # any of them makes a folder a patient's
+
+
+def _is_patient(folder: Path) -> bool:
+    return any(find_file(folder, stem) is not None for stem in PATIENT_MARKERS)
+
+
 def list_patients(split_dir: str | Path) -> list[Path]:
-    """Patient folders of a split (folders that hold a ct file), in natural order: pt_2 before pt_10."""
+    """Patient folders of a split (folders holding a ct, possible_dose_mask or voxel_dimensions file), in natural
+    order: pt_2 before pt_10. A folder missing one of the others is still listed: its reader names what is missing.
+    """
     split_dir = Path(split_dir)
+    if split_dir.is_file():
+        raise MddoseError("is a file; expected a folder of patient folders (pt_N/) or one patient folder", split_dir)
     if not split_dir.is_dir():
         raise MddoseError("folder does not exist", split_dir)
-    folders = [p for p in split_dir.iterdir() if p.is_dir() and find_file(p, "ct") is not None]
-    if not folders and find_file(split_dir, "ct") is not None:
+    folders = [p for p in split_dir.iterdir() if p.is_dir() and _is_patient(p)]
+    if not folders and _is_patient(split_dir):
         return [split_dir]  # a single patient folder given directly
     if not folders:
         raise MddoseError("no patient folders (pt_N/ with a ct.csv) found", split_dir)

@@ -119,12 +119,16 @@ def gamma_pass_rate(
     hi = np.minimum(hit.max(axis=0) + 1 + np.array(margin), reference.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     axes = tuple(np.arange(a, b) * s for a, b, s in zip(lo, hi, spacing))
-    gamma = pymedphys.gamma(
-        axes, reference[box], axes, prediction[box],
-        dose_percent_threshold=dose_percent, distance_mm_threshold=distance_mm,
-        lower_percent_dose_cutoff=cutoff_percent, global_normalisation=top, max_gamma=max_gamma,
-        local_gamma=False, interp_algo="scipy",  # pymedphys' own interpolator needs numba; scipy's does not
-    )
+    logging.disable(logging.INFO)  # pymedphys logs arrays through the root logger's %-formatting, which fails
+    try:
+        gamma = pymedphys.gamma(
+            axes, reference[box], axes, prediction[box],
+            dose_percent_threshold=dose_percent, distance_mm_threshold=distance_mm,
+            lower_percent_dose_cutoff=cutoff_percent, global_normalisation=top, max_gamma=max_gamma,
+            local_gamma=False, interp_algo="scipy",  # pymedphys' own interpolator needs numba; scipy's does not
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     evaluated = ~np.isnan(gamma)
     if not evaluated.any():
         return GammaResult(float("nan"), "no voxel above the low-dose cut-off")

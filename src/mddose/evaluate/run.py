@@ -62,7 +62,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mddose.data.openkbp import (
-    SUFFIXES, find_file, list_patients, read_patient, read_sparse_csv,
+    SUFFIXES, check_on_grid, find_file, list_patients, read_patient, read_sparse_csv,
 )
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
@@ -70,12 +70,11 @@ from mddose.evaluate.clinical import GAMMA_CRITERIA, gamma_unavailable_reason
 from mddose.evaluate.compare import comparison_markdown, mean_std, ttests
 from mddose.evaluate.openkbp import dvh_score
 from mddose.evaluate.score import PATIENT_METRICS, PatientResult, dose_metrics, score_patient
-from mddose.fileio import atomic_dir, write_json, write_text
+from mddose.fileio import atomic_dir, check_finished, check_output_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "mddose.evaluate/1"
-OUTSIDE_MASK_LIMIT = 0.5  # a prediction with more of its dose outside the possible-dose mask is on a wrong grid
 PER_PATIENT_COLUMNS = (
     "method", "patient_id", "status", "openkbp_dose_score", "openkbp_dvh_score", "n_dvh_metrics",
     "paper_dose_score", "paper_dvh_score", "hi_target", "hi_reference", "hi_prediction", "hi_abs_diff",
@@ -113,6 +112,7 @@ def index_predictions(name: str, folder: Path, patient_ids: Sequence[str]) -> Me
     """Match a prediction folder against the reference patients; missing and unmatched ones are listed."""
     if not folder.is_dir():
         raise MddoseError("prediction folder does not exist", folder)
+    check_finished(folder)  # an interrupted predict is never scored
     files = {pid: path for pid in patient_ids if (path := find_prediction(folder, pid)) is not None}
     if not files:
         raise MddoseError(f"no prediction for any of the {len(patient_ids)} reference patients "
@@ -132,11 +132,7 @@ def index_predictions(name: str, folder: Path, patient_ids: Sequence[str]) -> Me
 def read_prediction(path: Path, patient: Patient) -> np.ndarray:
     """A prediction in float64 Gy on the patient's grid; MddoseError when it cannot be on that grid."""
     dose = read_sparse_csv(path, patient.shape)  # indices outside the grid raise MddoseError naming the file
-    total = float(np.abs(dose).sum())
-    outside = float(np.abs(dose[~patient.possible_dose_mask]).sum())
-    if total > 0 and outside > OUTSIDE_MASK_LIMIT * total:
-        raise MddoseError(f"{outside / total:.0%} of the predicted dose lies outside {patient.patient_id}'s "
-                          "possible-dose mask: the prediction is not on this patient's grid", path)
+    check_on_grid(dose, patient.possible_dose_mask, path, "predicted dose")
     return dose
 
 
@@ -181,7 +177,7 @@ def evaluate(
         The summary dictionary also written to ``summary.json``.
     """
     start = time.perf_counter()
-    out_dir, reference_dir = Path(out_dir), Path(reference_dir)
+    out_dir, reference_dir = check_output_dir(out_dir), Path(reference_dir)
     folders = [Path(p) for p in prediction_dirs]
     names = list(names) if names else [f.name for f in folders]
     if len(names) != len(folders):

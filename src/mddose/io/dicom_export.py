@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from mddose.data.openkbp import find_file, read_dose_csv
+from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_sparse_csv
 from mddose.errors import MddoseError
+from mddose.fileio import check_output_dir
 from mddose.io.dicom_import import SIDECAR, SIDECAR_FORMAT
 from mddose.io.dicom_scan import find_ct_series, read_header
 from mddose.io.dicom_write import save_dataset, identity_from, rtdose_dataset
@@ -84,16 +85,19 @@ def export_dose_dicom(
             raise MddoseError("a dose file needs --patient-dir (the folder import-dicom made for this patient)",
                               prediction)
         patient_dir = prediction
+    if out_file.is_dir():
+        raise MddoseError("output is a folder; give a file name such as RD_predicted.dcm", out_file)
+    check_output_dir(out_file.parent)
     sidecar = load_sidecar(patient_dir)
     model = VolumeGeometry.from_dict(sidecar["model_geometry"])
     dose = _load_prediction(prediction, model)
     if not np.all(np.isfinite(dose)):
         raise MddoseError("dose has non-finite values", prediction)
     if dose.min() < 0:
-        log.info("negative predicted dose (min %.3g Gy) set to 0", float(dose.min()))
-    if out_file.is_dir():
-        raise MddoseError("output is a folder; give a file name such as RD_predicted.dcm", out_file)
-
+        raise MddoseError(f"negative dose (min {float(dose.min()):.3g} Gy): not a dose to export", prediction)
+    mask_path = find_file(Path(patient_dir), "possible_dose_mask")
+    if mask_path is not None:
+        check_on_grid(dose, read_sparse_csv(mask_path, model.shape, mask=True), prediction)
     ct, rtplan = find_ct_series(dicom_dir, str(sidecar["ct_series_instance_uid"]))
     first = read_header(ct[0].path)
     frame_uid = str(first.get("FrameOfReferenceUID", ""))

@@ -23,10 +23,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from mddose.data.openkbp import find_file, read_dose_csv, read_patient
+from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_dir, write_bytes
+from mddose.fileio import atomic_dir, check_output_dir, write_bytes
 from mddose.io.geometry import VolumeGeometry, default_geometry
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def export_nifti(patient_dir: str | Path, out_dir: str | Path, prediction: str |
     The grid is placed where ``dicom_geometry.json`` says (folders made by ``import-dicom``), else in our
     orientation centred at 0.
     """
-    patient_dir = Path(patient_dir)
+    patient_dir, out_dir = Path(patient_dir), check_output_dir(out_dir)
     geometry = patient_geometry(patient_dir)
     shape = geometry.shape if geometry is not None else None
     patient = read_patient(patient_dir, shape=shape) if shape else read_patient(patient_dir)
@@ -182,6 +182,7 @@ def export_nifti(patient_dir: str | Path, out_dir: str | Path, prediction: str |
                 raise MddoseError("no dose.csv in prediction folder", prediction)
             prediction = found
         dose = read_dose_csv(prediction, patient.shape)
+        check_on_grid(dose, patient.possible_dose_mask, prediction)
     out = write_patient_nifti(patient, out_dir, geometry, dose)
     log.info("wrote %s as NIfTI to %s", patient.patient_id, out)
     return out

@@ -24,6 +24,7 @@ from torch import nn
 
 from mddose.errors import MddoseError
 from mddose.fileio import write_json
+from mddose.typecheck import describe, hints, matches
 from mddose.models.baselines import BaselineConfig, build_baseline
 
 BLOCK_TYPES = ("mamba", "swin", "conv")
@@ -155,6 +156,10 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise MddoseError(f"unknown model config keys {unknown}", source)
+        annotations = hints(cls)
+        for key, value in data.items():
+            if not matches(value, annotations[key]):
+                raise MddoseError(f"model.{key}: expected {describe(annotations[key])}, got {value!r}", source)
         try:
             return cls(**data)
         except (TypeError, ValueError) as e:

@@ -58,6 +58,11 @@ def _is_flagged(metric: str, difference: float, tolerance: float) -> bool:
     return difference > tolerance if WORSE_WHEN[metric] > 0 else abs(difference) > tolerance
 
 
+def _physical(metric: str, value: float) -> float:
+    """A bias-corrected value kept where the metric can be: V95 within 0–100 %, doses and HI not negative."""
+    return min(max(value, 0.0), 100.0) if metric == "V95" else max(value, 0.0)
+
+
 def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: ErrorTable,
                z: float = DEFAULT_Z) -> QaResult:
     """Compare ``plan`` (X, Y, Z Gy) with the predicted ``samples`` (K, X, Y, Z Gy) on ``patient``'s ROIs."""
@@ -75,7 +80,7 @@ def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: E
             sd = float(np.std([s[roi][metric] for s in per_sample]))
             err = table.error(roi, metric)
             predicted = pred_m[roi][metric]
-            achievable = predicted - err.bias if err is not None else predicted
+            achievable = _physical(metric, predicted - err.bias if err is not None else predicted)
             difference = plan_m[roi][metric] - achievable
             tolerance = table.tolerance(roi, metric, sd, z)
             rows.append(QaRow(roi, "target" if roi in rx else "OAR", metric, qa_unit(metric), plan_m[roi][metric],

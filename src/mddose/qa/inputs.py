@@ -8,16 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mddose.data.openkbp import find_file, read_dose_csv, read_patient
+from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.io.dicom_export import load_sidecar
 from mddose.io.dicom_read import read_rtdose
 from mddose.io.geometry import ModelGrid, VolumeGeometry, inside, resample
 
-#: A plan CSV with more of its dose than this outside the possible-dose mask is on another grid (OpenKBP's
-#: doses are 0 outside it).
-MAX_DOSE_OUTSIDE = 0.05
 #: An RTDOSE grid must cover this share of the possible-dose mask.
 MIN_COVERAGE = 0.99
 
@@ -91,10 +88,7 @@ def _check_plan(dose: np.ndarray, patient: Patient, source: Path, check_grid: bo
         raise MddoseError("the plan dose holds NaN or infinite values", source)
     if (dose < 0).any():
         raise MddoseError(f"the plan dose has negative values (min {float(dose.min()):.3g} Gy)", source)
-    total = float(dose.sum())
-    if total <= 0:
+    if float(dose.sum()) <= 0:
         raise MddoseError("the plan dose is zero everywhere", source)
-    outside = float(dose[~patient.possible_dose_mask].sum()) / total
-    if check_grid and outside > MAX_DOSE_OUTSIDE:
-        raise MddoseError(f"{100 * outside:.0f} % of the plan's dose lies outside the patient's possible-dose mask: "
-                          f"is it on another grid than the patient's {'×'.join(map(str, patient.shape))}?", source)
+    if check_grid:
+        check_on_grid(dose, patient.possible_dose_mask, source, "plan dose")

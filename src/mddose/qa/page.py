@@ -40,18 +40,19 @@ def dvh_band_figure(patient: Patient, plan: np.ndarray, result: QaResult, flagge
     fig.legend([Line2D([], [], color=f"C{i % 10}", lw=2) for i in range(len(rois))], labels, title="ROI",
                loc="outside right upper", fontsize=8, title_fontsize=9)
     fig.legend([Line2D([], [], color="k", lw=1.6), Line2D([], [], color="k", lw=1.4, linestyle="--")],
-               ["Plan", "Predicted (achievable)"], title="Dose", loc="outside right lower", fontsize=8,
+               ["Plan", "Predicted (mean)"], title="Dose", loc="outside right lower", fontsize=8,
                title_fontsize=9)
     ax.set_title(f"{patient.patient_id}: plan against prediction (band: {len(result.samples)} samples, min–max)")
     return fig
 
 
 def worst_slices(patient: Patient, plan: np.ndarray, result: QaResult, n: int = WORST_SLICES) -> list[int]:
-    """Axial slices where the plan exceeds the prediction most inside the flagged ROIs (else all ROIs)."""
-    rois = result.flagged or patient.present_rois()
+    """Axial slices where the plan exceeds the prediction most: inside the flagged ROIs first, then the others."""
     excess = np.clip(plan - result.mean, 0.0, None)
+    others = sorted((r for r in patient.present_rois() if r not in result.flagged),
+                    key=lambda r: -float(excess[patient.structures[r]].sum()))
     picks: list[int] = []
-    for roi in sorted(rois, key=lambda r: -float(excess[patient.structures[r]].sum())):
+    for roi in [*result.flagged, *others]:
         per_slice = (excess * patient.structures[roi]).sum(axis=(0, 1))
         z = int(np.argmax(per_slice)) if per_slice.max() > 0 else int(np.argwhere(patient.structures[roi])[:, 2].mean())
         if z not in picks:
@@ -96,7 +97,7 @@ def write_page(out: Path, patient: Patient, plan: np.ndarray, result: QaResult, 
     flagged = set(result.flagged)
     dvh = save_png(dvh_band_figure(patient, plan, result, flagged), figures / "dvh.png")
     washes = [save_png(comparison_figure(patient, result.mean, {"Plan": plan}, slice_index=z,
-                                         reference_label="Predicted (achievable)", reference_short="predicted"),
+                                         reference_label="Predicted", reference_short="predicted"),
                        figures / f"slice_{z}.png") for z in worst_slices(patient, plan, result)]
     warnings = "".join(f'<p class="warning">{esc(w)}</p>' for w in summary["warnings"])
     body = (

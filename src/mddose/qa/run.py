@@ -28,7 +28,7 @@ from mddose.data.patient import Patient, RoiConfig
 from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
-from mddose.fileio import atomic_dir, write_json, write_text
+from mddose.fileio import atomic_dir, check_output_dir, write_json, write_text
 from mddose.io.geometry import ModelGrid
 from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import read_plan, read_qa_patient
@@ -86,9 +86,7 @@ def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | Non
            roi_map: str | Path | None = None, grid: ModelGrid | None = None) -> dict[str, Any]:
     """Check one plan; returns what ``qa.json`` holds. ``errors`` defaults to the model's ``qa_errors.json``."""
     began = time.perf_counter()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MddoseError("output exists and is not a folder", out_dir)
+    out_dir = check_output_dir(out_dir)
     table_path = Path(errors) if errors else predictor.weights.parent / ERROR_TABLE
     table = ErrorTable.load(table_path)
     if table.rois != list(predictor.rois.all):

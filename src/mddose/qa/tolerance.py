@@ -115,6 +115,9 @@ def weights_sha256(path: str | Path) -> str:
 
 def table_info(weights: Path, patients: int, sampler: str, steps: int, samples: int, source: str) -> dict[str, Any]:
     """The provenance fields of a table written now."""
-    return {"weights_sha256": weights_sha256(weights), "checkpoint": str(weights.parent), "patients": patients,
+    folder = weights.parent.resolve()
+    here = Path.cwd().resolve()
+    checkpoint = str(folder.relative_to(here)) if folder.is_relative_to(here) else str(folder)
+    return {"weights_sha256": weights_sha256(weights), "checkpoint": checkpoint, "patients": patients,
             "sampler": sampler, "steps": steps, "samples": samples, "source": source,
             "date": dt.date.today().isoformat()}

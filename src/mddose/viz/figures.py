@@ -184,7 +184,8 @@ def comparison_figure(
         ax.set_title(f"{label} − {reference_short}", fontsize=10)
     axes[1, -1].axis("off")
     fig.colorbar(wash, ax=list(axes[0]), label="Dose (Gy)", shrink=0.9)
-    fig.colorbar(diff, ax=list(axes[1]), label=f"Prediction − {reference_short} (Gy)", shrink=0.9,
+    shown = next(iter(predictions)) if len(predictions) == 1 and reference_short != "reference" else "Prediction"
+    fig.colorbar(diff, ax=list(axes[1]), label=f"{shown} − {reference_short} (Gy)", shrink=0.9,
                  extend="both" if magnitude.size and magnitude.max() > emax else "neither")
     _isodose_legend(fig, rx)
     fig.suptitle(title or f"{patient.patient_id}: axial slice {sl.z} (z = {sl.z_mm:.0f} mm)", fontsize=11)
