@@ -29,3 +29,12 @@ def phantom_cache(root: Path, patients: int = 3, seed: int = 0) -> tuple[Path, P
     write_phantoms(data, n_patients=patients, seed=seed, grid=64, progress=False)
     prepare_cache(data, cache, progress=False)
     return data, cache
+
+
+def trained_run(root: Path, patients: int = 3, steps: int = 4) -> tuple[Path, Path]:
+    """A micro run trained ``steps`` steps on ``patients`` 64³ phantoms under ``root``; returns (run, data_dir)."""
+    from mddose.train import train
+
+    data, cache = phantom_cache(root, patients=patients)
+    train(cache, root / "run", micro_config(val_patients=0), max_steps=steps, progress=False)
+    return root / "run", data

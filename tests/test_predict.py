@@ -16,15 +16,12 @@ from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.predict import predict
 from mddose.train import train
-from tests.helpers import micro_config, phantom_cache
+from tests.helpers import micro_config, phantom_cache, trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("predict")
-    data, cache = phantom_cache(root, patients=3)
-    train(cache, root / "run", micro_config(val_patients=0), max_steps=4, progress=False)
-    return root / "run", data
+    return trained_run(tmp_path_factory.mktemp("predict"))
 
 
 @pytest.mark.parametrize(("sampler", "steps"), [("dpm++", 3), ("ddim", 3), ("ddpm", 5)])
@@ -121,3 +118,23 @@ def test_diverged_weights_are_refused_before_any_prediction(trained: tuple[Path,
     with pytest.raises(MddoseError, match="NaN or infinite"):
         predict(run, trained[1], tmp_path / "out", steps=2, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_model_default_sampler(tmp_path: Path) -> None:
+    """Without --sampler/--steps a model is sampled the way its config says (the shipped model: DDIM, 3 steps)."""
+    import dataclasses
+
+    from mddose.train import train as run_train
+
+    data, cache = phantom_cache(tmp_path, patients=2)
+    cfg = micro_config(val_patients=0)
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, sampler="ddim", sampler_steps=2))
+    run_train(cache, tmp_path / "run", cfg, max_steps=1, progress=False)
+    summary = predict(tmp_path / "run", data, tmp_path / "p", progress=False, nifti=False)
+    assert (summary["sampler"], summary["steps"]) == ("ddim", 2)
+    assert predict(tmp_path / "run", data, tmp_path / "q", sampler="dpm++", progress=False, nifti=False)["steps"] == 2
+    from mddose.config import checkpoint_run_config
+    from mddose.pretrained import pretrained_folder
+
+    shipped = checkpoint_run_config(pretrained_folder("openkbp")).diffusion
+    assert shipped.sampling() == ("ddim", 3)

@@ -1,8 +1,11 @@
 """The ``mddose`` command line: parses arguments and calls one typed function per command, nothing more.
 
-Commands by stage (like nnU-Net's): data (``phantom``, ``prepare``), models (``train``, ``predict``),
-judging (``evaluate``, ``bench``), clinical I/O (``import-dicom``, ``export-dicom``).
-Errors in user input print one line (``error: <file>: <what is wrong>``) and exit with status 1.
+Commands by stage (like nnU-Net's): data (``phantom``, ``prepare``, ``import-dicom``), models (``train``,
+``predict``, ``baseline``, ``pretrained export``), judging (``evaluate``, ``report``, ``experiment``, ``bench
+networks``, ``bench sampling``), clinic (``qa``, ``qa-calibrate``, ``export-dicom``, ``export-nifti``) and
+``demo``. ``mddose --verbose COMMAND`` logs at debug level.
+Errors in user input print one line (``error: <file>: <what is wrong>``) and exit with status 1; usage errors
+exit with 2, ``qa --fail-on-flag`` with 3 when it flags a ROI, Ctrl-C with 130.
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ import typer
 from mddose import cli_qa
 from mddose.errors import MddoseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Radiotherapy dose prediction with MD-Dose: data, training, prediction, evaluation, plan QA.")
 # typer ≥ 0.20 vendors click: take its ClickException from typer's own classes so both kinds are caught
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False) -> None:
+    """Radiotherapy dose prediction with MD-Dose."""
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+
 pretrained_app = typer.Typer(no_args_is_help=True, help="The models shipped with mddose.")
 app.add_typer(pretrained_app, name="pretrained")
 
@@ -200,8 +212,10 @@ def predict(
                                                      "patient folders (OpenKBP layout); OUT_DIR: predictions.")],
     pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose instead of RUN_DIR: "
                                                            "openkbp.")] = None,
-    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (ddpm: 1000 as in the paper).")] = 10,
+    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own, e.g. "
+                                                         "ddim for the shipped model).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: the model's own; ddpm: "
+                                                               "1000 as in the paper).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: 32 on a GPU, 8 on "
                                                                     "a CPU).")] = None,
@@ -226,14 +240,15 @@ def pretrained_export(
     run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (models/openkbp/run).")],
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
-    steps: Annotated[int, typer.Option(min=1, help="DPM-Solver++ steps for scoring.")] = 10,
+    sampler: Annotated[Optional[str], typer.Option(help="Sampler for scoring (default: the model's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Sampler steps (default: the model's own).")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the predictions (pred/) and evaluation (eval/) "
                                                       "here.")] = None,
 ) -> None:
     """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
     from mddose.pretrained import export_run
 
-    row = export_run(run_dir, val_dir, name, steps=steps, keep=keep)
+    row = export_run(run_dir, val_dir, name, sampler=sampler, steps=steps, keep=keep)
     typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
                f"on {row['patients']} patients; {'shipped' if row['shipped'] else 'not better: weights kept'}")
 
@@ -406,8 +421,8 @@ def _int_triple(text: str, option: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # --verbose lowers it (see _options)
 
 
 INTERRUPTED = 130
@@ -415,7 +430,7 @@ INTERRUPTED = 130
 
 def main() -> None:
     """Console entry point: one clear line and exit status 1 for bad input."""
-    _configure_logging("--verbose" in sys.argv)
+    _configure_logging()
     try:
         rv = app(standalone_mode=False)
     except MddoseError as e:

@@ -37,8 +37,9 @@ def qa_command(
     pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
     errors: Annotated[Optional[Path], typer.Option(help="Error table (default: the model's qa_errors.json).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Predicted samples: mean and spread.")] = 4,
-    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per sample.")] = 10,
+    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps per sample (default: the model's "
+                                                               "own).")] = None,
     z: Annotated[float, typer.Option(min=0.0, help="Tolerance in standard deviations (1.645: one-sided 95 %).")] = 1.645,
     gamma: Annotated[bool, typer.Option(help="3%/3mm gamma of the plan against the prediction (pymedphys).")] = True,
     roi_map: Annotated[Optional[Path], typer.Option("--roi-map", help="ROI-name map for a DICOM folder.")] = None,
@@ -66,8 +67,9 @@ def qa_calibrate_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Table to write (default: qa_errors.json "
                                                                      "beside the weights).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Predicted samples per patient (their mean is scored).")] = 4,
-    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm.")] = "dpm++",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per sample.")] = 10,
+    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps per sample (default: the model's "
+                                                               "own).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Measure the model's error per ROI and metric on validation patients: the table qa's tolerances use."""

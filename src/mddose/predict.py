@@ -127,8 +127,8 @@ def predict(
     run: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
-    sampler: str = "dpm++",
-    steps: int = 20,
+    sampler: str | None = None,
+    steps: int | None = None,
     samples: int = 1,
     batch_size: int | None = None,
     seed: int = 0,
@@ -137,6 +137,8 @@ def predict(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
+
+    ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`).
 
     While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.fileio.INCOMPLETE`) that ``evaluate``
     refuses; it goes only once every patient and ``prediction.json`` are written.
@@ -149,6 +151,7 @@ def predict(
     if cfg.objective == "regression":  # one deterministic pass: no sampler, nothing to draw twice
         sampler, steps, samples = "none", 0, 1
     else:
+        sampler, steps = cfg.diffusion.sampling(sampler, steps)
         check_sampling(cfg.diffusion, sampler, steps)
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient

@@ -27,6 +27,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mddose.checkpoint import load_tensors, read_config
+from mddose.config import checkpoint_run_config
 from mddose.errors import MddoseError
 from mddose.fileio import atomic_path, write_json, write_text
 from mddose.predict import checkpoint_folder
@@ -55,8 +56,8 @@ def export_run(
     run: str | Path,
     val_dir: str | Path,
     name: str = "openkbp",
-    sampler: str = "dpm++",
-    steps: int = 10,
+    sampler: str | None = None,
+    steps: int | None = None,
     samples: int = 1,
     target: Path | None = None,
     keep: Path | None = None,
@@ -71,6 +72,7 @@ def export_run(
 
     last = Path(run) / "checkpoints" / "last"  # the run's newest state, not its best-on-two-patients
     folder = checkpoint_folder(last if last.is_dir() else run)
+    sampler, steps = checkpoint_run_config(folder).diffusion.sampling(sampler, steps)  # the model's own by default
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
     log_rows = training_log(target)
@@ -160,8 +162,11 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     if comparison:
         lines += [comparison.strip(), ""]
     lines += ["## Training log", "",
-              "| date | CPU-minutes | total CPU-hours | steps | dose score (Gy) | DVH score (Gy) | shipped |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['dose_score']:.3f}"
-              f" | {r['dvh_score']:.3f} | {'yes' if r['shipped'] else 'no'} |" for r in rows]
+              "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['sampler']} "
+              f"{r['sampler_steps']} | {r['dose_score']:.3f} | {r['dvh_score']:.3f} | {'yes' if r['shipped'] else 'no'} |"
+              for r in rows]
+    notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
+    lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"

@@ -18,8 +18,7 @@ from mddose.errors import MddoseError
 from mddose.io.dicom_write import export_patient_dicom
 from mddose.io.geometry import ModelGrid
 from mddose.qa.run import run_qa
-from mddose.train import train
-from tests.helpers import micro_config, phantom_cache
+from tests.helpers import trained_run
 from tests.qa.helpers import PhysicsPredictor, raised_oar, stated_table
 
 GRID64 = ModelGrid((64, 64, 64), (7.812, 7.812, 5.0))  # the 64-phantom's own grid
@@ -113,10 +112,7 @@ def test_bad_input_is_one_clear_error_and_nothing_written(case: dict[str, Path],
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("qa_run")
-    data, cache = phantom_cache(root, patients=3)
-    train(cache, root / "run", micro_config(val_patients=0), max_steps=4, progress=False)
-    return root / "run", data
+    return trained_run(tmp_path_factory.mktemp("qa_run"))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

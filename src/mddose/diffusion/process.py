@@ -33,6 +33,9 @@ class DiffusionConfig:
     beta_schedule: str = "linear"
     prediction_type: PredictionType = "epsilon"  # "sample" = x0-prediction, "v_prediction" = v
     data_range: Literal["symmetric", "unit"] = "symmetric"  # x0 in [-1, 1] or in [0, 1] (published code)
+    # how this model is sampled unless a command says otherwise (measured per model: docs/experiments)
+    sampler: str = "dpm++"
+    sampler_steps: int = 10
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -51,6 +54,10 @@ class DiffusionConfig:
     def to_dose(self, x0: Tensor) -> Tensor:
         """The diffusion's x_0 → normalised dose in [0, 1]."""
         return (x0 + 1.0) / 2.0 if self.data_range == "symmetric" else x0
+
+    def sampling(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
+        """The sampler and step count to use: the ones asked for, else this model's own."""
+        return sampler or self.sampler, steps or self.sampler_steps
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         return dict(

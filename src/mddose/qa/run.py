@@ -53,7 +53,8 @@ class Predictor(Protocol):
 class ModelPredictor:
     """A run folder, checkpoint folder or shipped model, sampled ``samples`` times with seeds seed, seed + 1, …"""
 
-    def __init__(self, model: str | Path, sampler: str = "dpm++", steps: int = 10, samples: int = DEFAULT_SAMPLES,
+    def __init__(self, model: str | Path, sampler: str | None = None, steps: int | None = None,
+                 samples: int = DEFAULT_SAMPLES,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
         from mddose.diffusion.sampling import check_sampling
         from mddose.predict import load_model
@@ -63,6 +64,7 @@ class ModelPredictor:
         if self.cfg.objective == "regression":
             sampler, steps, samples = "none", 0, 1
         else:
+            sampler, steps = self.cfg.diffusion.sampling(sampler, steps)
             check_sampling(self.cfg.diffusion, sampler, steps)
         self.sampler, self.steps, self.n, self.seed = sampler, steps, samples, seed
         self.batch, self.progress = prediction_batch(self.device, batch_size), progress
