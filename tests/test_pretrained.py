@@ -18,7 +18,7 @@ from mddose.config import RunConfig
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
-from mddose.models.config import build_model
+from mddose.models.build import build_model
 from mddose.predict import load_model
 from mddose.pretrained import CARD_FILE, LOG_FILE, PRETRAINED, export_run, pretrained_folder, training_log
 from mddose.train import train

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mddose.models.baselines import BaselineConfig
-from mddose.models.config import build_model
+from mddose.models.build import build_model
 from mddose.regression import RegressionLoss, regress, regress_volume, window_starts
 
 

@@ -18,7 +18,8 @@ from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
-from mddose.models.config import build_model, preset
+from mddose.models.config import preset
+from mddose.models.build import build_model
 from mddose.predict import load_model
 from mddose.train import train
 from tests.helpers import micro_config, phantom_cache

@@ -69,11 +69,3 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
-
-def __getattr__(name: str) -> Any:
-    """Lazy re-export of the benchmarks (kept out of import time and free of import cycles)."""
-    if name == "bench_networks":
-        from mddose.bench_networks import bench_networks
-
-        return bench_networks
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,8 @@ from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig, baseline_config
-from mddose.models.config import ModelConfig, model_config_from_dict
+from mddose.models.config import ModelConfig
+from mddose.models.build import model_config_from_dict
 from mddose.models.config import preset as model_preset
 from mddose.typecheck import check_fields
 

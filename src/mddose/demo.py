@@ -52,7 +52,8 @@ from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.fileio import write_json
-from mddose.models.config import build_model, preset
+from mddose.models.config import preset
+from mddose.models.build import build_model
 
 log = logging.getLogger(__name__)
 

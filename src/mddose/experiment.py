@@ -43,7 +43,8 @@ from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json, write_text
 from mddose.models.baselines import BaselineConfig
-from mddose.models.config import ablation_configs, build_model, count_parameters, layout_configs
+from mddose.models.config import ablation_configs, layout_configs
+from mddose.models.build import build_model, count_parameters
 from mddose.predict import predict
 from mddose.train import train
 

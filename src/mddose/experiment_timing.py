@@ -44,7 +44,7 @@ from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
 from mddose.device import prediction_batch, resolve_device
 from mddose.fileio import write_json, write_text
-from mddose.models.config import build_model, count_parameters
+from mddose.models.build import build_model, count_parameters
 from mddose.predict import predict_volume
 from mddose.regression import regress
 

@@ -31,7 +31,7 @@ from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
 from mddose.fileio import check_output_dir, filling, recover_dir, write_json
-from mddose.models.config import build_model
+from mddose.models.build import build_model
 from mddose.regression import predict_volume_3d, regress
 
 log = logging.getLogger(__name__)

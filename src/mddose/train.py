@@ -43,7 +43,7 @@ from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.fileio import check_output_dir, recover_dir, write_json
-from mddose.models.config import build_model, count_parameters
+from mddose.models.build import build_model, count_parameters
 from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
 from mddose.predict import predict_volume
 from mddose.regression import RegressionLoss

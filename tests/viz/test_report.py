@@ -18,7 +18,8 @@ from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.fileio import write_json
 from mddose.trivial import predict_trivial
-from mddose.viz.report import build_report, find_sources, pick_patients
+from mddose.viz.report import build_report
+from mddose.viz.report_data import find_sources, pick_patients
 from mddose.viz.report_figures import patient_figure, report_slices
 from tests.viz.test_figures import small_patient
 
@@ -71,7 +72,7 @@ def test_report_from_an_evaluation(evaluation: Path) -> None:
 
 
 def test_figures_default_to_the_reference_method(evaluation: Path, tmp_path: Path) -> None:
-    from mddose.viz.report import find_sources
+    from mddose.viz.report_data import find_sources
 
     assert find_sources(evaluation).primary == "Model"  # the t-tests' reference: the first method by default
     copy = tmp_path / "eval"

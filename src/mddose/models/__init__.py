@@ -8,17 +8,8 @@ configuration, presets and ablation rows -> :mod:`.config`.
 """
 
 from mddose.models.baselines import BaselineConfig, baseline_config
-from mddose.models.config import (
-    BLOCK_TYPES,
-    ENCODER_TYPES,
-    PRESETS,
-    ModelConfig,
-    ablation_configs,
-    build_model,
-    count_parameters,
-    model_config_from_dict,
-    preset,
-)
+from mddose.models.config import BLOCK_TYPES, ENCODER_TYPES, PRESETS, ModelConfig, ablation_configs, preset
+from mddose.models.build import build_model, count_parameters, model_config_from_dict
 
 __all__ = [
     "BaselineConfig",

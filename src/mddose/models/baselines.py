@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mddose.models.blocks import group_norm
+from mddose.models.config import ModelConfig
 
 ARCHS = ("cascade", "dense")
 LOSSES = ("mse", "l1")
@@ -85,7 +86,7 @@ class BaselineConfig:
         return cls(**data)
 
 
-def baseline_config(arch: str, like: Any, **overrides: Any) -> BaselineConfig:
+def baseline_config(arch: str, like: ModelConfig, **overrides: Any) -> BaselineConfig:
     """A baseline sized like an MD-Dose :class:`~mddose.models.config.ModelConfig` (same widths, input)."""
     names = {"cascade": "c3d", "dense": "hd-unet"}
     if arch not in names:

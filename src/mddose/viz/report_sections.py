@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.viz.report_data import ReportSources, group_roi_errors
 from mddose.viz.report_html import card, esc, fmt, grouped_table, image, json_block, table
 
-if TYPE_CHECKING:
-    from mddose.viz.report import ReportSources
 
 # (summary key path, label, digits, higher is better)
 SCORE_COLUMNS: tuple[tuple[tuple[str, ...], str, int, bool], ...] = (
@@ -125,7 +124,6 @@ def scores_section(found: ReportSources) -> str:
 def roi_section(found: ReportSources, roi_rows: list[dict[str, str]]) -> str:
     """Mean |Δ| per ROI and DVH metric for each method beside the reference's mean value: targets, then OARs."""
     from mddose.data.patient import prescription_from_name
-    from mddose.viz.report import group_roi_errors
 
     groups = group_roi_errors(roi_rows)
     if not groups:
