@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mddose.config import RunConfig, TrainConfig
 from mddose.data.cache import prepare_cache
 from mddose.data.dataset import DataConfig
 from mddose.data.phantom import write_phantoms
 from mddose.diffusion.process import DiffusionConfig
 from mddose.models.config import preset
+from mddose.runs.run_config import RunConfig, TrainConfig
 
 
 def micro_config(**train: object) -> RunConfig:
@@ -33,7 +33,7 @@ def phantom_cache(root: Path, patients: int = 3, seed: int = 0) -> tuple[Path, P
 
 def trained_run(root: Path, patients: int = 3, steps: int = 4) -> tuple[Path, Path]:
     """A micro run trained ``steps`` steps on ``patients`` 64³ phantoms under ``root``; returns (run, data_dir)."""
-    from mddose.train import train
+    from mddose.training.loop import train
 
     data, cache = phantom_cache(root, patients=patients)
     train(cache, root / "run", micro_config(val_patients=0), max_steps=steps, progress=False)

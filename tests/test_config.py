@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mddose.config import METHODS, RunConfig, load_run_config, method_config, run_preset
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig
 from mddose.models.config import ModelConfig
+from mddose.runs.run_config import METHODS, RunConfig, load_run_config, method_config, run_preset
 
 
 def test_methods_differ_only_in_the_network() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mddose.demo import DemoPlan, _prepare_out_dir, default_patients, demo_config, plan_budget, run_demo
 from mddose.errors import MddoseError
+from mddose.experiments.demo import DemoPlan, _prepare_out_dir, default_patients, demo_config, plan_budget, run_demo
 
 
 def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:

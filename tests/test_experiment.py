@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mddose.errors import MddoseError
-from mddose.experiment import reference_row, run_experiment, table_rows
+from mddose.experiments.tables import reference_row, run_experiment, table_rows
 from tests.helpers import micro_config, phantom_cache
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mddose.fileio import atomic_dir, atomic_path, recover_dir, write_text
+from mddose.atomic import atomic_dir, atomic_path, recover_dir, write_text
 
 
 def test_atomic_file_permissions_and_failure(tmp_path: Path) -> None:

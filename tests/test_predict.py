@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mddose.bench_sampling import bench_sampling
+from mddose.bench.sampling import bench_sampling
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
-from mddose.predict import predict
-from mddose.train import train
+from mddose.inference.predict import predict
+from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache, trained_run
 
 
@@ -68,7 +68,7 @@ def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None
 
 @pytest.mark.parametrize("method", ["c3d", "hd-unet", "c3d-3d", "hd-unet-3d"])
 def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str) -> None:
-    from mddose.config import method_config
+    from mddose.runs.run_config import method_config
 
     data, cache = phantom_cache(tmp_path, patients=3)
     cfg = method_config(method, micro_config(val_patients=0), patch_size=(32, 32, 16))
@@ -108,7 +108,7 @@ def test_diverged_weights_are_refused_before_any_prediction(trained: tuple[Path,
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mddose.predict import checkpoint_folder
+    from mddose.inference.predict import checkpoint_folder
 
     run = tmp_path / "run"
     shutil.copytree(checkpoint_folder(trained[0]), run)
@@ -124,7 +124,7 @@ def test_model_default_sampler(tmp_path: Path) -> None:
     """Without --sampler/--steps a model is sampled the way its config says (the shipped model: DDIM, 3 steps)."""
     import dataclasses
 
-    from mddose.train import train as run_train
+    from mddose.training.loop import train as run_train
 
     data, cache = phantom_cache(tmp_path, patients=2)
     cfg = micro_config(val_patients=0)
@@ -133,8 +133,8 @@ def test_model_default_sampler(tmp_path: Path) -> None:
     summary = predict(tmp_path / "run", data, tmp_path / "p", progress=False, nifti=False)
     assert (summary["sampler"], summary["steps"]) == ("ddim", 2)
     assert predict(tmp_path / "run", data, tmp_path / "q", sampler="dpm++", progress=False, nifti=False)["steps"] == 2
-    from mddose.config import checkpoint_run_config
-    from mddose.pretrained import pretrained_folder
+    from mddose.inference.pretrained import pretrained_folder
+    from mddose.runs.run_config import checkpoint_run_config
 
     shipped = checkpoint_run_config(pretrained_folder("openkbp")).diffusion
     assert shipped.sampling() == ("ddim", 3)

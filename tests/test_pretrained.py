@@ -14,14 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mddose.config import RunConfig
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
+from mddose.experiments.shipping import export_run
+from mddose.inference.predict import load_model
+from mddose.inference.pretrained import CARD_FILE, LOG_FILE, PRETRAINED, pretrained_folder, training_log
 from mddose.models.build import build_model
-from mddose.predict import load_model
-from mddose.pretrained import CARD_FILE, LOG_FILE, PRETRAINED, export_run, pretrained_folder, training_log
-from mddose.train import train
+from mddose.runs.run_config import RunConfig
+from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mddose.inference.regression import RegressionLoss, regress, regress_volume, window_starts
 from mddose.models.baselines import BaselineConfig
 from mddose.models.build import build_model
-from mddose.regression import RegressionLoss, regress, regress_volume, window_starts
 
 
 def test_loss_sums_every_supervised_output() -> None:

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mddose.checkpoint import load_weights, save_checkpoint
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
-from mddose.models.config import preset
+from mddose.inference.predict import load_model
 from mddose.models.build import build_model
-from mddose.predict import load_model
-from mddose.train import train
+from mddose.models.config import preset
+from mddose.runs.checkpoint import load_weights, save_checkpoint
+from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache
 
 

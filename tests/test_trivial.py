@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mddose.data.openkbp import read_dose_csv, write_patient
-from mddose.trivial import predict_trivial, trivial_dose
+from mddose.inference.trivial import predict_trivial, trivial_dose
 from tests.conftest import toy_patient
 
 

@@ -91,8 +91,10 @@ def evaluate(
 ) -> None:
     """Score prediction folders against reference doses: OpenKBP scores, paper metrics, t-tests, figures."""
     from mddose.evaluate.run import evaluate as evaluate_folders
+    from mddose.viz.figures import evaluation_figures
 
-    summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against, figures=figures,
+    summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against,
+                               figures=evaluation_figures if figures else None,
                                figure_patients=figure_patient, gamma=gamma)
     for method, s in summary["methods"].items():
         openkbp = s["openkbp"]
@@ -190,8 +192,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Train MD-Dose (or a baseline) on a cache (under torchrun: multi-GPU DDP)."""
-    from mddose.config import load_run_config, method_config, run_preset
-    from mddose.train import train as run_training
+    from mddose.runs.run_config import load_run_config, method_config, run_preset
+    from mddose.training.loop import train as run_training
 
     cfg = None if resume else (load_run_config(config) if config else run_preset(preset))
     if cfg is not None and method != "md-dose":
@@ -223,8 +225,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
-    from mddose.predict import predict as run_predict
-    from mddose.pretrained import pretrained_folder
+    from mddose.inference.predict import predict as run_predict
+    from mddose.inference.pretrained import pretrained_folder
 
     if len(paths) != (2 if pretrained else 3):
         raise MddoseError("expected DATA_DIR OUT_DIR with --pretrained, else RUN_DIR DATA_DIR OUT_DIR")
@@ -246,7 +248,7 @@ def pretrained_export(
                                                       "here.")] = None,
 ) -> None:
     """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
-    from mddose.pretrained import export_run
+    from mddose.experiments.shipping import export_run
 
     row = export_run(run_dir, val_dir, name, sampler=sampler, steps=steps, keep=keep)
     typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
@@ -268,7 +270,7 @@ def bench_networks_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
 ) -> None:
     """Parameters and time per image of each block type at each size, with log-log slopes (JSON)."""
-    from mddose.bench_networks import bench_networks
+    from mddose.bench.networks import bench_networks
 
     size_list = _ints(sizes, "--sizes", "sizes must be comma-separated integers")
     if any(s < 16 or s % 16 for s in size_list):
@@ -296,7 +298,7 @@ def baseline(
     out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
 ) -> None:
     """Write the trivial baseline (each target filled with its prescription, zero elsewhere) for comparison."""
-    from mddose.trivial import predict_trivial
+    from mddose.inference.trivial import predict_trivial
 
     typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir))} trivial-baseline predictions to {out_dir}")
 
@@ -311,7 +313,7 @@ def bench_sampling_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Time per patient and dose score for DDPM-1000 against DDIM and DPM-Solver++ at 50, 20 and 10 steps."""
-    from mddose.bench_sampling import bench_sampling
+    from mddose.bench.sampling import bench_sampling
 
     result = bench_sampling(run_dir, data_dir, json_out, n_patients=patients, samples=samples, device=device)
     for row in result["results"]:
@@ -332,7 +334,7 @@ def demo(
     device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → report, within --minutes."""
-    from mddose.demo import run_demo
+    from mddose.experiments.demo import run_demo
 
     info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device)
     typer.echo(f"\ndemo finished in {info['seconds'] / 60:.1f} min (budget {minutes:g} min)")
@@ -385,8 +387,8 @@ def experiment(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""
-    from mddose.config import load_run_config, run_preset
-    from mddose.experiment import run_experiment
+    from mddose.experiments.tables import run_experiment
+    from mddose.runs.run_config import load_run_config, run_preset
 
     base = load_run_config(config) if config else run_preset(preset)
     patch = _int_triple(patch_3d, "--patch-3d") if patch_3d else None

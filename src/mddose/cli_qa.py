@@ -21,7 +21,7 @@ QA_HELP = (
 
 
 def _model_and_paths(paths: list[Path], pretrained: str | None) -> tuple[Path, Path, Path | None]:
-    from mddose.pretrained import pretrained_folder
+    from mddose.inference.pretrained import pretrained_folder
 
     rest = paths if pretrained else paths[1:]
     if not paths or not 1 <= len(rest) <= 2:

@@ -3,8 +3,6 @@ swaps the paired organs, and a seeded draw repeats."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

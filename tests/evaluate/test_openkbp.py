@@ -9,7 +9,13 @@ import pytest
 
 from mddose.data.patient import RoiConfig
 from mddose.evaluate.openkbp import (
-    dose_score, dvh_differences, dvh_metrics, dvh_score, oar_metrics, target_metrics, voxels_in_tenth_cc,
+    dose_score,
+    dvh_differences,
+    dvh_metrics,
+    dvh_score,
+    oar_metrics,
+    target_metrics,
+    voxels_in_tenth_cc,
 )
 
 

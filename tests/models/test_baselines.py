@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mddose.models.baselines import BaselineConfig, CascadeUNet, DenseUNet, baseline_config
-from mddose.models.config import preset
 from mddose.models.build import build_model, count_parameters, model_config_from_dict
+from mddose.models.config import preset
 
 
 @pytest.mark.parametrize(("arch", "cls", "outputs"), [("cascade", CascadeUNet, 2), ("dense", DenseUNet, 1)])

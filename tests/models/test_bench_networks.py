@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mddose.bench import loglog_slope
-from mddose.bench_networks import VARIANTS, bench_networks
+from mddose.bench.networks import VARIANTS, bench_networks
+from mddose.bench.timing import loglog_slope
 
 
 def test_loglog_slope() -> None:
@@ -34,7 +34,7 @@ def test_bench_networks_writes_json(tmp_path: Path) -> None:
 def test_layout_timings_have_ratios_and_a_stage_split() -> None:
     import torch
 
-    from mddose.bench_networks import time_layouts
+    from mddose.bench.networks import time_layouts
 
     result = time_layouts("tiny", torch.device("cpu"), 1, torch.Generator().manual_seed(0), batch=1, size=32)
     rows = result["layouts"]

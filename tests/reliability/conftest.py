@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mddose import cli
-from mddose.train import train
+from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mddose.fileio import INCOMPLETE
+from mddose.atomic import INCOMPLETE
 from tests.helpers import micro_config
 from tests.reliability.conftest import assert_clean_error
 

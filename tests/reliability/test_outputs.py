@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mddose.atomic import INCOMPLETE
 from mddose.data.openkbp import read_dose_csv, write_sparse_csv
-from mddose.fileio import INCOMPLETE
 from tests.reliability.conftest import assert_clean_error
 
 

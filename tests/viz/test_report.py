@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mddose.config import RunConfig, TrainConfig
+from mddose.atomic import write_json
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
-from mddose.fileio import write_json
-from mddose.trivial import predict_trivial
+from mddose.inference.trivial import predict_trivial
+from mddose.runs.run_config import RunConfig, TrainConfig
 from mddose.viz.report import build_report
 from mddose.viz.report_data import find_sources, pick_patients
 from mddose.viz.report_figures import patient_figure, report_slices
@@ -106,7 +106,7 @@ def test_report_from_a_run_folder(tmp_path: Path) -> None:
 
 
 def test_report_from_a_baseline_run_folder(tmp_path: Path) -> None:
-    from mddose.config import method_config
+    from mddose.runs.run_config import method_config
 
     run = _run_folder(tmp_path / "run")
     write_json(run / "config.json", method_config("hd-unet", RunConfig(train=TrainConfig(val_patients=1))).to_dict())

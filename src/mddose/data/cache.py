@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.atomic import check_finished, check_output_dir, filling, write_bytes, write_json
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import check_finished, check_output_dir, filling, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.atomic import atomic_dir, atomic_path
 from mddose.data.patient import OPENKBP_SHAPE, Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
 

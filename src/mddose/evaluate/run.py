@@ -53,7 +53,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.atomic import atomic_dir, check_finished, check_output_dir, write_json, write_text
 from mddose.data.openkbp import (
-    SUFFIXES, check_on_grid, find_file, list_patients, read_patient, read_sparse_csv,
+    SUFFIXES,
+    check_on_grid,
+    find_file,
+    list_patients,
+    read_patient,
+    read_sparse_csv,
 )
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
@@ -70,9 +76,11 @@ from mddose.evaluate.clinical import GAMMA_CRITERIA, gamma_unavailable_reason
 from mddose.evaluate.compare import comparison_markdown, mean_std, ttests
 from mddose.evaluate.openkbp import dvh_score
 from mddose.evaluate.score import PATIENT_METRICS, PatientResult, dose_metrics, score_patient
-from mddose.fileio import atomic_dir, check_finished, check_output_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
+
+#: Draws one patient's figures into a folder and returns their paths: (folder, patient, reference, predictions).
+FigureDrawer = Callable[[Path, Patient, np.ndarray, dict[str, np.ndarray]], list[Path]]
 
 SCHEMA = "mddose.evaluate/1"
 PER_PATIENT_COLUMNS = (
@@ -154,7 +162,7 @@ def evaluate(
     out_dir: str | Path,
     names: Sequence[str] | None = None,
     against: str | None = None,
-    figures: bool = False,
+    figures: FigureDrawer | None = None,
     figure_patients: Sequence[str] | None = None,
     gamma: bool = True,
     rois: RoiConfig | None = None,
@@ -168,7 +176,8 @@ def evaluate(
         out_dir: output folder (created; files in it are replaced).
         names: method names, one per folder (default: the folder names).
         against: the method the paired t-tests compare with (default: the first).
-        figures: write figures for ``figure_patients`` (default: every scored patient).
+        figures: draws the figures of one patient into a folder (e.g. :func:`mddose.viz.figures.evaluation_figures`),
+            for ``figure_patients`` (default: every scored patient); None: no figures.
         gamma: compute the 3 %/3 mm gamma pass rate when pymedphys is installed.
         rois: ROI configuration (default: OpenKBP's).
         progress: show a progress bar over patients.
@@ -202,7 +211,7 @@ def evaluate(
     results: dict[str, list[PatientResult]] = {m.name: [] for m in methods}
     figure_set = set(figure_patients) if figure_patients else set(ids)
     figure_files: list[str] = []
-    fig_context = atomic_dir(out_dir / "figures") if figures else contextlib.nullcontext(None)
+    fig_context = atomic_dir(out_dir / "figures") if figures is not None else contextlib.nullcontext(None)
     with fig_context as fig_dir:
         for folder in tqdm(patient_folders, desc="evaluate", unit="pt", disable=not progress):
             todo = [(m, m.files[folder.name]) for m in methods if folder.name in m.files]
@@ -217,7 +226,7 @@ def evaluate(
                 results[method.name].append(score_patient(
                     patient, reference, ref_metrics, predictions[method.name], method.name, gamma=do_gamma))
             if draw:
-                figure_files += [f"figures/{p.name}" for p in _figures(fig_dir, patient, reference, predictions)]
+                figure_files += [f"figures/{p.name}" for p in figures(fig_dir, patient, reference, predictions)]
 
     per_patient = {m.name: {k: {r.patient_id: r.scores[k] for r in results[m.name]} for k in PATIENT_METRICS}
                    for m in methods}
@@ -248,16 +257,6 @@ def evaluate(
              summary["elapsed_s"], out_dir)
     return summary
 
-
-def _figures(folder: Path, patient: Patient, reference: np.ndarray, predictions: dict[str, np.ndarray]) -> list[Path]:
-    from mddose.viz.figures import comparison_figure, dose_wash_figure, dvh_figure, save_png  # matplotlib: lazily
-
-    pid = patient.patient_id
-    return [
-        save_png(dose_wash_figure(patient, {"Reference": reference, **predictions}), folder / f"{pid}_dose.png"),
-        save_png(comparison_figure(patient, reference, predictions), folder / f"{pid}_comparison.png"),
-        save_png(dvh_figure(patient, reference, predictions), folder / f"{pid}_dvh.png"),
-    ]
 
 
 def _method_summary(method: Method, results: list[PatientResult], values: dict[str, dict[str, float]],

@@ -14,7 +14,11 @@ import numpy as np
 from mddose.data.patient import Patient
 from mddose.evaluate.clinical import clinical_metrics, gamma_pass_rate, metric_unit
 from mddose.evaluate.openkbp import (
-    MetricTable, dose_score, dvh_differences, metrics_from_voxels, roi_voxels,
+    MetricTable,
+    dose_score,
+    dvh_differences,
+    metrics_from_voxels,
+    roi_voxels,
 )
 from mddose.evaluate.paper import headline_target, paper_dose_score, paper_dvh_score
 

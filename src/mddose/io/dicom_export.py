@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from mddose.atomic import check_output_dir
 from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_sparse_csv
 from mddose.errors import MddoseError
-from mddose.fileio import check_output_dir
 from mddose.io.dicom_import import SIDECAR, SIDECAR_FORMAT
 from mddose.io.dicom_scan import find_ct_series, read_header
-from mddose.io.dicom_write import save_dataset, identity_from, rtdose_dataset
+from mddose.io.dicom_write import identity_from, rtdose_dataset, save_dataset
 from mddose.io.geometry import VolumeGeometry
 
 log = logging.getLogger(__name__)

@@ -25,14 +25,21 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from mddose.atomic import atomic_dir, write_json
 from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_dir, write_json
 from mddose.io.dicom_read import read_ct_series, read_rtdose, read_rtstruct
 from mddose.io.dicom_scan import scan_dicom_dir
 from mddose.io.geometry import (
-    MODEL_DIRECTION, ModelGrid, VolumeGeometry, inside, is_axis_aligned, model_geometry, resample, resample_mask,
+    MODEL_DIRECTION,
+    ModelGrid,
+    VolumeGeometry,
+    inside,
+    is_axis_aligned,
+    model_geometry,
+    resample,
+    resample_mask,
 )
 from mddose.io.rasterise import rasterise_roi
 from mddose.io.roi_map import BODY, load_roi_map, map_roi_names

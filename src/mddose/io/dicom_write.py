@@ -24,9 +24,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from mddose.atomic import atomic_dir, atomic_path
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_dir, atomic_path
 from mddose.io.dicom_import import body_mask
 from mddose.io.dicom_scan import CT_STORAGE, RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE
 from mddose.io.geometry import VolumeGeometry, default_geometry

@@ -23,10 +23,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
+from mddose.atomic import atomic_dir, check_output_dir, write_bytes
 from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_dir, check_output_dir, write_bytes
 from mddose.io.geometry import VolumeGeometry, default_geometry
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ configuration, presets and ablation rows -> :mod:`.config`.
 """
 
 from mddose.models.baselines import BaselineConfig, baseline_config
-from mddose.models.config import BLOCK_TYPES, ENCODER_TYPES, PRESETS, ModelConfig, ablation_configs, preset
 from mddose.models.build import build_model, count_parameters, model_config_from_dict
+from mddose.models.config import BLOCK_TYPES, ENCODER_TYPES, PRESETS, ModelConfig, ablation_configs, preset
 
 __all__ = [
     "BaselineConfig",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mddose.atomic import write_json
 from mddose.errors import MddoseError
-from mddose.fileio import write_json
 from mddose.typecheck import describe, hints, matches
 
 BLOCK_TYPES = ("mamba", "swin", "conv")

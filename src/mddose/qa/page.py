@@ -11,9 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from mddose.atomic import write_text
 from mddose.data.patient import Patient
 from mddose.evaluate.dvh import dvh_curve
-from mddose.fileio import write_text
 from mddose.qa.check import QaResult
 from mddose.viz.figures import comparison_figure, save_png
 from mddose.viz.report_html import card, esc, fmt, image, json_block, page

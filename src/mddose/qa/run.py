@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mddose.atomic import atomic_dir, check_output_dir, write_json, write_text
 from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import write_dose_csv
 from mddose.data.patient import Patient, RoiConfig
 from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
-from mddose.fileio import atomic_dir, check_output_dir, write_json, write_text
 from mddose.io.geometry import ModelGrid
 from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import read_plan, read_qa_patient
@@ -57,7 +57,7 @@ class ModelPredictor:
                  samples: int = DEFAULT_SAMPLES,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
         from mddose.diffusion.sampling import check_sampling
-        from mddose.predict import load_model
+        from mddose.inference.predict import load_model
 
         self.device = resolve_device(device)
         self.cfg, self.model, self.folder = load_model(model, self.device)
@@ -75,7 +75,7 @@ class ModelPredictor:
                      "seed": seed, "device": str(self.device)}
 
     def samples(self, patient: Patient) -> np.ndarray:
-        from mddose.predict import predict_volume
+        from mddose.inference.predict import predict_volume
 
         vol = CachedPatient.from_patient(patient)
         draws = [predict_volume(self.model, self.cfg, vol, self.sampler, self.steps, 1, self.batch, self.seed + k,

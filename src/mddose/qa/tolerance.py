@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mddose.atomic import write_json
 from mddose.errors import MddoseError
-from mddose.fileio import write_json
 from mddose.qa.metrics import TOLERANCE_FLOOR
 
 ERROR_TABLE = "qa_errors.json"
@@ -89,8 +89,8 @@ class ErrorTable:
     def load(cls, path: str | Path) -> ErrorTable:
         path = Path(path)
         if not path.is_file():
-            raise MddoseError(f"no QA error table: measure one with `mddose qa-calibrate MODEL VAL_DIR` "
-                              f"(or give --errors FILE)", path)
+            raise MddoseError("no QA error table: measure one with `mddose qa-calibrate MODEL VAL_DIR` "
+                              "(or give --errors FILE)", path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != TABLE_FORMAT:

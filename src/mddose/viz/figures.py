@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
+from mddose.atomic import atomic_path
 from mddose.data.patient import Patient
 from mddose.evaluate.dvh import dvh_curve
 from mddose.evaluate.paper import headline_target
-from mddose.fileio import atomic_path
 
 CT_LEVEL, CT_WIDTH = 40.0, 400.0  # soft-tissue window, HU
 WASH_FLOOR = 0.05  # dose below this fraction of the colour scale's maximum is not washed
@@ -223,3 +223,14 @@ def dvh_figure(
                title_fontsize=9)
     ax.set_title(title or f"{patient.patient_id}: dose-volume histograms")
     return fig
+
+
+def evaluation_figures(folder: Path, patient: Patient, reference: np.ndarray,
+                       predictions: Mapping[str, np.ndarray]) -> list[Path]:
+    """What ``mddose evaluate --figures`` writes per patient: dose washes, the paper's Fig. 3 and Fig. 4."""
+    pid = patient.patient_id
+    return [
+        save_png(dose_wash_figure(patient, {"Reference": reference, **predictions}), folder / f"{pid}_dose.png"),
+        save_png(comparison_figure(patient, reference, predictions), folder / f"{pid}_comparison.png"),
+        save_png(dvh_figure(patient, reference, predictions), folder / f"{pid}_dvh.png"),
+    ]

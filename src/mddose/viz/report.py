@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 
 from mddose import __version__
-from mddose.fileio import atomic_dir, write_text
+from mddose.atomic import atomic_dir, write_text
 from mddose.viz import report_sections as sections
 from mddose.viz.report_data import find_sources, pick_patients, read_rows
 from mddose.viz.report_html import page

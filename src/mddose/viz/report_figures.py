@@ -20,7 +20,15 @@ from matplotlib.figure import Figure
 
 from mddose.data.patient import Patient
 from mddose.viz.figures import (
-    ERROR_CMAP, WASH_FLOOR, _ct, _isodose_legend, _isodose_lines, _reference_gy, _Slice, _wash, default_slice,
+    ERROR_CMAP,
+    WASH_FLOOR,
+    _ct,
+    _isodose_legend,
+    _isodose_lines,
+    _reference_gy,
+    _Slice,
+    _wash,
+    default_slice,
 )
 
 UNCERTAINTY_CMAP = "magma"

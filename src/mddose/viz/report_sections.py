@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from mddose.viz.report_data import ReportSources, group_roi_errors
 from mddose.viz.report_html import card, esc, fmt, grouped_table, image, json_block, table
 
-
 # (summary key path, label, digits, higher is better)
 SCORE_COLUMNS: tuple[tuple[tuple[str, ...], str, int, bool], ...] = (
     (("openkbp", "dose_score"), "OpenKBP dose score (Gy)", 3, False),

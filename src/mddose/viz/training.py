@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mddose.fileio import atomic_path  # noqa: E402
+from mddose.atomic import atomic_path  # noqa: E402
 
 
 def plot_history(state: dict[str, Any], path: str | Path, title: str = "MD-Dose training",

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mddose.bench import loglog_slope, machine_info, time_call
+from mddose.atomic import write_json
+from mddose.bench.timing import loglog_slope, machine_info, time_call
 from mddose.device import resolve_device
-from mddose.fileio import write_json
-from mddose.models.config import layout_configs, preset
 from mddose.models.build import build_model, count_parameters
+from mddose.models.config import layout_configs, preset
 from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref
 
 logger = logging.getLogger(__name__)

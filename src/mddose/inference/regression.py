@@ -11,11 +11,10 @@ windows do not show.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-import numpy as np
 
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import CT_CLIP_HU, DataConfig

@@ -47,13 +47,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mddose.config import RunConfig, TrainConfig
+from mddose.atomic import write_json
 from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
 from mddose.errors import MddoseError
-from mddose.fileio import write_json
-from mddose.models.config import preset
 from mddose.models.build import build_model
+from mddose.models.config import preset
+from mddose.runs.run_config import RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,11 @@ def run_demo(
     """Run the demo into ``out_dir`` within ``minutes`` (all stages included); returns what ``demo.json`` holds."""
     from mddose.data.cache import prepare_cache
     from mddose.data.phantom import write_phantoms
-    from mddose.evaluate.run import evaluate
     from mddose.device import resolve_device
-    from mddose.predict import predict
-    from mddose.train import train
-    from mddose.trivial import predict_trivial
+    from mddose.evaluate.run import evaluate
+    from mddose.inference.predict import predict
+    from mddose.inference.trivial import predict_trivial
+    from mddose.training.loop import train
     from mddose.viz.report import build_report
 
     start = time.monotonic()

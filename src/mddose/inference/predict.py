@@ -22,17 +22,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mddose.checkpoint import load_weights
-from mddose.config import RunConfig, checkpoint_run_config
+from mddose.atomic import check_output_dir, filling, recover_dir, write_json
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
-from mddose.fileio import check_output_dir, filling, recover_dir, write_json
+from mddose.inference.regression import predict_volume_3d, regress
 from mddose.models.build import build_model
-from mddose.regression import predict_volume_3d, regress
+from mddose.runs.checkpoint import load_weights
+from mddose.runs.run_config import RunConfig, checkpoint_run_config
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def predict(
 
     ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`).
 
-    While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.fileio.INCOMPLETE`) that ``evaluate``
+    While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.atomic.INCOMPLETE`) that ``evaluate``
     refuses; it goes only once every patient and ``prediction.json`` are written.
     """
     out_dir = check_output_dir(out_dir)

@@ -12,33 +12,30 @@ Package folder of a shipped model::
 
 The resumable run (full checkpoint: weights, EMA, optimizer, RNG, step) lives outside the package, in
 ``models/<name>/run`` of the repository; ``scripts/train-openkbp.sh`` trains it further and
-:func:`export_run` (``mddose pretrained export``) scores it on the validation patients, logs the stretch and
-replaces the shipped weights only when the validation dose score improved.
+:func:`mddose.experiments.shipping.export_run` (``mddose pretrained export``) scores it on the
+validation patients, logs the stretch and replaces the shipped weights only when the validation dose score
+improved.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
-from mddose.checkpoint import load_tensors, read_config
-from mddose.config import checkpoint_run_config
+from mddose.atomic import atomic_path, write_json, write_text
 from mddose.errors import MddoseError
-from mddose.fileio import atomic_path, write_json, write_text
-from mddose.predict import checkpoint_folder
+from mddose.runs.checkpoint import load_tensors, read_config
 
-WEIGHTS_ROOT = Path(__file__).parent / "weights"
+WEIGHTS_ROOT = Path(__file__).parent.parent / "weights"  # src/mddose/weights
 PRETRAINED: dict[str, str] = {"openkbp": "MD-Dose trained on the 169 OpenKBP training patients (head and neck)"}
 LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "comparison.md"
 
 
 def pretrained_folder(name: str) -> Path:
-    """The package folder of shipped model ``name`` (a checkpoint folder :func:`~mddose.predict.load_model` reads)."""
+    """The package folder of shipped model ``name`` (a checkpoint folder :func:`~mddose.inference.predict.load_model` reads)."""
     if name not in PRETRAINED:
         raise MddoseError(f"unknown pretrained model {name!r}: choose {', '.join(PRETRAINED)}")
     folder = WEIGHTS_ROOT / name
@@ -52,65 +49,6 @@ def training_log(folder: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def export_run(
-    run: str | Path,
-    val_dir: str | Path,
-    name: str = "openkbp",
-    sampler: str | None = None,
-    steps: int | None = None,
-    samples: int = 1,
-    target: Path | None = None,
-    keep: Path | None = None,
-) -> dict[str, Any]:
-    """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
-
-    Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
-    (``eval/``); ``target`` overrides the package folder (tests).
-    """
-    from mddose.evaluate.run import evaluate
-    from mddose.predict import predict
-
-    last = Path(run) / "checkpoints" / "last"  # the run's newest state, not its best-on-two-patients
-    folder = checkpoint_folder(last if last.is_dir() else run)
-    sampler, steps = checkpoint_run_config(folder).diffusion.sampling(sampler, steps)  # the model's own by default
-    target = target or WEIGHTS_ROOT / name
-    trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
-    log_rows = training_log(target)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(keep) if keep else Path(tmp)
-        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
-        scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
-        method = scores["methods"]["md-dose"]
-        seconds = float(trainer.get("seconds", 0.0))
-        row = {
-            "date": dt.date.today().isoformat(),
-            "cpu_minutes": round((seconds - sum(r["cpu_minutes"] for r in log_rows) * 60) / 60, 1),
-            "total_cpu_hours": round(seconds / 3600, 2),
-            "steps": int(trainer.get("step", 0)),
-            "dose_score": round(method["openkbp"]["dose_score"], 4),
-            "dvh_score": round(method["openkbp"]["dvh_score"], 4),
-            "patients": method["n_patients_scored"],
-            "sampler": sampler, "sampler_steps": steps, "samples": samples,
-            "seconds_per_patient": summary["mean_seconds_per_patient"],
-        }
-        shipped = [r for r in log_rows if r.get("shipped")]
-        row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
-        if row["shipped"]:
-            _write_weights(folder, target)
-            _write_error_table(target, val_dir, out / "pred")
-    write_json(target / LOG_FILE, [*log_rows, row])
-    write_card(target, name)
-    return row
-
-
-def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:
-    """The QA error table of the weights just shipped, from the validation predictions that scored them."""
-    from mddose.qa.calibrate import calibrate
-    from mddose.qa.run import ModelPredictor
-
-    calibrate(ModelPredictor(target, device="cpu"), val_dir, predictions=predictions)
-
-
 def write_card(folder: Path, name: str = "openkbp") -> Path:
     """(Re)write MODEL_CARD.md from the folder's config, training log and comparison."""
     comparison = folder / COMPARISON_FILE
@@ -120,7 +58,7 @@ def write_card(folder: Path, name: str = "openkbp") -> Path:
     return folder / CARD_FILE
 
 
-def _write_weights(folder: Path, target: Path) -> None:
+def write_weights(folder: Path, target: Path) -> None:
     """config.json and the EMA weights in float16 (half the size; the network computes in float32 or bf16)."""
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in load_tensors(folder / "ema.safetensors").items()}

@@ -1,6 +1,6 @@
 """Benchmarks that write JSON (``mddose bench ...``): shared timing helpers, one module per benchmark.
 
-* networks: :func:`mddose.bench_networks.bench_networks` (parameters, time per image and the log-log slope of
+* networks: :func:`mddose.bench.networks.bench_networks` (parameters, time per image and the log-log slope of
   time against pixels for each block type, the paper config's time per slice, and the bare scans).
 
 Timings are wall-clock seconds from :func:`time_call`: warm-up calls first, CUDA synchronised around every call,
@@ -18,8 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.atomic import filling
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.data.patient import Patient
-from mddose.fileio import filling
 
 
 def trivial_dose(patient: Patient) -> np.ndarray:

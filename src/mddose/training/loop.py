@@ -1,6 +1,6 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
 helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
-(:mod:`mddose.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single process by
+(:mod:`mddose.inference.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single process by
 default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking its share
 of every global batch.
 
@@ -8,7 +8,7 @@ Run folder::
 
     RUN_DIR/
       config.json              the RunConfig (model + data + diffusion + train)
-      checkpoints/last/        every ``checkpoint_every_s`` and at the end (see mddose.checkpoint)
+      checkpoints/last/        every ``checkpoint_every_s`` and at the end (see mddose.runs.checkpoint)
       checkpoints/best/        the checkpoint with the best validation dose score so far
       history.json             loss per logged step, validation scores
       loss.png                 the loss curve (and validation dose score), refreshed as it runs
@@ -34,19 +34,19 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from mddose.checkpoint import load_trainer_state, load_weights, save_checkpoint
-from mddose.config import RunConfig, checkpoint_run_config, run_preset
+from mddose.atomic import check_output_dir, recover_dir, write_json
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.data.volume import VolumeDataset
+from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
-from mddose.fileio import check_output_dir, recover_dir, write_json
+from mddose.inference.predict import predict_volume
+from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
-from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
-from mddose.predict import predict_volume
-from mddose.regression import RegressionLoss
+from mddose.runs.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from mddose.runs.run_config import RunConfig, checkpoint_run_config, run_preset
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)

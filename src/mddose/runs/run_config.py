@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from mddose.checkpoint import read_config
 from mddose.data.dataset import DataConfig
 from mddose.diffusion.process import DiffusionConfig
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig, baseline_config
-from mddose.models.config import ModelConfig
 from mddose.models.build import model_config_from_dict
+from mddose.models.config import ModelConfig
 from mddose.models.config import preset as model_preset
+from mddose.runs.checkpoint import read_config
 from mddose.typecheck import check_fields
 
 

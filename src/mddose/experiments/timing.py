@@ -35,18 +35,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mddose.config import RunConfig
+from mddose.atomic import write_json, write_text
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.data.volume import structure_volume
+from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
-from mddose.device import prediction_batch, resolve_device
-from mddose.fileio import write_json, write_text
+from mddose.inference.predict import predict_volume
+from mddose.inference.regression import regress
 from mddose.models.build import build_model, count_parameters
-from mddose.predict import predict_volume
-from mddose.regression import regress
+from mddose.runs.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.bench import machine_info
+from mddose.atomic import write_json
+from mddose.bench.timing import machine_info
 from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
-from mddose.fileio import write_json
-from mddose.predict import load_model, predict_volume
+from mddose.inference.predict import load_model, predict_volume
 
 log = logging.getLogger(__name__)
 

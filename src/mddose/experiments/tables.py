@@ -3,8 +3,8 @@ OUT_DIR``.
 
 Table I compares MD-Dose with the deterministic baselines (C3D-like cascade, HD-UNet-like dense U-Net, trained
 with a voxel-wise loss) and the diffusion baselines (DiffDP-like conv and SP-DiffDose-like Swin networks,
-trained and sampled exactly as MD-Dose); see :func:`mddose.config.method_config`. Table II (parameters and
-inference time) is :mod:`mddose.experiment_timing`. Table III varies the denoiser's block (conv, Swin, Mamba)
+trained and sampled exactly as MD-Dose); see :func:`mddose.runs.run_config.method_config`. Table II (parameters and
+inference time) is :mod:`mddose.experiments.timing`. Table III varies the denoiser's block (conv, Swin, Mamba)
 with a Mamba structure encoder; Table IV keeps the Mamba denoiser and varies the structure encoder (none =
 structures concatenated to x_t, conv, Swin, Mamba): :func:`~mddose.models.config.ablation_configs`.
 
@@ -36,17 +36,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mddose.config import RunConfig, method_config, run_preset
+from mddose.atomic import write_json, write_text
 from mddose.data.openkbp import list_patients
 from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
-from mddose.fileio import write_json, write_text
+from mddose.inference.predict import predict
 from mddose.models.baselines import BaselineConfig
-from mddose.models.config import ablation_configs, layout_configs
 from mddose.models.build import build_model, count_parameters
-from mddose.predict import predict
-from mddose.train import train
+from mddose.models.config import ablation_configs, layout_configs
+from mddose.runs.run_config import RunConfig, method_config, run_preset
+from mddose.training.loop import train
+from mddose.viz.figures import evaluation_figures
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def run_experiment(
     has), or, with ``budget_steps``, the same number of optimisation steps (what separates the architectures
     from the speed of their kernels on this device).
 
-    ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiment_timing.run_timing`) on
+    ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiments.timing.run_timing`) on
     ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.
     """
     out_dir = Path(out_dir)
@@ -194,7 +195,7 @@ def run_experiment(
     budget = {"minutes": None if budget_steps is not None else budget_minutes, "steps": budget_steps}
     claim_folder(out_dir, table, {} if table == "table2" else budget)
     if table == "table2":
-        from mddose.experiment_timing import run_timing
+        from mddose.experiments.timing import run_timing
 
         return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
     methods: dict[str, Any] = {}
@@ -215,7 +216,7 @@ def run_experiment(
     names = list(rows)
     shown = list_patients(data_dir)[0].name  # the paper's Figs. 3 and 4 for one patient: every method side by side
     summary = evaluate(data_dir, [out_dir / "preds" / n for n in names], out_dir / "eval", names=names,
-                       against=reference_row(table), gamma=False, figures=True, figure_patients=[shown],
+                       against=reference_row(table), gamma=False, figures=evaluation_figures, figure_patients=[shown],
                        progress=progress)
     sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
     if table == "table1":

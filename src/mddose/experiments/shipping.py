@@ -1,0 +1,74 @@
+"""Renewing the shipped model (``mddose pretrained export``): score a run's newest weights on validation
+patients, log the stretch in the model card, and ship the weights — with their QA error table — only when they
+validate better than the ones shipped. It orchestrates prediction, evaluation and QA calibration, so it sits
+above all three.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mddose.atomic import write_json
+from mddose.evaluate.run import evaluate
+from mddose.inference.predict import checkpoint_folder, predict
+from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
+from mddose.qa.calibrate import calibrate
+from mddose.qa.run import ModelPredictor
+from mddose.runs.run_config import checkpoint_run_config
+
+
+def export_run(
+    run: str | Path,
+    val_dir: str | Path,
+    name: str = "openkbp",
+    sampler: str | None = None,
+    steps: int | None = None,
+    samples: int = 1,
+    target: Path | None = None,
+    keep: Path | None = None,
+) -> dict[str, Any]:
+    """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
+
+    Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
+    (``eval/``); ``target`` overrides the package folder (tests).
+    """
+    last = Path(run) / "checkpoints" / "last"  # the run's newest state, not its best-on-two-patients
+    folder = checkpoint_folder(last if last.is_dir() else run)
+    sampler, steps = checkpoint_run_config(folder).diffusion.sampling(sampler, steps)  # the model's own by default
+    target = target or WEIGHTS_ROOT / name
+    trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
+    log_rows = training_log(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(keep) if keep else Path(tmp)
+        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
+        scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
+        method = scores["methods"]["md-dose"]
+        seconds = float(trainer.get("seconds", 0.0))
+        row = {
+            "date": dt.date.today().isoformat(),
+            "cpu_minutes": round((seconds - sum(r["cpu_minutes"] for r in log_rows) * 60) / 60, 1),
+            "total_cpu_hours": round(seconds / 3600, 2),
+            "steps": int(trainer.get("step", 0)),
+            "dose_score": round(method["openkbp"]["dose_score"], 4),
+            "dvh_score": round(method["openkbp"]["dvh_score"], 4),
+            "patients": method["n_patients_scored"],
+            "sampler": sampler, "sampler_steps": steps, "samples": samples,
+            "seconds_per_patient": summary["mean_seconds_per_patient"],
+        }
+        shipped = [r for r in log_rows if r.get("shipped")]
+        row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
+        if row["shipped"]:
+            write_weights(folder, target)
+            _write_error_table(target, val_dir, out / "pred")
+    write_json(target / LOG_FILE, [*log_rows, row])
+    write_card(target, name)
+    return row
+
+
+def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:
+    """The QA error table of the weights just shipped, from the validation predictions that scored them."""
+    calibrate(ModelPredictor(target, device="cpu"), val_dir, predictions=predictions)
