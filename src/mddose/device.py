@@ -31,9 +31,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def prediction_batch(device: torch.device, requested: int | None = None) -> int:
     """Slices per batch for prediction: ``requested``, else 32 on a GPU and 8 on a CPU.
 
-    On a CPU large batches are slower per slice for the Mamba networks (measured on one thread, tiny networks,
-    a 104-slice OpenKBP patient, DPM-Solver++ 10 steps, 64² input: MD-Dose 24.9 / 18.8 / 21.7 / 28.5 s per
-    patient at batch 1 / 4 / 8 / 32; conv DiffDP-like 5.6 / 2.9 / 2.4 / 2.1 s), so 8 balances both.
+    On a CPU large batches are slower per slice for the Mamba networks and faster for the convolutional ones;
+    8 balances both (docs/measurements.md).
     """
     if requested is not None:
         return requested

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
-from mddose.diffusion.sampling import SAMPLERS, guide, make_scheduler, sample, sample_many
+from mddose.diffusion.sampling import SAMPLERS, clamp_x0, make_scheduler, sample, sample_many
 
 
 class Oracle(torch.nn.Module):
@@ -56,14 +56,14 @@ def test_clamp_keeps_x0_in_range_for_unit_data() -> None:
     assert out.max() <= 1.0 and out.min() >= 0.0
 
 
-def test_guide_is_identity_for_valid_predictions() -> None:
+def test_clamp_x0_is_identity_for_valid_predictions() -> None:
     cfg = DiffusionConfig()
     alpha_bar = cfg.train_scheduler().alphas_cumprod
     x0 = torch.rand(1, 1, 4, 4) * 1.8 - 0.9
     eps = torch.randn(1, 1, 4, 4)
     t = 500
     x_t = alpha_bar[t].sqrt() * x0 + (1 - alpha_bar[t]).sqrt() * eps
-    torch.testing.assert_close(guide(eps, x_t, t, alpha_bar, cfg, None), eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clamp_x0(eps, x_t, t, alpha_bar, cfg, None), eps, atol=1e-5, rtol=1e-5)
 
 
 def test_multi_sample_mean_and_std_reproducible() -> None:

@@ -5,9 +5,9 @@ Samplers: ``ddpm`` (ancestral, posterior variance, all 1000 steps as in the pape
 
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
-        x = scheduler.step(guide(net(x, t, c), x, t), t, x).prev_sample
+        x = scheduler.step(clamp_x0(net(x, t, c), x, t), t, x).prev_sample
 
-``guide`` is the one thing we add: it rewrites the network's output so that the x_0 it implies is clamped to
+``clamp_x0`` is the one thing we add: it rewrites the network's output so that the x_0 it implies is clamped to
 the valid dose range and equals 0 Gy outside the possible-dose mask, then hands the scheduler the ε (or x_0,
 v) consistent with that x_0. This is exactly "clamp x_0" for DDPM and DDIM and the data-prediction clamp of
 DPM-Solver++, for every parameterisation, without touching the schedulers.
@@ -56,7 +56,7 @@ def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
     return sched
 
 
-def guide(output: Tensor, x_t: Tensor, t: int, alpha_bar: Tensor, config: DiffusionConfig, mask: Tensor | None) -> Tensor:
+def clamp_x0(output: Tensor, x_t: Tensor, t: int, alpha_bar: Tensor, config: DiffusionConfig, mask: Tensor | None) -> Tensor:
     """Rewrite a network output so its x̂_0 lies in the dose range and is 0 Gy outside ``mask``."""
     a = alpha_bar[t].to(x_t.dtype)
     sa, sb = a.sqrt(), (1 - a).sqrt()
@@ -104,7 +104,7 @@ def sample(
     for t in tqdm(sched.timesteps, desc=sampler, leave=False, disable=not progress):
         t_int = int(t)
         t_batch = torch.full((b,), t_int, device=cond.device, dtype=torch.long)
-        out = guide(model(x, t_batch, cond, **extra), x, t_int, alpha_bar, config, mask)
+        out = clamp_x0(model(x, t_batch, cond, **extra), x, t_int, alpha_bar, config, mask)
         x = sched.step(out, t, x, generator=generator).prev_sample if sampler == "ddpm" else sched.step(out, t, x).prev_sample
     dose = config.to_dose(x.clamp(*config.x0_bounds))
     return dose if mask is None else dose * (mask > 0.5)

@@ -15,9 +15,8 @@ Stages (each logged as it starts, with its time in ``demo.json``):
 6. **report**: ``report/report.html`` (:mod:`mddose.viz.report`).
 
 The demo network is the Mamba-UNet skeleton with narrow widths at 64×64 (the 128² slices are resized), trained
-to predict x₀ rather than ε: in a budget of minutes it learns several times faster (measured on the phantoms:
-OpenKBP dose score 6.7 Gy with x₀, 8.6 Gy with v, 13.7 Gy with ε after the same 3 minutes of training and 8
-sampler steps), and a few sampler steps suffice. It uses a GPU when one is present (``device="auto"``).
+to predict x₀ rather than ε: in a budget of minutes it learns several times faster (docs/measurements.md), and
+a few sampler steps suffice. It uses a GPU when one is present (``device="auto"``).
 
 Output folder (re-running the demo into it replaces what an earlier demo wrote; any other non-empty folder is
 refused)::

@@ -18,6 +18,7 @@ from mddose.inference.predict import checkpoint_folder, predict
 from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
 from mddose.qa.calibrate import calibrate
 from mddose.qa.run import ModelPredictor
+from mddose.runs.layout import TRAINER, RunFolder
 from mddose.runs.run_config import checkpoint_run_config
 
 
@@ -36,11 +37,11 @@ def export_run(
     Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
     (``eval/``); ``target`` overrides the package folder (tests).
     """
-    last = Path(run) / "checkpoints" / "last"  # the run's newest state, not its best-on-two-patients
+    last = RunFolder(run).last  # the run's newest state, not its best-on-two-patients
     folder = checkpoint_folder(last if last.is_dir() else run)
     sampler, steps = checkpoint_run_config(folder).diffusion.sampling(sampler, steps)  # the model's own by default
     target = target or WEIGHTS_ROOT / name
-    trainer = json.loads((folder / "trainer.json").read_text()) if (folder / "trainer.json").is_file() else {}
+    trainer = json.loads((folder / TRAINER).read_text()) if (folder / TRAINER).is_file() else {}
     log_rows = training_log(target)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(keep) if keep else Path(tmp)

@@ -45,6 +45,7 @@ from mddose.inference.predict import predict
 from mddose.models.baselines import BaselineConfig
 from mddose.models.build import build_model, count_parameters
 from mddose.models.config import ablation_configs, layout_configs
+from mddose.runs.layout import RunFolder
 from mddose.runs.run_config import RunConfig, method_config, run_preset
 from mddose.training.loop import train
 from mddose.viz.figures import evaluation_figures
@@ -120,8 +121,8 @@ def claim_folder(out_dir: Path, table: str, budget: dict[str, Any]) -> None:
 
 
 def _trained_seconds(run_dir: Path) -> float | None:
-    trainer = run_dir / "checkpoints" / "last" / "trainer.json"
-    return json.loads(trainer.read_text())["seconds"] if trainer.is_file() else None
+    trainer = RunFolder(run_dir).trainer_state()
+    return trainer["seconds"] if trainer is not None else None
 
 
 def _predicted_with(pred_dir: Path, cfg: RunConfig, sampler: str, steps: int, samples: int) -> bool:
@@ -205,7 +206,7 @@ def run_experiment(
         if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
             predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
                     nifti=False, progress=progress)
-        trainer = json.loads((run_dir / "checkpoints" / "last" / "trainer.json").read_text())
+        trainer = RunFolder(run_dir).trainer_state() or {}
         timing = json.loads((pred_dir / "prediction.json").read_text())
         methods[name] = {
             "network": describe(cfg), "objective": cfg.objective, "model": cfg.model.to_dict(),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_output_dir, filling, recover_dir, write_json
+from mddose.atomic import check_output_dir, filling, write_json
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
@@ -32,6 +32,7 @@ from mddose.errors import MddoseError
 from mddose.inference.regression import predict_volume_3d, regress
 from mddose.models.build import build_model
 from mddose.runs.checkpoint import load_weights
+from mddose.runs.layout import CONFIG, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ def checkpoint_folder(run: str | Path) -> Path:
     if (run / "config.json").is_file() and any((run / f"{w}.safetensors").is_file() for w in ("model", "ema")):
         return run  # a checkpoint folder, or shipped weights (EMA only)
     for name in ("best", "last"):
-        if (recover_dir(run / "checkpoints" / name) / "config.json").is_file():
-            return run / "checkpoints" / name
+        if (RunFolder(run).checkpoint(name) / CONFIG).is_file():
+            return RunFolder(run).checkpoint(name)
     raise MddoseError("no checkpoint found (expected checkpoints/best or checkpoints/last)", run)
 
 

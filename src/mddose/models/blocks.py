@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mddose.models.config import ModelConfig
 from mddose.models.layers import DropPath, drop_path_rates
-
-if TYPE_CHECKING:
-    from mddose.models.config import ModelConfig
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -23,6 +23,9 @@ from mddose.errors import MddoseError
 from mddose.typecheck import describe, hints, matches
 
 BLOCK_TYPES = ("mamba", "swin", "conv")
+SSM_KINDS = ("s6", "ssd")  # Mamba-1 (the paper's layer), Mamba-2 (chunked, the default)
+SCAN_BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
+SCAN_ORDERS = {"rows": 2, "rows+cols": 4}  # scan order -> scan paths (each order forwards and backwards)
 ENCODER_TYPES = ("none", *BLOCK_TYPES)
 PRESETS = ("paper", "small", "tiny")
 
@@ -104,12 +107,10 @@ class ModelConfig:
             return f"denoiser_block {self.denoiser_block!r} is not one of {BLOCK_TYPES}"
         if self.encoder_block not in ENCODER_TYPES:
             return f"encoder_block {self.encoder_block!r} is not one of {ENCODER_TYPES}"
-        if self.ssm_kind not in ("s6", "ssd"):
-            return f"ssm_kind {self.ssm_kind!r} is not 's6' or 'ssd'"
-        if self.scan_order not in ("rows", "rows+cols"):
-            return f"scan_order {self.scan_order!r} is not 'rows' or 'rows+cols'"
-        if self.scan_backend not in ("auto", "torch", "reference", "mamba_ssm"):
-            return f"scan_backend {self.scan_backend!r} is not auto, torch, reference or mamba_ssm"
+        for name, allowed in (("ssm_kind", SSM_KINDS), ("scan_order", tuple(SCAN_ORDERS)),
+                              ("scan_backend", SCAN_BACKENDS)):
+            if getattr(self, name) not in allowed:
+                return f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
         if not 0 <= self.conv_levels <= n + 1:
             return f"conv_levels {self.conv_levels} is not in [0, {n + 1}]"
         if self.image_size % self.size_multiple:

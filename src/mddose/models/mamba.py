@@ -22,20 +22,15 @@ the scan cost and the published model uses rows only. All paths go through one s
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mddose.models.config import SCAN_ORDERS, ModelConfig
 from mddose.models.layers import DropPath, LearnedPositionEmbedding, apply_rotary_2d, drop_path_rates
 from mddose.models.ssm import scan_function
-
-if TYPE_CHECKING:
-    from mddose.models.config import ModelConfig
-
-SCAN_ORDERS = {"rows": 2, "rows+cols": 4}
 
 
 class SelectiveSSM(nn.Module):

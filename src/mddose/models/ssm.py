@@ -40,18 +40,18 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mddose.models.config import SCAN_BACKENDS, SSM_KINDS
+
 logger = logging.getLogger(__name__)
 
-SSM_KINDS = ("s6", "ssd")
-SCAN_BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 #: Decay factors are floored at exp(-60) ~ 1e-26 in the fast paths: far below the float32 resolution of any sum
-#: they enter, while smaller factors fill tensors with denormal floats, which made the fast paths ~30x slower on CPU.
+#: they enter, and no denormal floats (which slow CPU arithmetic down many times; docs/measurements.md).
 LOG_DECAY_FLOOR = -60.0
 #: Elements of one (batch, tokens, channels, states) working tensor of the s6 fast path, by device type: the
-#: sequence is processed (and recomputed in backward) in runs of chunks of this size. Small on CPU, where
-#: cache-sized tensors ran ~2.5x faster than 64 MiB ones; large on GPU, where fewer, bigger steps win.
+#: sequence is processed (and recomputed in backward) in runs of chunks of this size. Cache-sized on CPU; large
+#: on GPU, where fewer, bigger steps win (docs/measurements.md).
 S6_GROUP_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
-#: Default ssd chunk length by device type (on CPU 32 beat 64 by ~1.5x at 128² and 256² images).
+#: Default ssd chunk length by device type (chosen by measurement: docs/measurements.md).
 SSD_CHUNK = {"cpu": 32, "cuda": 64}
 
 

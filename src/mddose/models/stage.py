@@ -1,7 +1,8 @@
 """One level of the U-Net or of the structure encoder: patch embedding, a stack of blocks, time embedding.
 
-With Mamba blocks a stage is the whole Fig. 2(d) box; the block type (``mamba``, ``swin``, ``conv``) is the only
-thing the ablations change, so every stage is built by :func:`make_stack` from the configuration.
+The frame around the blocks of any type: the Mamba block of Fig. 2(d) itself is :mod:`.mamba`, its scans
+:mod:`.ssm`. The block type (``mamba``, ``swin``, ``conv``) is the only thing the ablations change, so every
+stage is built by :func:`make_stack` from the configuration.
 """
 
 from __future__ import annotations

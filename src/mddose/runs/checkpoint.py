@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from mddose.atomic import atomic_dir
 from mddose.errors import MddoseError
+from mddose.runs.layout import TRAINER
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -76,7 +77,7 @@ def save_checkpoint(
             if torch.cuda.is_available():
                 rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
             save_file(rng, str(tmp / "rng.safetensors"))
-            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2) + "\n")
+            (tmp / TRAINER).write_text(json.dumps(trainer, indent=2) + "\n")
     return folder
 
 
@@ -120,7 +121,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer and RNG states; returns trainer.json's contents."""
-    path = folder / "trainer.json"
+    path = folder / TRAINER
     if not path.is_file():
         raise MddoseError("checkpoint has no training state to resume from", folder)
     try:

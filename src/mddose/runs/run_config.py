@@ -135,10 +135,8 @@ def paper_preset() -> RunConfig:
 def run_preset(name: str) -> RunConfig:
     """``paper`` (the published recipe), or ``default`` / ``small`` / ``tiny`` (our short-budget recipe).
 
-    The short-budget recipe predicts x_0 (``prediction_type="sample"``) rather than the paper's ε: measured on
-    64³ phantoms (tiny network at 32², DPM-Solver++ 10 steps, 2 held-out patients), the validation dose score
-    was 7.5 Gy (x_0), 9.6 Gy (v) and 22.7 Gy (ε) after 300 steps, and 6.4 Gy (x_0) against 9.2 Gy (v) after
-    ~1,640 steps (9 CPU-minutes): ε learns the dose slowly at low signal-to-noise. ``paper`` keeps ε.
+    The short-budget recipe predicts x_0 (``prediction_type="sample"``) rather than the paper's ε, which learns
+    the dose slowly at low signal-to-noise (docs/measurements.md). ``paper`` keeps ε.
     """
     if name == "paper":
         return paper_preset()

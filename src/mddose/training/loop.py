@@ -1,17 +1,11 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
 helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
-(:mod:`mddose.inference.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single process by
-default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking its share
+(:mod:`mddose.inference.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single
+process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking its share
 of every global batch.
 
-Run folder::
-
-    RUN_DIR/
-      config.json              the RunConfig (model + data + diffusion + train)
-      checkpoints/last/        every ``checkpoint_every_s`` and at the end (see mddose.runs.checkpoint)
-      checkpoints/best/        the checkpoint with the best validation dose score so far
-      history.json             loss per logged step, validation scores
-      loss.png                 the loss curve (and validation dose score), refreshed as it runs
+The run folder it writes is :mod:`mddose.runs.layout`'s: ``checkpoints/last`` every ``checkpoint_every_s`` and
+at the end, ``checkpoints/best`` at each better validation, ``history.json`` and ``loss.png`` as it runs.
 
 Determinism: batches come from a per-epoch permutation seeded by (seed, epoch); augmentation, t and ε come
 from torch's global RNG, whose state the checkpoint keeps. A run stopped at any point (SIGKILL included)
@@ -34,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_output_dir, recover_dir, write_json
+from mddose.atomic import check_output_dir, write_json
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.data.volume import VolumeDataset
@@ -46,6 +40,7 @@ from mddose.inference.predict import predict_volume
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from mddose.runs.layout import TRAINER, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config, run_preset
 from mddose.viz.training import plot_history
 
@@ -128,9 +123,9 @@ def train(
     slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
     """
     run_dir = check_output_dir(run_dir)
-    last = recover_dir(run_dir / "checkpoints" / "last")
+    run, last = RunFolder(run_dir), RunFolder(run_dir).last
     if resume:
-        if not (last / "trainer.json").is_file():
+        if not (last / TRAINER).is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
         cfg = checkpoint_run_config(last)
     else:
@@ -178,13 +173,13 @@ def train(
     curve_labels = (f"Training: {cfg.model.name}", "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
     autocast = cfg.train.bf16
     if rank == 0:
-        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run.config, cfg.to_dict())
         n_params = count_parameters(model)
         log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
                  f"{n_params:,}", dev, len(dataset), len(val_ids), world)
 
     def checkpoint(folder: str) -> None:
-        save_checkpoint(run_dir / "checkpoints" / folder, cfg.to_dict(), model, ema, optimizer,
+        save_checkpoint(run.checkpoint(folder), cfg.to_dict(), model, ema, optimizer,
                         {k: v for k, v in state.items()})
 
     start, last_ckpt, running = time.monotonic(), time.monotonic(), []
@@ -226,7 +221,7 @@ def train(
         if rank == 0 and time.monotonic() - last_ckpt > cfg.train.checkpoint_every_s:
             state["seconds"] = seconds_before + time.monotonic() - start
             checkpoint("last")
-            plot_history(state, run_dir / "loss.png", *curve_labels)
+            plot_history(state, run.loss_plot, *curve_labels)
             last_ckpt = time.monotonic()
     bar.close()
     if tuner is not None:
@@ -241,8 +236,8 @@ def train(
             _validate_and_keep(ema, cfg, cache, val_ids, dev, state, checkpoint)
         state["seconds"] = seconds_before + time.monotonic() - start
         checkpoint("last")
-        plot_history(state, run_dir / "loss.png", *curve_labels)
-        write_json(run_dir / "history.json",
+        plot_history(state, run.loss_plot, *curve_labels)
+        write_json(run.history,
                    {k: state.get(k, []) for k in ("history", "validation", "best", "seconds", "warnings")})
     if world > 1:
         dist.barrier()

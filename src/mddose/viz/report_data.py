@@ -16,6 +16,7 @@ import numpy as np
 
 from mddose.data.openkbp import natural_key
 from mddose.errors import MddoseError
+from mddose.runs.layout import RunFolder
 
 EVAL_SCHEMA = "mddose.evaluate/1"
 
@@ -47,17 +48,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _is_run(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and ((folder / "history.json").is_file() or
-                                                   (folder / "checkpoints").is_dir())
-
-
-def _run_of_checkpoint(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint folder belongs to (``RUN/checkpoints/best`` → ``RUN``)."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
-    return run if run.is_dir() and (run / "config.json").is_file() else None
-
-
 def find_sources(source: str | Path, method: str | None = None) -> ReportSources:
     """Recognise ``source`` (evaluation, run or demo folder) and gather what belongs to it."""
     source = Path(source)
@@ -68,7 +58,7 @@ def find_sources(source: str | Path, method: str | None = None) -> ReportSources
         eval_dir, run_dir = source / "evaluation", source / "run"
     elif (source / "summary.json").is_file():
         found, eval_dir, run_dir = ReportSources(source, "evaluation"), source, None
-    elif _is_run(source):
+    elif RunFolder(source).is_run():
         found, eval_dir, run_dir = ReportSources(source, "run"), None, source
     else:
         raise MddoseError("neither an evaluation (summary.json), a training run (config.json + history.json) "
@@ -90,12 +80,13 @@ def find_sources(source: str | Path, method: str | None = None) -> ReportSources
             if (pred_dir / "prediction.json").is_file():
                 found.prediction = _read_json(pred_dir / "prediction.json")
                 if run_dir is None and found.prediction.get("checkpoint"):
-                    run_dir = _run_of_checkpoint(Path(found.prediction["checkpoint"]))
-    if run_dir is not None and _is_run(run_dir):
+                    run = RunFolder.of_checkpoint(Path(found.prediction["checkpoint"]))
+                    run_dir = run.root if run is not None else None
+    if run_dir is not None and RunFolder(run_dir).is_run():
         found.run_dir = run_dir
-        found.config = _read_json(run_dir / "config.json")
-        if (run_dir / "history.json").is_file():
-            found.history = _read_json(run_dir / "history.json")
+        found.config = _read_json(RunFolder(run_dir).config)
+        if RunFolder(run_dir).history.is_file():
+            found.history = _read_json(RunFolder(run_dir).history)
     if found.summary is None and found.config is None:
         raise MddoseError("holds neither an evaluation nor a training run to report on", source)
     return found

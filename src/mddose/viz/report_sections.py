@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mddose.errors import MddoseError
+from mddose.runs.layout import RunFolder
 from mddose.viz.report_data import ReportSources, group_roi_errors
 from mddose.viz.report_html import card, esc, fmt, grouped_table, image, json_block, table
 
@@ -246,12 +248,10 @@ def training_section(found: ReportSources, figures: Path) -> str:
 
 def _last_step(run_dir: Path | None) -> int | None:
     """The step of the run's last checkpoint (history.json logs only every few steps)."""
-    import json
-
-    path = run_dir / "checkpoints" / "last" / "trainer.json" if run_dir is not None else None
     try:
-        return int(json.loads(path.read_text())["step"]) if path is not None and path.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
+        trainer = RunFolder(run_dir).trainer_state() if run_dir is not None else None
+        return int(trainer["step"]) if trainer is not None else None
+    except (MddoseError, ValueError, KeyError, TypeError):
         return None
 
 
