@@ -40,7 +40,7 @@ from mddose.inference.predict import predict_volume
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.checkpoint import load_trainer_state, load_weights, save_checkpoint
-from mddose.runs.layout import TRAINER, RunFolder
+from mddose.runs.layout import CONFIG, TRAINER, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config, run_preset
 from mddose.viz.training import plot_history
 
@@ -106,6 +106,143 @@ def _ddp() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+class Trainer:
+    """One training session, nnU-Net style: :meth:`__init__` sets up (config, device, data, model, EMA,
+    optimizer, resumed state), :meth:`step` trains one batch, :meth:`log`, :meth:`validate` and :meth:`save`
+    are the hooks the loop of :func:`train` calls, :meth:`finish` writes what a session leaves behind."""
+
+    def __init__(self, cache_dir: str | Path, run_dir: str | Path, config: RunConfig | None, resume: bool,
+                 device: str) -> None:
+        self.run = RunFolder(check_output_dir(run_dir))
+        last = self.run.last
+        if resume and not (last / TRAINER).is_file():
+            raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
+        if not resume and (last / CONFIG).is_file():
+            raise MddoseError("run folder already has a checkpoint: pass --resume or choose a new folder", run_dir)
+        self.cfg = cfg = checkpoint_run_config(last) if resume else config or run_preset("default")
+        self.rank, self.world = _ddp()
+        self.dev = resolve_device(device)
+        if self.dev.type == "cuda" and self.world > 1:
+            self.dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.dev)
+        torch.manual_seed(cfg.train.seed + self.rank)
+        self._setup_data(cache_dir)
+        self._setup_model(resume)
+        self.running: list[float] = []
+        self.step_times: list[float] = []
+        self.tuner = ThreadTuner(self.dev) if self.world == 1 else None
+
+    def _setup_data(self, cache_dir: str | Path) -> None:
+        cfg = self.cfg
+        self.cache = Cache(cache_dir)
+        if self.cache.rois.all != cfg.data.rois.all:
+            raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
+        self.train_ids, self.val_ids = split_patients(self.cache, cfg.train.val_patients)
+        volumes = cfg.volumetric  # a 3D baseline trains on random crops
+        self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
+                        else SliceDataset(self.cache, cfg.data, self.train_ids))
+        if len(self.dataset) < cfg.train.batch_size:
+            kind = "crops" if volumes else "slices"
+            raise MddoseError(f"only {len(self.dataset)} training {kind} for batch size {cfg.train.batch_size}",
+                              cache_dir)
+
+    def _setup_model(self, resume: bool) -> None:
+        cfg, last = self.cfg, self.run.last
+        self.model = build_model(cfg.model).to(self.dev)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "history": [], "validation": [],
+                                      "best": None, "train_ids": self.train_ids, "val_ids": self.val_ids,
+                                      "seconds": 0.0}
+        if resume:
+            load_weights(self.model, last / "model.safetensors")
+            load_weights(self.ema, last / "ema.safetensors")
+            self.state.update(load_trainer_state(last, self.optimizer))
+            self.state.pop("optimizer", None)
+            if self.world > 1:  # ranks draw different augmentations; only rank 0's RNG state was saved
+                torch.manual_seed(cfg.train.seed + self.rank + 7919 * self.state["step"])
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        diffusion = cfg.objective == "diffusion"
+        self.loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
+        self.curve_labels = (f"Training: {cfg.model.name}",
+                             "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
+        if self.rank == 0:
+            write_json(self.run.config, cfg.to_dict())
+            log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
+                     f"{count_parameters(self.model):,}", self.dev, len(self.dataset), len(self.val_ids),
+                     self.world)
+
+    def step(self) -> None:
+        """One optimisation step on the next batch (this rank's share of it), then the EMA."""
+        cfg, state, started = self.cfg, self.state, time.perf_counter()
+        step = state["step"]
+        idx, state["epoch"], state["pos"] = batch_indices(
+            len(self.dataset), cfg.train.batch_size, cfg.train.seed, state["epoch"], state["pos"]
+        )
+        items = [self.dataset[i] for i in idx[self.rank::self.world]]
+        cond = torch.stack([c for c, _ in items]).to(self.dev)
+        dose = torch.stack([d for _, d in items]).to(self.dev)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            loss = self.loss_fn(self.net, dose, cond)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        ema_update(self.ema, self.model, step, cfg.train.ema_decay)
+        state["step"] = step + 1
+        self.running.append(float(loss.detach()))
+        self.step_times.append(time.perf_counter() - started)
+        if self.tuner is not None:
+            self.tuner.step_done(self.step_times[-1])
+
+    def log(self) -> float | None:
+        """Every ``log_every`` steps: the mean loss since the last log into the history (returned)."""
+        if self.state["step"] % self.cfg.train.log_every or self.rank:
+            return None
+        mean = float(np.mean(self.running))
+        self.state["history"].append({"step": self.state["step"], "loss": mean,
+                                      "lr": lr_at(self.state["step"] - 1, self.cfg)})
+        self.running = []
+        return mean
+
+    def validate(self) -> None:
+        """Score the EMA on the held-out patients; a better score becomes ``checkpoints/best``."""
+        cfg, state = self.cfg, self.state
+        score = validate(self.ema, cfg, self.cache, self.val_ids, self.dev)
+        state["validation"].append({"step": state["step"], "dose_score": score})
+        log.info("step %d: validation dose score %.3f Gy (%s, %d steps, %d patients)",
+                 state["step"], score, cfg.train.val_sampler, cfg.train.val_steps, len(self.val_ids))
+        if state["best"] is None or score < state["best"]["dose_score"]:
+            state["best"] = {"step": state["step"], "dose_score": score}
+            self.save("best")
+
+    def save(self, name: str = "last", seconds: float | None = None) -> None:
+        """A checkpoint folder (``last`` also refreshes the loss curve); ``seconds``: training time so far."""
+        if seconds is not None:
+            self.state["seconds"] = seconds
+        save_checkpoint(self.run.checkpoint(name), self.cfg.to_dict(), self.model, self.ema, self.optimizer,
+                        dict(self.state))
+        if name == "last":
+            plot_history(self.state, self.run.loss_plot, *self.curve_labels)
+
+    def finish(self, seconds: float, warning: str | None) -> None:
+        """Validate the final weights if not yet done, save them and write ``history.json`` (rank 0 only)."""
+        state = self.state
+        if warning:
+            log.warning("%s", warning)
+            state.setdefault("warnings", []).append({"step": state["step"], "warning": warning})
+        validated = state["validation"] and state["validation"][-1]["step"] == state["step"]
+        if self.val_ids and not validated:
+            self.validate()
+        self.save("last", seconds)
+        write_json(self.run.history, {k: state.get(k, []) for k in ("history", "validation", "best", "seconds",
+                                                                       "warnings")})
+
+
 def train(
     cache_dir: str | Path,
     run_dir: str | Path,
@@ -122,135 +259,38 @@ def train(
     ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
     slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
     """
-    run_dir = check_output_dir(run_dir)
-    run, last = RunFolder(run_dir), RunFolder(run_dir).last
-    if resume:
-        if not (last / TRAINER).is_file():
-            raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
-        cfg = checkpoint_run_config(last)
-    else:
-        if (last / "config.json").is_file():
-            raise MddoseError("run folder already has a checkpoint: pass --resume or choose a new folder", run_dir)
-        cfg = config or run_preset("default")
+    # setup
+    t = Trainer(cache_dir, run_dir, config, resume, device)
+    cfg, state = t.cfg, t.state
     stop_step = max_steps if max_steps is not None else (None if minutes is not None else cfg.train.max_steps)
     deadline = time.monotonic() + minutes * 60 if minutes is not None else None
-    rank, world = _ddp()
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    torch.manual_seed(cfg.train.seed + rank)
-
-    # data
-    cache = Cache(cache_dir)
-    if cache.rois.all != cfg.data.rois.all:
-        raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
-    train_ids, val_ids = split_patients(cache, cfg.train.val_patients)
-    volumes = cfg.volumetric  # a 3D baseline trains on random crops
-    dataset = (VolumeDataset(cache, cfg.data, cfg.model.patch_size, train_ids) if volumes
-               else SliceDataset(cache, cfg.data, train_ids))
-    if len(dataset) < cfg.train.batch_size:
-        kind = "crops" if volumes else "slices"
-        raise MddoseError(f"only {len(dataset)} training {kind} for batch size {cfg.train.batch_size}", cache_dir)
-
-    # model, EMA, optimizer
-    model = build_model(cfg.model).to(dev)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "history": [], "validation": [], "best": None,
-                             "train_ids": train_ids, "val_ids": val_ids, "seconds": 0.0}
-    if resume:
-        load_weights(model, last / "model.safetensors")
-        load_weights(ema, last / "ema.safetensors")
-        state.update(load_trainer_state(last, optimizer))
-        state.pop("optimizer", None)
-        if world > 1:  # ranks draw different augmentations; only rank 0's RNG state was saved
-            torch.manual_seed(cfg.train.seed + rank + 7919 * state["step"])
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    diffusion = cfg.objective == "diffusion"
-    loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
-    curve_labels = (f"Training: {cfg.model.name}", "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
-    autocast = cfg.train.bf16
-    if rank == 0:
-        write_json(run.config, cfg.to_dict())
-        n_params = count_parameters(model)
-        log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
-                 f"{n_params:,}", dev, len(dataset), len(val_ids), world)
-
-    def checkpoint(folder: str) -> None:
-        save_checkpoint(run.checkpoint(folder), cfg.to_dict(), model, ema, optimizer,
-                        {k: v for k, v in state.items()})
-
-    start, last_ckpt, running = time.monotonic(), time.monotonic(), []
-    seconds_before, first_step, step_times = state["seconds"], state["step"], []
+    start = last_save = time.monotonic()
+    seconds_before, first_step = state["seconds"], state["step"]
     if planned_steps is None and minutes is not None and max_steps is not None:
         planned_steps = max_steps - first_step
-    tuner = ThreadTuner(dev) if world == 1 else None
-    bar = tqdm(total=stop_step, initial=state["step"], desc="train", unit="step", disable=not progress or rank > 0)
+
+    # the loop: step, log, validate, save
+    bar = tqdm(total=stop_step, initial=first_step, desc="train", unit="step", disable=not progress or t.rank > 0)
     while (stop_step is None or state["step"] < stop_step) and (deadline is None or time.monotonic() < deadline):
-        step, step_start = state["step"], time.perf_counter()
-        idx, state["epoch"], state["pos"] = batch_indices(
-            len(dataset), cfg.train.batch_size, cfg.train.seed, state["epoch"], state["pos"]
-        )
-        items = [dataset[i] for i in idx[rank::world]]
-        cond = torch.stack([c for c, _ in items]).to(dev)
-        dose = torch.stack([d for _, d in items]).to(dev)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = loss_fn(net, dose, cond)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        ema_update(ema, model, step, cfg.train.ema_decay)
-        state["step"] = step + 1
-        running.append(float(loss.detach()))
-        step_times.append(time.perf_counter() - step_start)
-        if tuner is not None:
-            tuner.step_done(step_times[-1])
+        t.step()
         bar.update(1)
-        if state["step"] % cfg.train.log_every == 0 and rank == 0:
-            state["history"].append({"step": state["step"], "loss": float(np.mean(running)), "lr": lr_at(step, cfg)})
-            bar.set_postfix(loss=f"{np.mean(running):.4f}")
-            running = []
-        if rank == 0 and val_ids and cfg.train.val_every > 0 and state["step"] % cfg.train.val_every == 0:
-            _validate_and_keep(ema, cfg, cache, val_ids, dev, state, checkpoint)
-        if rank == 0 and time.monotonic() - last_ckpt > cfg.train.checkpoint_every_s:
-            state["seconds"] = seconds_before + time.monotonic() - start
-            checkpoint("last")
-            plot_history(state, run.loss_plot, *curve_labels)
-            last_ckpt = time.monotonic()
+        if (loss := t.log()) is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if t.rank == 0 and t.val_ids and cfg.train.val_every > 0 and state["step"] % cfg.train.val_every == 0:
+            t.validate()
+        if t.rank == 0 and time.monotonic() - last_save > cfg.train.checkpoint_every_s:
+            t.save("last", seconds_before + time.monotonic() - start)
+            last_save = time.monotonic()
     bar.close()
-    if tuner is not None:
-        tuner.restore()
-    warning = slowdown(step_times, planned_steps, state["step"] - first_step)
-    if warning and rank == 0:
-        log.warning("%s", warning)
-        state.setdefault("warnings", []).append({"step": state["step"], "warning": warning})
-    if rank == 0:
-        validated = state["validation"] and state["validation"][-1]["step"] == state["step"]
-        if val_ids and not validated:
-            _validate_and_keep(ema, cfg, cache, val_ids, dev, state, checkpoint)
-        state["seconds"] = seconds_before + time.monotonic() - start
-        checkpoint("last")
-        plot_history(state, run.loss_plot, *curve_labels)
-        write_json(run.history,
-                   {k: state.get(k, []) for k in ("history", "validation", "best", "seconds", "warnings")})
-    if world > 1:
+
+    # the end: threads back, a warning if far too slow, final validation and checkpoint
+    if t.tuner is not None:
+        t.tuner.restore()
+    warning = slowdown(t.step_times, planned_steps, state["step"] - first_step)
+    if t.rank == 0:
+        t.finish(seconds_before + time.monotonic() - start, warning)
+    if t.world > 1:
         dist.barrier()
+    threads = (t.tuner.chosen if t.tuner is not None else torch.get_num_threads()) if t.dev.type == "cpu" else None
     return {"step": state["step"], "seconds": state["seconds"], "best": state["best"], "warning": warning,
-            "threads": (tuner.chosen if tuner is not None else torch.get_num_threads()) if dev.type == "cpu" else None,
-            "last_loss": state["history"][-1]["loss"] if state["history"] else None}
-
-
-def _validate_and_keep(ema, cfg, cache, val_ids, dev, state, checkpoint) -> None:
-    score = validate(ema, cfg, cache, val_ids, dev)
-    state["validation"].append({"step": state["step"], "dose_score": score})
-    log.info("step %d: validation dose score %.3f Gy (%s, %d steps, %d patients)",
-             state["step"], score, cfg.train.val_sampler, cfg.train.val_steps, len(val_ids))
-    if state["best"] is None or score < state["best"]["dose_score"]:
-        state["best"] = {"step": state["step"], "dose_score": score}
-        checkpoint("best")
+            "threads": threads, "last_loss": state["history"][-1]["loss"] if state["history"] else None}
