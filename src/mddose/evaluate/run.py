@@ -188,6 +188,28 @@ def evaluate(
     start = time.perf_counter()
     out_dir, reference_dir = check_output_dir(out_dir), Path(reference_dir)
     folders = [Path(p) for p in prediction_dirs]
+    names, against = _method_names(folders, names, against)
+    patient_folders = list_patients(reference_dir)
+    ids = [f.name for f in patient_folders]
+    unknown = sorted(set(figure_patients or ()) - set(ids))
+    if unknown:
+        raise MddoseError(f"figure patients not in the reference split: {', '.join(unknown)}", reference_dir)
+    methods = [index_predictions(n, f, ids) for n, f in zip(names, folders)]
+    gamma_reason = gamma_unavailable_reason() if gamma else "disabled (--no-gamma)"
+    if gamma_reason is not None:
+        log.info("gamma pass rate not computed: %s", gamma_reason)
+    drawn = set(figure_patients) if figure_patients else set(ids)
+    results, figure_files = _score_all(patient_folders, methods, rois or RoiConfig(), gamma_reason is None,
+                                       figures, drawn, out_dir, progress)
+    summary = _write_outputs(out_dir, reference_dir, ids, methods, results, against, gamma_reason, figure_files,
+                             start)
+    log.info("evaluated %d methods on %d reference patients in %.1f s -> %s", len(methods), len(ids),
+             summary["elapsed_s"], out_dir)
+    return summary
+
+
+def _method_names(folders: list[Path], names: Sequence[str] | None, against: str | None) -> tuple[list[str], str]:
+    """One unique name per prediction folder (default: the folder names) and the t-tests' reference method."""
     names = list(names) if names else [f.name for f in folders]
     if len(names) != len(folders):
         raise MddoseError(f"{len(names)} names given for {len(folders)} prediction folders")
@@ -196,20 +218,14 @@ def evaluate(
     against = against or names[0]
     if against not in names:
         raise MddoseError(f"--against {against!r} is not one of the methods {names}")
-    patient_folders = list_patients(reference_dir)
-    ids = [f.name for f in patient_folders]
-    unknown = sorted(set(figure_patients or ()) - set(ids))
-    if unknown:
-        raise MddoseError(f"figure patients not in the reference split: {', '.join(unknown)}", reference_dir)
-    methods = [index_predictions(n, f, ids) for n, f in zip(names, folders)]
-    rois = rois or RoiConfig()
-    gamma_reason = gamma_unavailable_reason() if gamma else "disabled (--no-gamma)"
-    do_gamma = gamma_reason is None
-    if not do_gamma:
-        log.info("gamma pass rate not computed: %s", gamma_reason)
+    return names, against
 
+
+def _score_all(patient_folders: list[Path], methods: list[Method], rois: RoiConfig, gamma: bool,
+               figures: FigureDrawer | None, drawn: set[str], out_dir: Path,
+               progress: bool) -> tuple[dict[str, list[PatientResult]], list[str]]:
+    """Every method's result on every reference patient it predicted (and the figures drawn on the way)."""
     results: dict[str, list[PatientResult]] = {m.name: [] for m in methods}
-    figure_set = set(figure_patients) if figure_patients else set(ids)
     figure_files: list[str] = []
     fig_context = atomic_dir(out_dir / "figures") if figures is not None else contextlib.nullcontext(None)
     with fig_context as fig_dir:
@@ -217,20 +233,26 @@ def evaluate(
             todo = [(m, m.files[folder.name]) for m in methods if folder.name in m.files]
             if not todo:
                 continue
-            draw = fig_dir is not None and folder.name in figure_set
+            draw = fig_dir is not None and folder.name in drawn
             patient, reference = read_reference(folder, rois, with_ct=draw)
             ref_metrics = dose_metrics(patient, reference)
             predictions = {}
             for method, path in todo:
                 predictions[method.name] = read_prediction(path, patient)
                 results[method.name].append(score_patient(
-                    patient, reference, ref_metrics, predictions[method.name], method.name, gamma=do_gamma))
+                    patient, reference, ref_metrics, predictions[method.name], method.name, gamma=gamma))
             if draw:
                 figure_files += [f"figures/{p.name}" for p in figures(fig_dir, patient, reference, predictions)]
+    return results, figure_files
 
+
+def _write_outputs(out_dir: Path, reference_dir: Path, ids: list[str], methods: list[Method],
+                   results: dict[str, list[PatientResult]], against: str, gamma_reason: str | None,
+                   figure_files: list[str], start: float) -> dict[str, Any]:
+    """per_patient.csv, per_roi.csv, comparison.md and, last, summary.json (returned)."""
     per_patient = {m.name: {k: {r.patient_id: r.scores[k] for r in results[m.name]} for k in PATIENT_METRICS}
                    for m in methods}
-    notes = [f"Gamma ({GAMMA_CRITERIA}) not computed: {gamma_reason}."] if not do_gamma else []
+    notes = [f"Gamma ({GAMMA_CRITERIA}) not computed: {gamma_reason}."] if gamma_reason is not None else []
     notes += [f"{m.name}: no prediction for {len(m.missing)} patient(s): {', '.join(m.missing)}."
               for m in methods if m.missing]
     tests = ttests(per_patient, against, PATIENT_METRICS)
@@ -240,7 +262,7 @@ def evaluate(
         "n_reference_patients": len(ids),
         "elapsed_s": None,
         "against": against,
-        "gamma": {"computed": do_gamma, "criteria": GAMMA_CRITERIA, "reason": gamma_reason},
+        "gamma": {"computed": gamma_reason is None, "criteria": GAMMA_CRITERIA, "reason": gamma_reason},
         "files": {"per_patient": "per_patient.csv", "per_roi": "per_roi.csv", "table": "comparison.md",
                   "figures": figure_files},
         "methods": {m.name: _method_summary(m, results[m.name], per_patient[m.name], tests.get(m.name))
@@ -250,13 +272,10 @@ def evaluate(
     write_text(out_dir / "per_roi.csv", _csv(PER_ROI_COLUMNS, [row for m in methods for r in results[m.name]
                                                                for row in r.roi_rows]))
     write_text(out_dir / "comparison.md", "# Comparison\n\n" + comparison_markdown(per_patient, against,
-                                                                                   notes=notes))
+                                                                                    notes=notes))
     summary["elapsed_s"] = round(time.perf_counter() - start, 3)
     write_json(out_dir / "summary.json", _json_safe(summary))
-    log.info("evaluated %d methods on %d reference patients in %.1f s -> %s", len(methods), len(ids),
-             summary["elapsed_s"], out_dir)
     return summary
-
 
 
 def _method_summary(method: Method, results: list[PatientResult], values: dict[str, dict[str, float]],
