@@ -29,8 +29,8 @@ from mddose.atomic import atomic_dir, write_json
 from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.io.dicom_read import read_ct_series, read_rtdose, read_rtstruct
-from mddose.io.dicom_scan import scan_dicom_dir
+from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose, read_rtstruct
+from mddose.io.dicom_scan import DicomStudy, scan_dicom_dir
 from mddose.io.geometry import (
     MODEL_DIRECTION,
     ModelGrid,
@@ -196,9 +196,37 @@ def import_dicom(
     map_path = Path(roi_map) if isinstance(roi_map, str | Path) else None
     map_dict = load_roi_map(map_path) if map_path is not None else roi_map
     _check_out_dir(out_dir, dicom_dir)
+    # read: CT, contours mapped to the model's ROIs, the dose
     study = scan_dicom_dir(dicom_dir)
     assert study.rtstruct is not None
     ct, ct_geometry, ct_headers = read_ct_series(study.ct)
+    masks, mapping, unmapped = _read_masks(study, ct_geometry, rois, map_dict, map_path)
+    dose = _read_dose(study)
+    # place the model grid on the body (centred on the targets where the body is too long) and resample
+    body_src, body_box = _body_box(masks, mapping, ct, study)
+    model, crops = _place(ct_geometry, grid, masks, rois, body_box)
+    ct_model = resample(ct, ct_geometry, model, order=1, cval=AIR_HU)
+    structures, volumes = _masks_on_grid(masks, model, grid, crops)
+    body = structures.pop(BODY) if BODY in structures else body_mask(ct_model)
+    possible = body & inside(ct_geometry, model)
+    dose_model = None
+    if dose is not None:
+        possible &= inside(dose.geometry, model)
+        dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
+    _warn_if_unusable(possible, structures, rois, dose is not None)
+    # write the patient folder and the geometry sidecar, as one folder
+    patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
+    sidecar = _sidecar(study, ct_headers, ct_geometry, model, crops, body_src, mapping, unmapped, volumes, dose)
+    with atomic_dir(out_dir) as tmp:
+        write_patient(patient, tmp)
+        write_json(tmp / SIDECAR, sidecar)
+    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
+    return ImportResult(out_dir, patient, sidecar)
+
+
+def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig, map_dict: Any,
+                map_path: Path | None) -> tuple[dict[str, _RoiMask], dict[str, list[str]], list[str]]:
+    """The RTSTRUCT's contours, mapped to the model's ROI names and rasterised on the CT."""
     roi_list = read_rtstruct(study.rtstruct.ds, study.rtstruct.path)
     mapping, unmapped = map_roi_names([(r.name, r.interpreted_type) for r in roi_list], rois, map_dict, map_path)
     if unmapped:
@@ -206,21 +234,32 @@ def import_dicom(
     by_name: dict[str, list[np.ndarray]] = {}
     for r in roi_list:
         by_name.setdefault(r.name, []).extend(r.contours)
+    return _rasterise(mapping, by_name, ct_geometry, study.rtstruct.path), mapping, unmapped
 
-    masks = _rasterise(mapping, by_name, ct_geometry, study.rtstruct.path)
-    dose = None
-    if study.rtdose is not None:
-        dose = read_rtdose(study.rtdose.path)
-        if dose.units != "GY":
-            raise MddoseError(f"DoseUnits is '{dose.units}', not GY: an absolute dose in Gy is needed",
-                              study.rtdose.path)
 
+def _read_dose(study: DicomStudy) -> RtDose | None:
+    if study.rtdose is None:
+        return None
+    dose = read_rtdose(study.rtdose.path)
+    if dose.units != "GY":
+        raise MddoseError(f"DoseUnits is '{dose.units}', not GY: an absolute dose in Gy is needed", study.rtdose.path)
+    return dose
+
+
+def _body_box(masks: dict[str, _RoiMask], mapping: dict[str, list[str]], ct: np.ndarray,
+              study: DicomStudy) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+    """Where the body is (its ROI, else the CT above the body threshold) and how that was found."""
     if BODY in masks:
-        body_src, body_box = f"ROI {', '.join(mapping[BODY])}", masks[BODY].box
-    else:
-        body_src, body_box = f"CT > {BODY_HU:g} HU", _box(body_mask(ct))
-        if body_box is None:
-            raise MddoseError(f"no body found in the CT (no voxel above {BODY_HU:g} HU)", study.ct[0].path.parent)
+        return f"ROI {', '.join(mapping[BODY])}", masks[BODY].box
+    box = _box(body_mask(ct))
+    if box is None:
+        raise MddoseError(f"no body found in the CT (no voxel above {BODY_HU:g} HU)", study.ct[0].path.parent)
+    return f"CT > {BODY_HU:g} HU", box
+
+
+def _place(ct_geometry: VolumeGeometry, grid: ModelGrid, masks: dict[str, _RoiMask], rois: RoiConfig,
+           body_box: tuple[np.ndarray, np.ndarray]) -> tuple[VolumeGeometry, list[dict[str, Any]]]:
+    """The model grid on the body, centred on the targets (else the ROIs) along an axis where the body is longer."""
     focus_names = [t for t in rois.targets if t in masks] or [r for r in masks if r != BODY]
     focus_box = None
     if focus_names:
@@ -234,8 +273,12 @@ def import_dicom(
             "%.0f mm cropped below and %.0f mm above", c["axis"], c["body_extent_mm"], c["field_mm"],
             c["centred_on"], c["cropped_mm_low"], c["cropped_mm_high"],
         )
+    return model, crops
 
-    ct_model = resample(ct, ct_geometry, model, order=1, cval=AIR_HU)
+
+def _masks_on_grid(masks: dict[str, _RoiMask], model: VolumeGeometry, grid: ModelGrid,
+                   crops: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Every ROI resampled onto the model grid, with its volume in DICOM and on the grid (cc)."""
     structures, volumes = {}, {}
     for name, roi in masks.items():
         mask = resample_mask(roi.mask, roi.geometry, model)
@@ -244,26 +287,28 @@ def import_dicom(
         if crops and inside_cc < 0.95 * roi.volume_cc:
             log.warning("ROI %s is cut by the model field: %.0f of %.0f cc inside", name, inside_cc, roi.volume_cc)
         structures[name] = mask
-    body = structures.pop(BODY) if BODY in structures else body_mask(ct_model)
-    possible = body & inside(ct_geometry, model)
-    dose_model = None
-    if dose is not None:
-        possible &= inside(dose.geometry, model)
-        dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
+    return structures, volumes
+
+
+def _warn_if_unusable(possible: np.ndarray, structures: dict[str, np.ndarray], rois: RoiConfig,
+                      with_dose: bool) -> None:
     if not possible.any():
-        log.warning("the possible-dose mask is empty: no body inside the CT%s", " and the dose grid" if dose else "")
-    missing = [t for t in rois.targets if t not in structures]
-    if len(missing) == len(rois.targets):
+        log.warning("the possible-dose mask is empty: no body inside the CT%s",
+                    " and the dose grid" if with_dose else "")
+    if all(t not in structures for t in rois.targets):
         log.warning("no target ROI (%s) was mapped: the model needs at least one", ", ".join(rois.targets))
 
-    patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
+
+def _sidecar(study: DicomStudy, ct_headers: list[Any], ct_geometry: VolumeGeometry, model: VolumeGeometry,
+             crops: list[dict[str, Any]], body_src: str, mapping: dict[str, list[str]], unmapped: list[str],
+             volumes: dict[str, dict[str, float]], dose: RtDose | None) -> dict[str, Any]:
+    """``dicom_geometry.json``: where the grid lies in the CT's frame, and what was imported from where."""
     ct_box = _box(inside(ct_geometry, model))
-    first = ct_headers[0]
-    sidecar: dict[str, Any] = {
+    return {
         "format": SIDECAR_FORMAT,
         "patient_id": study.patient_id,
         "frame_of_reference_uid": study.frame_of_reference_uid,
-        "study_instance_uid": str(first.get("StudyInstanceUID", "")),
+        "study_instance_uid": str(ct_headers[0].get("StudyInstanceUID", "")),
         "ct_series_instance_uid": study.series_instance_uid,
         "rtstruct_sop_instance_uid": str(study.rtstruct.ds.get("SOPInstanceUID", "")),
         "rtdose_sop_instance_uid": str(study.rtdose.ds.get("SOPInstanceUID", "")) if study.rtdose else None,
@@ -279,8 +324,3 @@ def import_dicom(
         "dose": None if dose is None else {"units": dose.units, "summation": dose.summation,
                                            "scaling": dose.scaling},
     }
-    with atomic_dir(out_dir) as tmp:
-        write_patient(patient, tmp)
-        write_json(tmp / SIDECAR, sidecar)
-    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
-    return ImportResult(out_dir, patient, sidecar)
