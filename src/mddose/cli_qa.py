@@ -40,7 +40,8 @@ def qa_command(
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps per sample (default: the model's "
                                                                "own).")] = None,
-    z: Annotated[float, typer.Option(min=0.0, help="Tolerance in standard deviations (1.645: one-sided 95 %).")] = 1.645,
+    z: Annotated[float, typer.Option(min=0.0, help="Tolerance in standard deviations (1.645: one-sided "
+                                                   "95 %).")] = 1.645,
     gamma: Annotated[bool, typer.Option(help="3%/3mm gamma of the plan against the prediction (pymedphys).")] = True,
     roi_map: Annotated[Optional[Path], typer.Option("--roi-map", help="ROI-name map for a DICOM folder.")] = None,
     fail_on_flag: Annotated[bool, typer.Option("--fail-on-flag", help="Exit 3 when a ROI is flagged.")] = False,

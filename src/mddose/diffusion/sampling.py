@@ -56,7 +56,8 @@ def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
     return sched
 
 
-def clamp_x0(output: Tensor, x_t: Tensor, t: int, alpha_bar: Tensor, config: DiffusionConfig, mask: Tensor | None) -> Tensor:
+def clamp_x0(output: Tensor, x_t: Tensor, t: int, alpha_bar: Tensor, config: DiffusionConfig,
+             mask: Tensor | None) -> Tensor:
     """Rewrite a network output so its x̂_0 lies in the dose range and is 0 Gy outside ``mask``."""
     a = alpha_bar[t].to(x_t.dtype)
     sa, sb = a.sqrt(), (1 - a).sqrt()

@@ -35,7 +35,8 @@ LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "co
 
 
 def pretrained_folder(name: str) -> Path:
-    """The package folder of shipped model ``name`` (a checkpoint folder :func:`~mddose.inference.predict.load_model` reads)."""
+    """The package folder of shipped model ``name`` (a checkpoint folder that
+    :func:`~mddose.inference.predict.load_model` reads)."""
     if name not in PRETRAINED:
         raise MddoseError(f"unknown pretrained model {name!r}: choose {', '.join(PRETRAINED)}")
     folder = WEIGHTS_ROOT / name
@@ -103,8 +104,8 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
               "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['sampler']} "
-              f"{r['sampler_steps']} | {r['dose_score']:.3f} | {r['dvh_score']:.3f} | {'yes' if r['shipped'] else 'no'} |"
-              for r in rows]
+              f"{r['sampler_steps']} | {r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
+              f"{'yes' if r['shipped'] else 'no'} |" for r in rows]
     notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
     lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"

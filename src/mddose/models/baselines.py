@@ -10,8 +10,8 @@
 By default both are 2D (``dims=2``), fed exactly the slices and channels MD-Dose is fed, so that the comparison
 is on the same input; ``dims=3`` builds them in 3D as the originals were, trained on random ``patch_size``
 crops of the volume (:class:`~mddose.data.volume.VolumeDataset`) and predicted by sliding windows
-(:func:`mddose.inference.regression.regress_volume`). Both train with a voxel-wise loss (``loss``: ``mse`` as both papers,
-or ``l1``) on the dose scaled to [0, 1]. Their interface is ``model(cond (B, C, *spatial)) -> (B, 1,
+(:func:`mddose.inference.regression.regress_volume`). Both train with a voxel-wise loss (``loss``: ``mse`` as
+both papers, or ``l1``) on the dose scaled to [0, 1]. Their interface is ``model(cond (B, C, *spatial)) -> (B, 1,
 *spatial)``; ``model(cond, all_outputs=True)`` gives every supervised output.
 """
 

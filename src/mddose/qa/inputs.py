@@ -33,7 +33,8 @@ def read_qa_patient(patient_dir: Path, rois: RoiConfig, work: Path, roi_map: Pat
     if not is_openkbp_folder(patient_dir):
         from mddose.io.dicom_import import import_dicom
 
-        patient_dir = import_dicom(patient_dir, work / patient_dir.name, roi_map=roi_map, grid=grid, rois=rois).patient_dir
+        imported = import_dicom(patient_dir, work / patient_dir.name, roi_map=roi_map, grid=grid, rois=rois)
+        patient_dir = imported.patient_dir
     patient = read_patient(patient_dir, rois)
     if not patient.prescriptions:
         raise MddoseError(f"no target ROI of the model ({', '.join(rois.targets)}) in the patient: QA needs at "

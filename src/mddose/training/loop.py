@@ -1,8 +1,8 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
 helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
 (:mod:`mddose.inference.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single
-process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking its share
-of every global batch.
+process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking
+its share of every global batch.
 
 The run folder it writes is :mod:`mddose.runs.layout`'s: ``checkpoints/last`` every ``checkpoint_every_s`` and
 at the end, ``checkpoints/best`` at each better validation, ``history.json`` and ``loss.png`` as it runs.
