@@ -58,8 +58,8 @@ def bench_sampling(
         seconds, scores = [], []
         for p in patients:
             start = time.perf_counter()
-            dose, _ = predict_volume(model, cfg, CachedPatient.from_patient(p), sampler, steps, samples,
-                                     batch_size, seed, dev)
+            dose, _ = predict_volume(model, cfg, CachedPatient.from_patient(p), sampler=sampler, steps=steps,
+                                     samples=samples, batch_size=batch_size, seed=seed, device=dev)
             seconds.append(time.perf_counter() - start)
             if p.dose is not None:
                 scores.append(dose_score(p.dose.astype(np.float64), dose.astype(np.float64), p.possible_dose_mask))

@@ -101,7 +101,8 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     per_patient, slices, batch = [], [], prediction_batch(device)
     for p in patients:
         per_patient.append(_seconds(
-            lambda p=p: predict_volume(model, cfg, p, sampler, steps, 1, batch, 0, device), device, 1,
+            lambda p=p: predict_volume(model, cfg, p, sampler=sampler, steps=steps, batch_size=batch, device=device),
+            device, 1,
             warmup=False))  # the per-slice runs warmed the network up
         slices.append(len(p.axial_slices()))
     if cfg.volumetric:

@@ -67,6 +67,7 @@ def predict_volume(
     model: torch.nn.Module,
     cfg: RunConfig,
     vol: CachedPatient,
+    *,
     sampler: str = "dpm++",
     steps: int = 20,
     samples: int = 1,
@@ -161,8 +162,8 @@ def predict(
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             start = time.perf_counter()
             vol = CachedPatient.from_patient(patient)
-            dose, std = predict_volume(model, cfg, vol, sampler, steps, samples, batch_size, seed, dev, progress,
-                                       tuner)
+            dose, std = predict_volume(model, cfg, vol, sampler=sampler, steps=steps, samples=samples,
+                                       batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner)
             times[patient.patient_id] = round(time.perf_counter() - start, 3)
             _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
         tuner.restore()

@@ -78,8 +78,9 @@ class ModelPredictor:
         from mddose.inference.predict import predict_volume
 
         vol = CachedPatient.from_patient(patient)
-        draws = [predict_volume(self.model, self.cfg, vol, self.sampler, self.steps, 1, self.batch, self.seed + k,
-                                self.device, self.progress)[0] for k in range(self.n)]
+        draws = [predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps,
+                                batch_size=self.batch, seed=self.seed + k, device=self.device,
+                                progress=self.progress)[0] for k in range(self.n)]
         return np.stack(draws)
 
 

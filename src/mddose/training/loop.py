@@ -92,8 +92,8 @@ def validate(ema: torch.nn.Module, cfg: RunConfig, cache: Cache, ids: list[str],
     ema.eval()
     for pid in ids:
         vol = cache.get(pid)
-        pred, _ = predict_volume(ema, cfg, vol, cfg.train.val_sampler, cfg.train.val_steps, 1,
-                                 prediction_batch(device), 0, device)
+        pred, _ = predict_volume(ema, cfg, vol, sampler=cfg.train.val_sampler, steps=cfg.train.val_steps,
+                                 batch_size=prediction_batch(device), device=device)
         patient = vol.to_patient(cache.rois)
         scores.append(dose_score(patient.dose, pred, patient.possible_dose_mask))
     return float(np.mean(scores))
