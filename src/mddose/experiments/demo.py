@@ -247,12 +247,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` within ``minutes`` (all stages included); returns what ``demo.json`` holds."""
-    from mddose.data.cache import prepare_cache
-    from mddose.data.phantom import write_phantoms
-    from mddose.device import resolve_device
     from mddose.evaluate.run import evaluate
-    from mddose.inference.predict import predict
-    from mddose.inference.trivial import predict_trivial
     from mddose.training.loop import train
     from mddose.viz.report import build_report
 
@@ -276,33 +271,16 @@ def run_demo(
 
     try:
         t0 = time.monotonic()
-        log.info("[1/6] data: %d training + %d held-out phantoms on the 128³ OpenKBP grid, cache, trivial baseline",
-                 n_train, n_test)
-        data, test = out_dir / "data" / "train", out_dir / "data" / "test"
-        write_phantoms(data, n_patients=n_train, seed=seed, grid=128, progress=progress)
-        write_phantoms(test, n_patients=n_test, seed=seed + 1, grid=128, progress=progress)
-        prepare_cache(data, out_dir / "cache", progress=progress)
-        predict_trivial(test, out_dir / "predictions" / "trivial", progress=progress)
-        plan.test_slices = _count_slices(test)
+        test = _data_stage(out_dir, plan, seed, progress)
         stage("data", t0)
 
         t0 = time.monotonic()
-        cfg = demo_config(seed)
-        dev = resolve_device(device)
-        plan = plan_budget(plan, cfg, dev, time.monotonic() - start)
-        if dev.type == "cpu":  # training starts on the planned count; its ThreadTuner re-checks it as it goes
-            torch.set_num_threads(plan.train_threads)
-        per_step = plan.seconds_per_step + _batch_seconds(out_dir / "cache", cfg)  # + reading the batch
-        steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
-        cfg.train.decay_steps = steps_expected  # the cosine schedule ends as the time runs out
+        cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
         stage("plan", t0)
-        log.info("[2/6] plan (budget %.0f s, %.0f s spent): train %.0f s (~%d steps on %s, %d thread(s)), predict "
-                 "~%.0f s (%s, %d steps, %d samples), evaluate and report ~%.0f s", plan.budget_s,
-                 time.monotonic() - start, plan.train_s, steps_expected, plan.device, plan.train_threads,
-                 plan.predict_s, plan.sampler, plan.steps, plan.samples, plan.finish_s)
 
         t0 = time.monotonic()
-        log.info("[3/6] train: a small MD-Dose on %d phantoms for %.1f minutes", n_train, plan.train_s / 60)
+        log.info("[3/6] train: a small MD-Dose on %d phantoms for %.1f minutes", plan.train_patients,
+                 plan.train_s / 60)
         if dev.type == "cpu":
             torch.set_num_threads(threads_before)
         trained = train(out_dir / "cache", out_dir / "run", cfg, minutes=plan.train_s / 60, device=device,
@@ -311,15 +289,7 @@ def run_demo(
 
         t0 = time.monotonic()
         left = plan.budget_s - (time.monotonic() - start) - plan.finish_s - plan.margin_s / 2
-        while plan.predict_estimate() > left and (plan.samples > 2 or plan.steps > 4):
-            plan.samples, plan.steps = (2, plan.steps) if plan.samples > 2 else (plan.samples, max(4, plan.steps - 2))
-        if dev.type == "cpu":
-            torch.set_num_threads(plan.predict_threads)
-        log.info("[4/6] predict: %d held-out phantoms, %s with %d steps, %d samples each", n_test, plan.sampler,
-                 plan.steps, plan.samples)
-        predicted = predict(out_dir / "run", test, out_dir / "predictions" / "mddose", plan.sampler, plan.steps,
-                            plan.samples, batch_size=CALIBRATION_BATCH, seed=seed, device=device, nifti=False,
-                            progress=progress)
+        predicted = _predict_stage(out_dir, test, plan, dev, left, seed, device, progress)
         stage("predict", t0)
 
         t0 = time.monotonic()
@@ -347,3 +317,56 @@ def run_demo(
     info.update(status="done", stages=stages, seconds=round(time.monotonic() - start, 2), report=str(report))
     write_json(out_dir / "demo.json", info)
     return info
+
+
+def _predict_stage(out_dir: Path, test: Path, plan: DemoPlan, dev: torch.device, left_s: float, seed: int,
+                   device: str, progress: bool) -> dict[str, Any]:
+    """[4/6] Fewer samples, then fewer steps, until the prediction fits ``left_s``; then predict the test set."""
+    from mddose.inference.predict import predict
+
+    while plan.predict_estimate() > left_s and (plan.samples > 2 or plan.steps > 4):
+        plan.samples, plan.steps = (2, plan.steps) if plan.samples > 2 else (plan.samples, max(4, plan.steps - 2))
+    if dev.type == "cpu":
+        torch.set_num_threads(plan.predict_threads)
+    log.info("[4/6] predict: %d held-out phantoms, %s with %d steps, %d samples each", plan.test_patients,
+             plan.sampler, plan.steps, plan.samples)
+    return predict(out_dir / "run", test, out_dir / "predictions" / "mddose", plan.sampler, plan.steps,
+                   plan.samples, batch_size=CALIBRATION_BATCH, seed=seed, device=device, nifti=False,
+                   progress=progress)
+
+
+def _data_stage(out_dir: Path, plan: DemoPlan, seed: int, progress: bool) -> Path:
+    """[1/6] Training and held-out phantoms, the cache, the trivial baseline; returns the test folder."""
+    from mddose.data.cache import prepare_cache
+    from mddose.data.phantom import write_phantoms
+    from mddose.inference.trivial import predict_trivial
+
+    log.info("[1/6] data: %d training + %d held-out phantoms on the 128³ OpenKBP grid, cache, trivial baseline",
+             plan.train_patients, plan.test_patients)
+    data, test = out_dir / "data" / "train", out_dir / "data" / "test"
+    write_phantoms(data, n_patients=plan.train_patients, seed=seed, grid=128, progress=progress)
+    write_phantoms(test, n_patients=plan.test_patients, seed=seed + 1, grid=128, progress=progress)
+    prepare_cache(data, out_dir / "cache", progress=progress)
+    predict_trivial(test, out_dir / "predictions" / "trivial", progress=progress)
+    plan.test_slices = _count_slices(test)
+    return test
+
+
+def _plan_stage(out_dir: Path, plan: DemoPlan, seed: int, device: str,
+                spent_s: float) -> tuple[RunConfig, torch.device, DemoPlan, int]:
+    """[2/6] Measure, then split what is left of the budget; returns the config, device, plan and planned steps."""
+    from mddose.device import resolve_device
+
+    cfg = demo_config(seed)
+    dev = resolve_device(device)
+    plan = plan_budget(plan, cfg, dev, spent_s)
+    if dev.type == "cpu":  # training starts on the planned count; its ThreadTuner re-checks it as it goes
+        torch.set_num_threads(plan.train_threads)
+    per_step = plan.seconds_per_step + _batch_seconds(out_dir / "cache", cfg)  # + reading the batch
+    steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
+    cfg.train.decay_steps = steps_expected  # the cosine schedule ends as the time runs out
+    log.info("[2/6] plan (budget %.0f s, %.0f s spent): train %.0f s (~%d steps on %s, %d thread(s)), predict "
+             "~%.0f s (%s, %d steps, %d samples), evaluate and report ~%.0f s", plan.budget_s, spent_s, plan.train_s,
+             steps_expected, plan.device, plan.train_threads, plan.predict_s, plan.sampler, plan.steps, plan.samples,
+             plan.finish_s)
+    return cfg, dev, plan, steps_expected
