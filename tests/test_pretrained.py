@@ -81,3 +81,21 @@ def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) ->
     assert len(training_log(target)) == 2
     card = (target / CARD_FILE).read_text()
     assert card.count("| 20") == 2 and "Shipped weights: step 3" in card
+
+
+def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:
+    """The shipped model comes with its QA error table, measured with the very weights shipped."""
+    from mddose.qa.tolerance import ERROR_TABLE, ErrorTable, weights_sha256
+
+    folder = pretrained_folder("openkbp")
+    table = ErrorTable.load(folder / ERROR_TABLE)
+    assert table.info["weights_sha256"] == weights_sha256(folder / "ema.safetensors")
+    assert table.info["patients"] == 33 and set(table.metrics) == set(table.rois)
+    data = tmp_path / "data"
+    write_phantoms(data, n_patients=1, seed=3, grid=64, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "qa", "--pretrained", "openkbp", str(data / "pt_1"),
+                           "--out", str(tmp_path / "qa"), "--samples", "2", "--no-gamma", "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    assert summary["warnings"] == [] and summary["model"]["sampler"] == "ddim" and summary["rows"]
