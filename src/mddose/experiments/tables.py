@@ -199,21 +199,8 @@ def run_experiment(
         from mddose.experiments.timing import run_timing
 
         return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
-    methods: dict[str, Any] = {}
-    for name, cfg in rows.items():
-        run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
-        train_row(cfg, cache_dir, run_dir, budget, device, progress)
-        if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
-            predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
-                    nifti=False, progress=progress)
-        trainer = RunFolder(run_dir).trainer_state() or {}
-        timing = json.loads((pred_dir / "prediction.json").read_text())
-        methods[name] = {
-            "network": describe(cfg), "objective": cfg.objective, "model": cfg.model.to_dict(),
-            "parameters": count_parameters(build_model(cfg.model)), "steps": trainer["step"],
-            "train_seconds": round(trainer["seconds"], 1), "best": trainer.get("best"),
-            "predict_seconds_per_patient": timing["mean_seconds_per_patient"],
-        }
+    methods = {name: _train_and_predict(name, cfg, cache_dir, data_dir, out_dir, budget, sampler, steps, samples,
+                                        device, progress) for name, cfg in rows.items()}
     names = list(rows)
     shown = list_patients(data_dir)[0].name  # the paper's Figs. 3 and 4 for one patient: every method side by side
     summary = evaluate(data_dir, [out_dir / "preds" / n for n in names], out_dir / "eval", names=names,
@@ -224,7 +211,39 @@ def run_experiment(
         sampling += (" for the diffusion models, one forward pass for the deterministic ones"
                      + (" (3D: sliding windows over the volume)," if baselines_3d else ","))
     spent = f"{budget_steps} training steps" if budget_steps is not None else f"{budget_minutes:g} min of training"
-    table_md = (
+    table_md = _table_markdown(table, base, spent, sampling, data_dir, summary, out_dir, methods, shown)
+    write_text(out_dir / f"{table}.md", table_md)
+    result = {"table": table, "budget_minutes": budget["minutes"], "budget_steps": budget["steps"],
+              "sampler": sampler, "steps": steps, "samples": samples, "cache_dir": str(cache_dir),
+              "data_dir": str(data_dir), "base": base.to_dict(), "methods": methods,
+              "scores": {n: summary["methods"][n]["openkbp"] for n in names}}
+    write_json(out_dir / "experiment.json", result)
+    return result
+
+
+def _train_and_predict(name: str, cfg: RunConfig, cache_dir: str | Path, data_dir: str | Path, out_dir: Path,
+                       budget: dict[str, Any], sampler: str, steps: int, samples: int, device: str,
+                       progress: bool) -> dict[str, Any]:
+    """One row: trained to the budget (resumed where it stopped), predicted unless already done, described."""
+    run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
+    train_row(cfg, cache_dir, run_dir, budget, device, progress)
+    if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
+        predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
+                nifti=False, progress=progress)
+    trainer = RunFolder(run_dir).trainer_state() or {}
+    timing = json.loads((pred_dir / "prediction.json").read_text())
+    return {
+        "network": describe(cfg), "objective": cfg.objective, "model": cfg.model.to_dict(),
+        "parameters": count_parameters(build_model(cfg.model)), "steps": trainer["step"],
+        "train_seconds": round(trainer["seconds"], 1), "best": trainer.get("best"),
+        "predict_seconds_per_patient": timing["mean_seconds_per_patient"],
+    }
+
+
+def _table_markdown(table: str, base: RunConfig, spent: str, sampling: str, data_dir: str | Path,
+                    summary: dict[str, Any], out_dir: Path, methods: dict[str, Any], shown: str) -> str:
+    """``tableN.md``: what was run, the comparison with its t-tests, the networks, where the figures are."""
+    return (
         f"# {TABLES[table]}\n\n"
         f"Same cache, seed and budget for every method: {spent} each "
         f"(base model `{base.model.name}`, {base.model.image_size}² input), then {sampling} "
@@ -236,10 +255,3 @@ def run_experiment(
         f"(`eval/figures/{shown}_comparison.png`, as the paper's Fig. 3), DVHs (`eval/figures/{shown}_dvh.png`, "
         f"Fig. 4) and dose washes (`eval/figures/{shown}_dose.png`).\n"
     )
-    write_text(out_dir / f"{table}.md", table_md)
-    result = {"table": table, "budget_minutes": budget["minutes"], "budget_steps": budget["steps"],
-              "sampler": sampler, "steps": steps, "samples": samples, "cache_dir": str(cache_dir),
-              "data_dir": str(data_dir), "base": base.to_dict(), "methods": methods,
-              "scores": {n: summary["methods"][n]["openkbp"] for n in names}}
-    write_json(out_dir / "experiment.json", result)
-    return result
