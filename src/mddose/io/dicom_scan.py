@@ -130,14 +130,32 @@ def scan_dicom_dir(folder: str | Path, require_rtstruct: bool = True) -> DicomSt
     folder = Path(folder)
     if not folder.is_dir():
         raise MddoseError("DICOM folder does not exist", folder)
-    files = []
-    for path in _files(folder):
-        ds = read_header(path)
-        if str(ds.get("SOPClassUID", "")) == MEDIA_DIRECTORY_STORAGE:
-            continue
-        files.append(DicomFile(path, ds))
+    files = [f for f in (DicomFile(p, read_header(p)) for p in _files(folder))
+             if str(f.ds.get("SOPClassUID", "")) != MEDIA_DIRECTORY_STORAGE]
     if not files:
         raise MddoseError("no DICOM files in folder", folder)
+    patient_id = _one_patient(files)
+    by_kind: dict[str, list[DicomFile]] = defaultdict(list)
+    for f in files:
+        by_kind[f.kind].append(f)
+    series = _ct_series(by_kind, folder)
+    rtstruct, ct = _pick_rtstruct(by_kind.get("RTSTRUCT", []), series, require_rtstruct, folder)
+    frame = str(ct[0].ds.FrameOfReferenceUID)
+    plans = [f for f in by_kind.get("RTPLAN", []) if str(f.ds.get("FrameOfReferenceUID", "")) == frame]
+    ignored = [f.path for k, fs in by_kind.items() if k not in ("CT", "RTSTRUCT", "RTDOSE", "RTPLAN") for f in fs]
+    return DicomStudy(
+        folder=folder,
+        patient_id=patient_id,
+        ct=ct,
+        rtstruct=rtstruct,
+        rtdose=_pick_rtdose(by_kind.get("RTDOSE", []), frame, folder),
+        rtplan=plans[0] if len(plans) == 1 else None,
+        ignored=ignored,
+    )
+
+
+def _one_patient(files: list[DicomFile]) -> str:
+    """The PatientID all files share (one patient per folder)."""
     first = files[0]
     patient_id = str(first.ds.get("PatientID", ""))
     for f in files:
@@ -147,9 +165,11 @@ def scan_dicom_dir(folder: str | Path, require_rtstruct: bool = True) -> DicomSt
                 f"mixed patients: PatientID '{got}' here but '{patient_id}' in {first.path.name}; "
                 "import one patient per folder", f.path,
             )
-    by_kind: dict[str, list[DicomFile]] = defaultdict(list)
-    for f in files:
-        by_kind[f.kind].append(f)
+    return patient_id
+
+
+def _ct_series(by_kind: dict[str, list[DicomFile]], folder: Path) -> dict[str, list[DicomFile]]:
+    """The folder's single-slice CT series by Series Instance UID, each slice with a Frame of Reference."""
     if by_kind.get("ENHANCED_CT") and not by_kind.get("CT"):
         raise MddoseError("only an Enhanced CT (multi-frame) series found; export the CT as single slices", folder)
     series: dict[str, list[DicomFile]] = defaultdict(list)
@@ -158,12 +178,16 @@ def scan_dicom_dir(folder: str | Path, require_rtstruct: bool = True) -> DicomSt
     if not series:
         kinds = ", ".join(sorted(by_kind)) or "none"
         raise MddoseError(f"no CT series in folder (found: {kinds})", folder)
-    for uid, slices in series.items():
-        if any("FrameOfReferenceUID" not in s.ds for s in slices):
-            bad = next(s for s in slices if "FrameOfReferenceUID" not in s.ds)
+    for slices in series.values():
+        bad = next((s for s in slices if "FrameOfReferenceUID" not in s.ds), None)
+        if bad is not None:
             raise MddoseError("CT slice has no FrameOfReferenceUID", bad.path)
+    return series
 
-    rtstructs = by_kind.get("RTSTRUCT", [])
+
+def _pick_rtstruct(rtstructs: list[DicomFile], series: dict[str, list[DicomFile]], required: bool,
+                   folder: Path) -> tuple[DicomFile | None, list[DicomFile]]:
+    """The one RTSTRUCT that references a CT series of the folder, and that series."""
     matching = [(rs, ct) for rs in rtstructs for ct in series.values() if _matches(rs.ds, ct)]
     if rtstructs and not matching:
         frames, refs = _referenced(rtstructs[0].ds)
@@ -177,7 +201,7 @@ def scan_dicom_dir(folder: str | Path, require_rtstruct: bool = True) -> DicomSt
         raise MddoseError(f"several RTSTRUCTs reference the CT ({names}); keep one in the folder", folder)
     if matching:
         rtstruct, ct = matching[0]
-    elif require_rtstruct:
+    elif required:
         raise MddoseError("no RTSTRUCT in folder (the contours are needed)", folder)
     elif len(series) > 1:
         raise MddoseError(f"{len(series)} CT series in folder and no RTSTRUCT to choose one; keep one", folder)
@@ -186,30 +210,23 @@ def scan_dicom_dir(folder: str | Path, require_rtstruct: bool = True) -> DicomSt
     if len(series) > 1:
         log.info("%d CT series in %s: using %s, the one the RTSTRUCT references", len(series), folder,
                  ct[0].ds.SeriesInstanceUID)
-    frame = str(ct[0].ds.FrameOfReferenceUID)
+    return rtstruct, ct
 
-    doses = []
-    for f in by_kind.get("RTDOSE", []):
+
+def _pick_rtdose(doses: list[DicomFile], frame: str, folder: Path) -> DicomFile | None:
+    """The RTDOSE on the CT's frame (a plan sum where there are several), or None."""
+    on_frame = []
+    for f in doses:
         if str(f.ds.get("FrameOfReferenceUID", "")) == frame:
-            doses.append(f)
+            on_frame.append(f)
         else:
             log.warning("%s: RTDOSE on another Frame of Reference than the CT: ignored", f.path)
-    plan_sums = [f for f in doses if str(f.ds.get("DoseSummationType", "")).upper() == "PLAN"]
-    candidates = plan_sums or doses
+    plan_sums = [f for f in on_frame if str(f.ds.get("DoseSummationType", "")).upper() == "PLAN"]
+    candidates = plan_sums or on_frame
     if len(candidates) > 1:
         names = ", ".join(f.path.name for f in candidates)
         raise MddoseError(f"several RTDOSE files for the CT ({names}); keep one (a plan sum) in the folder", folder)
-    plans = [f for f in by_kind.get("RTPLAN", []) if str(f.ds.get("FrameOfReferenceUID", "")) == frame]
-    ignored = [f.path for k, fs in by_kind.items() if k not in ("CT", "RTSTRUCT", "RTDOSE", "RTPLAN") for f in fs]
-    return DicomStudy(
-        folder=folder,
-        patient_id=patient_id,
-        ct=ct,
-        rtstruct=rtstruct,
-        rtdose=candidates[0] if candidates else None,
-        rtplan=plans[0] if len(plans) == 1 else None,
-        ignored=ignored,
-    )
+    return candidates[0] if candidates else None
 
 
 def find_ct_series(folder: str | Path, series_uid: str) -> tuple[list[DicomFile], DicomFile | None]:
