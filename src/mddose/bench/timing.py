@@ -20,14 +20,19 @@ from typing import Any
 import torch
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Time ``fn()``: ``{"median_s", "min_s", "times_s", "peak_mib"}`` (peak GPU memory on CUDA, else None)."""
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1,
+              reset_peak: bool = True) -> dict[str, Any]:
+    """Time ``fn()``: ``{"median_s", "min_s", "times_s", "peak_mib"}`` (peak GPU memory on CUDA, else None).
+
+    ``reset_peak=False`` leaves CUDA's peak-memory counter alone, for a caller that wants the peak over many calls.
+    """
     for _ in range(warmup):
         fn()
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -48,6 +53,13 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
     my = sum(p[1] for p in points) / len(points)
     sxx = sum((p[0] - mx) ** 2 for p in points)
     return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else None
+
+
+def device_name(device: torch.device) -> str:
+    """The device in a few words, for tables: the GPU's name, or the CPU and the torch thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mddose.atomic import write_json, write_text
+from mddose.bench.timing import device_name, time_call
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
@@ -52,24 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def _seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: bool = True) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run (CUDA synchronised)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if warmup:
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
+    """Median wall time of ``fn`` over ``repeats`` runs (after a warm-up run unless ``warmup`` is False)."""
+    return time_call(fn, device, repeats, warmup=int(warmup), reset_peak=False)["median_s"]
 
 
 @torch.no_grad()
