@@ -258,66 +258,77 @@ def _last_step(run_dir: Path | None) -> int | None:
 def setup_section(found: ReportSources) -> str:
     """Model, data, diffusion and training settings; prediction settings; run time per stage."""
     parts = ['<section id="setup"><h2>Configuration and run time</h2>']
-    cfg = found.config
-    if cfg:
-        m, d, diff, t = cfg.get("model", {}), cfg.get("data", {}), cfg.get("diffusion", {}), cfg.get("train", {})
-        if "arch" in m:  # a deterministic baseline (mddose.models.baselines)
-            kind = "cascade of two U-Nets (C3D-like)" if m.get("arch") == "cascade" else "dense U-Net (HD-UNet-like)"
-            rows = [
-                ["Network", f"{esc(m.get('name'))}: {kind}, deterministic, {esc(m.get('loss'))} loss"],
-                ["Widths", f"{_dash(m.get('widths'))}, depth {esc(m.get('depth'))}"
-                           + (f", growth {esc(m.get('growth'))}" if m.get("arch") == "dense" else "")
-                           + (f"; 3D, {'×'.join(map(str, m.get('patch_size', ())))} patches"
-                              if m.get("dims") == 3 else "; 2D slices")],
-            ]
-        else:
-            rows = [
-                ["Network", f"{esc(m.get('name'))}: {esc(m.get('denoiser_block'))} denoiser, "
-                            f"{esc(m.get('encoder_block'))} structure encoder, SSM {esc(m.get('ssm_kind'))}"],
-                ["Widths (encoder / decoder)", f"{_dash(m.get('enc_widths'))} / {_dash(m.get('dec_widths'))}, depths "
-                                               f"{_dash(m.get('enc_depths'))} / {_dash(m.get('dec_depths'))}"],
-            ]
-        rows.append(["Input", f"{esc(d.get('image_size'))}×{esc(d.get('image_size'))} axial slices, "
-                              f"{esc(m.get('cond_channels'))} structure channels, dose / {esc(d.get('dose_norm_gy'))} Gy"])
-        if "arch" not in m:
-            rows.append(["Diffusion", f"T = {esc(diff.get('num_train_timesteps'))}, {esc(diff.get('beta_schedule'))} "
-                                      f"β, the network predicts {_predicts(diff.get('prediction_type'))}, "
-                                      f"dose range {esc(diff.get('data_range'))}"])
-        rows.append(["Optimiser", f"{esc(t.get('optimizer'))}, lr {esc(t.get('lr'))} ({esc(t.get('lr_schedule'))}), "
-                                  f"batch {esc(t.get('batch_size'))}, EMA {esc(t.get('ema_decay'))}, seed {esc(t.get('seed'))}"])
-        parts.append("<h3>Run</h3>" + table(["Setting", "Value"], rows, text_columns=2))
-    p = found.prediction
-    if p:
-        per = p.get("mean_seconds_per_patient")
-        parts.append("<h3>Prediction</h3>" + table(["Setting", "Value"], [
-            ["Sampler", "none: one deterministic forward pass per slice" if p.get("objective") == "regression" else
-                        f"{esc(p.get('sampler'))}, {esc(p.get('steps'))} steps, {esc(p.get('samples'))} sample(s) "
-                        "per patient (mean = prediction, SD = uncertainty)"],
-            ["Device", f"{esc(p.get('device'))}, {fmt(per, 1)} s per patient"],
-            ["Checkpoint", f"<code>{esc(p.get('checkpoint'))}</code>"]], text_columns=2))
+    if found.config:
+        parts.append("<h3>Run</h3>" + table(["Setting", "Value"], _run_rows(found.config), text_columns=2))
+    if found.prediction:
+        parts.append(_prediction_table(found.prediction))
     demo = found.demo
     if demo and demo.get("stages"):
-        plan = demo.get("plan", {})
-        rows = [[esc(k), f"{v:.1f} s"] for k, v in demo["stages"].items()]
-        total = demo.get("seconds")
-        rows.append(["<b>total</b>", f"<b>{fmt(total, 1)} s</b> of a {fmt(plan.get('budget_s'), 0)} s budget"])
-        parts.append("<h3>Run time</h3>" + table(["Stage", "Time"], rows, text_columns=1)
-                     + f'<p class="note">Plan, from speeds measured before training on {esc(plan.get("device"))}: '
-                     f"training {fmt(plan.get('seconds_per_step'), 3)} s per step "
-                     f"({esc(plan.get('train_threads'))} thread(s)), sampling "
-                     f"{fmt(plan.get('seconds_per_image'), 4)} s "
-                     f"per slice and network evaluation ({esc(plan.get('predict_threads'))} thread(s)); "
-                     f"training was given {fmt(plan.get('train_s'), 0)} s, prediction an estimated "
-                     f"{fmt(plan.get('predict_s'), 0)} s."
-                     + ("" if "report" in demo["stages"] else " The total does not include making this page.")
-                     + "</p>")
+        parts.append(_demo_timing(demo))
     elif found.summary is not None:
         parts.append(f'<p class="note">Evaluation took {fmt(found.summary.get("elapsed_s"), 1)} s.</p>')
-    if cfg:
-        parts.append(json_block(cfg, "Full run configuration (config.json)"))
+    if found.config:
+        parts.append(json_block(found.config, "Full run configuration (config.json)"))
     if demo:
         parts.append(json_block(demo, "demo.json"))
     return "".join(parts) + "</section>"
+
+
+def _run_rows(cfg: dict[str, Any]) -> list[list[str]]:
+    """The run's network, input, diffusion and optimiser, one row each."""
+    m, d, diff, t = cfg.get("model", {}), cfg.get("data", {}), cfg.get("diffusion", {}), cfg.get("train", {})
+    if "arch" in m:  # a deterministic baseline (mddose.models.baselines)
+        kind = "cascade of two U-Nets (C3D-like)" if m.get("arch") == "cascade" else "dense U-Net (HD-UNet-like)"
+        rows = [
+            ["Network", f"{esc(m.get('name'))}: {kind}, deterministic, {esc(m.get('loss'))} loss"],
+            ["Widths", f"{_dash(m.get('widths'))}, depth {esc(m.get('depth'))}"
+                       + (f", growth {esc(m.get('growth'))}" if m.get("arch") == "dense" else "")
+                       + (f"; 3D, {'×'.join(map(str, m.get('patch_size', ())))} patches"
+                          if m.get("dims") == 3 else "; 2D slices")],
+        ]
+    else:
+        rows = [
+            ["Network", f"{esc(m.get('name'))}: {esc(m.get('denoiser_block'))} denoiser, "
+                        f"{esc(m.get('encoder_block'))} structure encoder, SSM {esc(m.get('ssm_kind'))}"],
+            ["Widths (encoder / decoder)", f"{_dash(m.get('enc_widths'))} / {_dash(m.get('dec_widths'))}, depths "
+                                           f"{_dash(m.get('enc_depths'))} / {_dash(m.get('dec_depths'))}"],
+        ]
+    rows.append(["Input", f"{esc(d.get('image_size'))}×{esc(d.get('image_size'))} axial slices, "
+                          f"{esc(m.get('cond_channels'))} structure channels, dose / {esc(d.get('dose_norm_gy'))} Gy"])
+    if "arch" not in m:
+        rows.append(["Diffusion", f"T = {esc(diff.get('num_train_timesteps'))}, {esc(diff.get('beta_schedule'))} "
+                                  f"β, the network predicts {_predicts(diff.get('prediction_type'))}, "
+                                  f"dose range {esc(diff.get('data_range'))}"])
+    rows.append(["Optimiser", f"{esc(t.get('optimizer'))}, lr {esc(t.get('lr'))} ({esc(t.get('lr_schedule'))}), "
+                              f"batch {esc(t.get('batch_size'))}, EMA {esc(t.get('ema_decay'))}, seed {esc(t.get('seed'))}"])
+    return rows
+
+
+def _prediction_table(p: dict[str, Any]) -> str:
+    per = p.get("mean_seconds_per_patient")
+    return "<h3>Prediction</h3>" + table(["Setting", "Value"], [
+        ["Sampler", "none: one deterministic forward pass per slice" if p.get("objective") == "regression" else
+                    f"{esc(p.get('sampler'))}, {esc(p.get('steps'))} steps, {esc(p.get('samples'))} sample(s) "
+                    "per patient (mean = prediction, SD = uncertainty)"],
+        ["Device", f"{esc(p.get('device'))}, {fmt(per, 1)} s per patient"],
+        ["Checkpoint", f"<code>{esc(p.get('checkpoint'))}</code>"]], text_columns=2)
+
+
+def _demo_timing(demo: dict[str, Any]) -> str:
+    """The demo's stages with their times, and the plan they followed."""
+    plan = demo.get("plan", {})
+    rows = [[esc(k), f"{v:.1f} s"] for k, v in demo["stages"].items()]
+    rows.append(["<b>total</b>", f"<b>{fmt(demo.get('seconds'), 1)} s</b> of a {fmt(plan.get('budget_s'), 0)} s budget"])
+    return ("<h3>Run time</h3>" + table(["Stage", "Time"], rows, text_columns=1)
+            + f'<p class="note">Plan, from speeds measured before training on {esc(plan.get("device"))}: '
+            f"training {fmt(plan.get('seconds_per_step'), 3)} s per step "
+            f"({esc(plan.get('train_threads'))} thread(s)), sampling "
+            f"{fmt(plan.get('seconds_per_image'), 4)} s "
+            f"per slice and network evaluation ({esc(plan.get('predict_threads'))} thread(s)); "
+            f"training was given {fmt(plan.get('train_s'), 0)} s, prediction an estimated "
+            f"{fmt(plan.get('predict_s'), 0)} s."
+            + ("" if "report" in demo["stages"] else " The total does not include making this page.")
+            + "</p>")
 
 
 DEFINITIONS: tuple[tuple[str, str], ...] = (
