@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_finished, check_output_dir, filling, write_bytes, write_json
+from mddose.atomic import check_finished, filling, write_bytes, write_json
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
@@ -237,7 +237,7 @@ def prepare_cache(
     data_dir: str | Path, cache_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Build or complete the cache of every patient folder in ``data_dir``; returns a summary."""
-    data_dir, cache_dir = Path(data_dir), check_output_dir(cache_dir)
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     folders = list_patients(data_dir)
     rois = rois or RoiConfig()
     with filling(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in

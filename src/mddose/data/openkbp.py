@@ -219,10 +219,18 @@ def _check_mask(possible: np.ndarray, path: Path, explicit_shape: bool) -> None:
                           "64×64×64 patient without its grid_shape.csv?", path)
 
 
-def _checked_dose(dose: np.ndarray, path: Path) -> np.ndarray:
-    """A dose in Gy as read, or one line saying why it cannot be one (nothing is clipped or clamped)."""
+def check_dose(dose: np.ndarray, path: Path) -> np.ndarray:
+    """A dose that is finite and not negative, or one line saying where it is not (nothing is clipped)."""
+    if not np.isfinite(dose).all():
+        raise MddoseError("the dose holds NaN or infinite values", path)
     if dose.min() < 0:
         raise MddoseError(f"negative dose ({dose.min():.4g} Gy at index {int(np.argmin(dose))})", path)
+    return dose
+
+
+def _reference_dose(dose: np.ndarray, path: Path) -> np.ndarray:
+    """A patient's own dose.csv: :func:`check_dose`, and no higher than any radiotherapy dose."""
+    check_dose(dose, path)
     if dose.max() > MAX_DOSE_GY:
         raise MddoseError(f"dose of {dose.max():.4g} Gy (index {int(np.argmax(dose))}) is above {MAX_DOSE_GY:.0f} Gy: "
                           "not a dose in Gy", path)
@@ -269,7 +277,7 @@ def read_patient(
         if path is not None:
             structures[name] = read_sparse_csv(path, shape, mask=True)
     dose_path = find_file(folder, "dose") if read_dose else None
-    dose = _checked_dose(read_sparse_csv(dose_path, shape), dose_path).astype(dose_dtype) if dose_path else None
+    dose = _reference_dose(read_sparse_csv(dose_path, shape), dose_path).astype(dose_dtype) if dose_path else None
     return Patient(folder.name, ct_hu, possible, spacing, structures, dose, rois)
 
 

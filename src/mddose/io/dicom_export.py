@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mddose.atomic import check_output_dir
-from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_sparse_csv
+from mddose.data.openkbp import check_dose, check_on_grid, find_file, read_dose_csv, read_sparse_csv
 from mddose.errors import MddoseError
 from mddose.io.dicom_import import SIDECAR, SIDECAR_FORMAT
 from mddose.io.dicom_scan import find_ct_series, read_header
@@ -91,10 +91,7 @@ def export_dose_dicom(
     sidecar = load_sidecar(patient_dir)
     model = VolumeGeometry.from_dict(sidecar["model_geometry"])
     dose = _load_prediction(prediction, model)
-    if not np.all(np.isfinite(dose)):
-        raise MddoseError("dose has non-finite values", prediction)
-    if dose.min() < 0:
-        raise MddoseError(f"negative dose (min {float(dose.min()):.3g} Gy): not a dose to export", prediction)
+    check_dose(dose, prediction)
     mask_path = find_file(Path(patient_dir), "possible_dose_mask")
     if mask_path is not None:
         check_on_grid(dose, read_sparse_csv(mask_path, model.shape, mask=True), prediction)

@@ -29,7 +29,7 @@ from mddose.atomic import atomic_dir, write_json
 from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose, read_rtstruct
+from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose_gy, read_rtstruct
 from mddose.io.dicom_scan import DicomStudy, scan_dicom_dir
 from mddose.io.geometry import (
     MODEL_DIRECTION,
@@ -240,10 +240,7 @@ def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig,
 def _read_dose(study: DicomStudy) -> RtDose | None:
     if study.rtdose is None:
         return None
-    dose = read_rtdose(study.rtdose.path)
-    if dose.units != "GY":
-        raise MddoseError(f"DoseUnits is '{dose.units}', not GY: an absolute dose in Gy is needed", study.rtdose.path)
-    return dose
+    return read_rtdose_gy(study.rtdose.path)
 
 
 def _body_box(masks: dict[str, _RoiMask], mapping: dict[str, list[str]], ct: np.ndarray,

@@ -224,3 +224,11 @@ def read_rtdose(path: str | Path) -> RtDose:
         summation=str(ds.get("DoseSummationType", "")).upper(),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
     )
+
+
+def read_rtdose_gy(path: str | Path) -> RtDose:
+    """:func:`read_rtdose`, refusing a dose that is not absolute (DoseUnits other than GY)."""
+    dose = read_rtdose(path)
+    if dose.units != "GY":
+        raise MddoseError(f"DoseUnits is '{dose.units}', not GY: an absolute dose in Gy is needed", path)
+    return dose

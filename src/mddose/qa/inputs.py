@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_patient
+from mddose.data.openkbp import check_dose, check_on_grid, find_file, read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.io.dicom_export import load_sidecar
-from mddose.io.dicom_read import read_rtdose
+from mddose.io.dicom_read import read_rtdose_gy
 from mddose.io.geometry import ModelGrid, VolumeGeometry, inside, resample
 
 #: An RTDOSE grid must cover this share of the possible-dose mask.
@@ -67,9 +67,7 @@ def _rtdose_on_grid(path: Path, patient: Patient, patient_dir: Path) -> np.ndarr
     except MddoseError:
         raise MddoseError("an RTDOSE plan needs the patient's DICOM folder (or a folder made by import-dicom) to "
                           "place it", path) from None
-    rd = read_rtdose(path)
-    if rd.units != "GY":
-        raise MddoseError(f"DoseUnits is '{rd.units}', not GY: an absolute dose in Gy is needed", path)
+    rd = read_rtdose_gy(path)
     frame = sidecar.get("frame_of_reference_uid")
     if rd.frame_of_reference_uid and frame and rd.frame_of_reference_uid != frame:
         raise MddoseError(f"the plan is on Frame of Reference {rd.frame_of_reference_uid}, the patient's CT on "
@@ -85,10 +83,7 @@ def _rtdose_on_grid(path: Path, patient: Patient, patient_dir: Path) -> np.ndarr
 
 
 def _check_plan(dose: np.ndarray, patient: Patient, source: Path, check_grid: bool) -> None:
-    if not np.isfinite(dose).all():
-        raise MddoseError("the plan dose holds NaN or infinite values", source)
-    if (dose < 0).any():
-        raise MddoseError(f"the plan dose has negative values (min {float(dose.min()):.3g} Gy)", source)
+    check_dose(dose, source)
     if float(dose.sum()) <= 0:
         raise MddoseError("the plan dose is zero everywhere", source)
     if check_grid:
