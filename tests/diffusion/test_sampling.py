@@ -89,3 +89,18 @@ def test_loss_is_zero_for_oracle(prediction: str) -> None:
     dose = torch.rand(4, 1, 8, 8)
     loss = DiffusionLoss(cfg)(Oracle(cfg.to_model_space(dose), cfg), dose, torch.zeros(4, 2, 8, 8))
     assert loss.item() < 1e-8
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_loss_is_the_configured_error_of_x0(loss: str) -> None:
+    """An x_0 network off by a constant 0.1 costs 0.01 under the MSE and 0.1 under L1."""
+    cfg = DiffusionConfig(prediction_type="sample", loss=loss)
+    dose = torch.rand(4, 1, 8, 8)
+    off = Oracle(cfg.to_model_space(dose) + 0.1, cfg)
+    value = DiffusionLoss(cfg)(off, dose, torch.zeros(4, 2, 8, 8)).item()
+    assert value == pytest.approx(0.01 if loss == "mse" else 0.1, rel=1e-4)
+
+
+def test_bad_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="loss must be one of mse, l1"):
+        DiffusionConfig(loss="huber")  # type: ignore[arg-type]

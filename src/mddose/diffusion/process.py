@@ -2,7 +2,9 @@
 
 MD-Dose is trained as a DDPM: ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε`` with the paper's linear β from 1e-4
 to 0.02 over T = 1000 steps; the network predicts ε (default), x_0 or v, and the loss is the mean squared
-error against that target (eq. 3 with λ(t) = 1, the "simple" DDPM loss). The schedule itself is diffusers'
+error against that target (eq. 3 with λ(t) = 1, the "simple" DDPM loss), or its mean absolute error with
+``loss="l1"`` (the OpenKBP dose score is a mean absolute error; an x_0-predicting network trained with L1 aims
+at the conditional median rather than the mean). The schedule itself is diffusers'
 :class:`~diffusers.DDPMScheduler` (``add_noise``, ``get_velocity``), the same object the samplers derive from.
 
 Dose scaling: the dataset gives dose / ``dose_norm_gy`` ∈ [0, 1]. ``data_range="symmetric"`` (default) maps it
@@ -21,6 +23,7 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 @dataclass
@@ -36,12 +39,15 @@ class DiffusionConfig:
     # how this model is sampled unless a command says otherwise (measured per model: docs/experiments)
     sampler: str = "dpm++"
     sampler_steps: int = 10
+    loss: Literal["mse", "l1"] = "mse"  # eq. 3's squared error, or the absolute error
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, not {self.prediction_type!r}")
         if self.data_range not in ("symmetric", "unit"):
             raise ValueError(f"data_range must be 'symmetric' or 'unit', not {self.data_range!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
 
     @property
     def x0_bounds(self) -> tuple[float, float]:
@@ -80,11 +86,12 @@ class DiffusionConfig:
 
 
 class DiffusionLoss:
-    """Draws t and ε, noises x_0 and scores the network's prediction with the MSE of eq. 3."""
+    """Draws t and ε, noises x_0 and scores the network's prediction with eq. 3's MSE (or the config's L1)."""
 
     def __init__(self, config: DiffusionConfig) -> None:
         self.config = config
         self.scheduler = config.train_scheduler()
+        self.loss = LOSSES[config.loss]
 
     def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W)."""
@@ -100,4 +107,4 @@ class DiffusionLoss:
         else:
             target = self.scheduler.get_velocity(x0, noise, t)
         pred = model(x_t, t, cond)
-        return F.mse_loss(pred.float(), target.float())
+        return self.loss(pred.float(), target.float())

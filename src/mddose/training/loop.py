@@ -166,7 +166,7 @@ class Trainer:
         diffusion = cfg.objective == "diffusion"
         self.loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
         self.curve_labels = (f"Training: {cfg.model.name}",
-                             "diffusion loss (MSE)" if diffusion else f"{cfg.model.loss} loss")
+                             f"diffusion loss ({cfg.diffusion.loss.upper()})" if diffusion else f"{cfg.model.loss} loss")
         if self.rank == 0:
             write_json(self.run.config, cfg.to_dict())
             log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
