@@ -21,6 +21,7 @@ import typer
 
 from mddose import cli_bench, cli_qa
 from mddose.errors import MddoseError
+from mddose.runs.methods import baselines_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Radiotherapy dose prediction with MD-Dose: data, training, prediction, evaluation, plan QA.")
@@ -184,8 +185,7 @@ def train(
     run_dir: Annotated[Path, typer.Argument(help="Run folder: config, checkpoints, loss curve.")],
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
     preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
-    method: Annotated[str, typer.Option(help="md-dose, or a Table I baseline on the same recipe: diffdp, "
-                                             "sp-diffdose, c3d, hd-unet, c3d-3d, hd-unet-3d.")] = "md-dose",
+    method: Annotated[str, typer.Option(help=baselines_help())] = "md-dose",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,

@@ -77,7 +77,7 @@ def test_multi_sample_mean_and_std_reproducible() -> None:
 
 
 def test_bad_sampler_and_steps() -> None:
-    with pytest.raises(ValueError, match="sampler must be one of"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler': choose ddpm, ddim, dpm"):
         make_scheduler(DiffusionConfig(), "euler", 10)
     with pytest.raises(ValueError, match="steps"):
         make_scheduler(DiffusionConfig(), "ddim", 0)

@@ -31,27 +31,28 @@ SamplerName = Literal["ddpm", "ddim", "dpm++"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
 
 
+class SamplingError(MddoseError, ValueError):
+    """An unknown sampler or a step count outside 1..T: a user's error (one line) and a bad argument."""
+
+
 def check_sampling(config: DiffusionConfig, sampler: str, steps: int) -> None:
     """Refuse an unknown sampler or a step count outside 1..T with one clear line, before any work starts."""
     if sampler not in SAMPLERS:
-        raise MddoseError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
+        raise SamplingError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
     if not 1 <= steps <= config.num_train_timesteps:
-        raise MddoseError(f"sampler steps must be in 1..{config.num_train_timesteps}, not {steps}")
+        raise SamplingError(f"sampler steps must be in 1..{config.num_train_timesteps}, not {steps}")
 
 
 def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
     """A fresh diffusers scheduler for ``sampler`` with ``steps`` denoising steps set."""
+    check_sampling(config, sampler, steps)
     kwargs = config.scheduler_kwargs()
     if sampler == "ddpm":
         sched = DDPMScheduler(**kwargs, variance_type="fixed_small", clip_sample=False)
     elif sampler == "ddim":
         sched = DDIMScheduler(**kwargs, clip_sample=False, set_alpha_to_one=True)
-    elif sampler == "dpm++":
+    else:  # dpm++
         sched = DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++", solver_order=2)
-    else:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
-    if not 1 <= steps <= config.num_train_timesteps:
-        raise ValueError(f"steps must be in 1..{config.num_train_timesteps}, not {steps}")
     sched.set_timesteps(steps)
     return sched
 

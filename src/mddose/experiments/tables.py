@@ -46,6 +46,7 @@ from mddose.models.baselines import BaselineConfig
 from mddose.models.build import build_model, count_parameters
 from mddose.models.config import ablation_configs, layout_configs
 from mddose.runs.layout import RunFolder
+from mddose.runs.methods import TABLE1_ORDER, in_3d, row_name
 from mddose.runs.run_config import RunConfig, method_config, run_preset
 from mddose.training.loop import train
 from mddose.viz.figures import evaluation_figures
@@ -60,8 +61,6 @@ TABLES: dict[str, str] = {
     "layout": "Mamba where it pays: Mamba at every level (the paper's layout) / at the coarse levels only (the "
               "CPU hybrid) / nowhere (the all-conv twin)",
 }
-TABLE1_METHODS = {"C3D-like": "c3d", "HD-UNet-like": "hd-unet", "DiffDP-like": "diffdp",
-                  "SP-DiffDose-like": "sp-diffdose", "MD-Dose": "md-dose"}
 
 
 def reference_row(table: str) -> str:
@@ -80,9 +79,10 @@ def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
         raise MddoseError(f"unknown table {table!r}: choose {', '.join(TABLES)}")
     if table in ("table1", "table2"):
         rows = {}
-        for name, method in TABLE1_METHODS.items():
-            if baselines_3d and method in ("c3d", "hd-unet"):
-                name, method = f"{name}-3D", f"{method}-3d"
+        for method in TABLE1_ORDER:
+            name, original = row_name(method), in_3d(method)
+            if baselines_3d and original:
+                name, method = f"{name}-3D", original
             rows[name] = method_config(method, base, patch_3d)
         return rows
     if table == "layout":

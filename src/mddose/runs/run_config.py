@@ -23,6 +23,7 @@ from mddose.models.build import model_config_from_dict
 from mddose.models.config import ModelConfig
 from mddose.models.config import preset as model_preset
 from mddose.runs.checkpoint import read_config
+from mddose.runs.methods import METHODS
 from mddose.typecheck import check_fields
 
 
@@ -148,17 +149,6 @@ def run_preset(name: str) -> RunConfig:
         return RunConfig(model=model, data=replace(data, image_size=model.image_size), train=train,
                          diffusion=DiffusionConfig(prediction_type="sample"))
     raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
-
-
-METHODS: dict[str, str] = {
-    "md-dose": "MD-Dose: Mamba denoiser, Mamba structure encoder",
-    "diffdp": "DiffDP-like: diffusion with a convolutional denoiser and convolutional structure encoder",
-    "sp-diffdose": "SP-DiffDose-like: diffusion with a Swin-transformer denoiser and Swin structure encoder",
-    "c3d": "C3D-like: cascade of two 2D U-Nets, voxel-wise loss",
-    "hd-unet": "HD-UNet-like: densely connected 2D U-Net, voxel-wise loss",
-    "c3d-3d": "C3D-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
-    "hd-unet-3d": "HD-UNet-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
-}
 
 
 def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int] | None = None) -> RunConfig:
