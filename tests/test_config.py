@@ -80,3 +80,16 @@ def test_3d_baseline_takes_no_context() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(MddoseError, match="unknown preset"):
         run_preset("huge")
+
+
+def test_the_network_follows_the_data_it_reads(tmp_path: Path) -> None:
+    """The data config owns the input size and channels: a partial file that changes them resizes the network;
+    a file that also states the network's own, different values is refused."""
+    follows = tmp_path / "follows.json"
+    follows.write_text(json.dumps({"data": {"context_slices": 2, "image_size": 64, "crop": 0}}))
+    cfg = load_run_config(follows)
+    assert (cfg.model.cond_channels, cfg.model.image_size) == (cfg.data.cond_channels, 64) == (13, 64)
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"data": {"context_slices": 2}, "model": {"cond_channels": 11}}))
+    with pytest.raises(MddoseError, match="model expects 11 structure channels, data gives 13"):
+        load_run_config(clash)

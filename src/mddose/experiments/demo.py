@@ -52,7 +52,7 @@ from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.models.build import build_model
 from mddose.models.config import preset
-from mddose.runs.run_config import RunConfig, TrainConfig
+from mddose.runs.run_config import RunConfig, TrainConfig, for_data
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ MIN_MINUTES = 0.5
 
 def demo_config(seed: int = 0) -> RunConfig:
     """The demo's small MD-Dose: Mamba-UNet with widths 8–32 at 64×64, x₀-prediction, a fast AdamW schedule."""
-    model = preset("tiny", image_size=64, stem_channels=8, enc_widths=(8, 16, 16, 32), dec_widths=(16, 16, 8, 8),
+    data = DataConfig(image_size=64, augment=True)
+    model = preset("tiny", stem_channels=8, enc_widths=(8, 16, 16, 32), dec_widths=(16, 16, 8, 8),
                    time_embed_dim=16, drop_path=0.0).replace(name="demo")
     train = TrainConfig(batch_size=16, lr=2e-3, warmup_steps=20, decay_steps=2000, ema_decay=0.99, seed=seed,
                         val_patients=0, val_every=0, checkpoint_every_s=60.0, log_every=5)
-    return RunConfig(model=model, data=DataConfig(image_size=64, augment=True),
+    return RunConfig(model=for_data(model, data), data=data,
                      diffusion=DiffusionConfig(prediction_type="sample"), train=train)
 
 

@@ -111,6 +111,13 @@ class RunConfig:
         )
 
 
+def for_data(model: ModelConfig | BaselineConfig, data: DataConfig) -> ModelConfig | BaselineConfig:
+    """The network sized for ``data``. The data config owns the input size and the structure channels; a network
+    config keeps a copy (its weights are built for them, and it must load without the data), and this is the one
+    place that writes that copy. :class:`RunConfig` refuses a pair that disagrees."""
+    return model.replace(image_size=data.image_size, cond_channels=data.cond_channels)
+
+
 def paper_preset() -> RunConfig:
     """The published MD-Dose recipe. Where the paper and its code disagree, this follows the code.
 
@@ -121,10 +128,10 @@ def paper_preset() -> RunConfig:
     1000``). The code's start from min-max-rescaled noise is a bug we do not repeat: sampling starts from a
     standard normal. Model: the ``paper`` network configuration (published widths and depths).
     """
-    model = model_preset("paper")
+    data = DataConfig()
     return RunConfig(
-        model=model,
-        data=DataConfig(image_size=model.image_size),
+        model=for_data(model_preset("paper"), data),
+        data=data,
         diffusion=DiffusionConfig(data_range="unit"),
         train=TrainConfig(
             batch_size=26, optimizer="adam", lr=1e-4, weight_decay=0.0, lr_schedule="constant",
@@ -143,10 +150,10 @@ def run_preset(name: str) -> RunConfig:
         return paper_preset()
     if name in ("default", "small", "tiny"):
         data = DataConfig(context_slices=1, augment=True, crop=96)
-        model = model_preset("small" if name == "default" else name, cond_channels=data.cond_channels)
+        model = for_data(model_preset("small" if name == "default" else name), data)
         train = TrainConfig(lr=5e-4, warmup_steps=200, decay_steps=40_000, max_steps=40_000, val_every=1000,
                             checkpoint_every_s=180.0)
-        return RunConfig(model=model, data=replace(data, image_size=model.image_size), train=train,
+        return RunConfig(model=model, data=data, train=train,
                          diffusion=DiffusionConfig(prediction_type="sample"))
     raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
 
@@ -173,8 +180,7 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         extra = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {})) if method.endswith("-3d") else {}
         data = replace(base.data, context_slices=0, crop=0) if extra else base.data  # 3D: volume patches
         try:
-            model = baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra,
-                                    cond_channels=data.cond_channels)
+            model = for_data(baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra), data)
         except ValueError as e:
             raise MddoseError(str(e)) from None
         return RunConfig(model=model, data=data, diffusion=base.diffusion, train=base.train)
@@ -208,6 +214,9 @@ def load_run_config(path: str | Path) -> RunConfig:
                 raise MddoseError(f"invalid config: {e}", path) from None
         base[section].update(values)
     try:
+        if not {"image_size", "cond_channels"} & set(d.get("model", {})):  # the network follows the data
+            data = DataConfig.from_dict(base["data"])
+            base["model"] = for_data(model_config_from_dict(base["model"]), data).to_dict()
         return RunConfig.from_dict(base)
     except (TypeError, ValueError) as e:
         raise MddoseError(f"invalid config: {e}", path) from None
