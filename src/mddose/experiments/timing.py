@@ -36,13 +36,12 @@ from tqdm.auto import tqdm
 from mddose.atomic import write_json, write_text
 from mddose.bench.timing import device_name, time_call
 from mddose.data.cache import CachedPatient
-from mddose.data.dataset import resize_inputs, slice_mask, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.data.volume import structure_volume
 from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
-from mddose.inference.predict import predict_volume
+from mddose.inference.predict import prediction_window, predict_volume, slice_inputs
 from mddose.inference.regression import regress
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.run_config import RunConfig
@@ -63,9 +62,7 @@ def time_method(cfg: RunConfig, patients: list[CachedPatient], sampler: str, ste
     vol = patients[0]
     zs = vol.axial_slices()
     z = zs[len(zs) // 2]  # a slice through the middle of the treated volume
-    cond = torch.from_numpy(structure_channels(vol, z, cfg.data))[None].to(device)
-    mask = torch.from_numpy(slice_mask(vol, z))[None].to(device)
-    cond, mask = resize_inputs(cond, mask, cfg.data)
+    cond, _, mask = slice_inputs(vol, [z], cfg, prediction_window(vol, cfg), device)  # what predict feeds it
     generator = torch.Generator(device=device)
     if cfg.volumetric:  # one network evaluation = one sliding window; per slice follows from per patient below
         box = tuple(slice(0, min(p, n)) for p, n in zip(cfg.model.patch_size, vol.full_shape))

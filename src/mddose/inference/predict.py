@@ -62,6 +62,26 @@ def load_model(run: str | Path, device: torch.device, weights: str = "ema") -> t
     return cfg, model.to(device).eval(), folder
 
 
+Window = tuple[slice, slice]
+
+
+def prediction_window(vol: CachedPatient, cfg: RunConfig) -> Window:
+    """The in-plane part of the grid the network sees: the patient's box for a network trained on crops (nothing
+    of the possible-dose mask lies outside it), else the whole slice."""
+    return patient_window(vol, cfg.model.size_multiple) if cfg.data.crop else (slice(None), slice(None))
+
+
+def slice_inputs(vol: CachedPatient, zs: list[int], cfg: RunConfig, window: Window,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's input for axial slices ``zs``, as in training: (structure channels, possible-dose mask in
+    ``window``, that mask at the network's size). Without crops both are resized to ``cfg.data.image_size``."""
+    wx, wy = window
+    cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data)[:, wx, wy] for z in zs])).to(device)
+    mask = torch.from_numpy(np.stack([slice_mask(vol, z)[:, wx, wy] for z in zs])).to(device)
+    cond, mask_in = (cond, mask) if cfg.data.crop else resize_inputs(cond, mask, cfg.data)
+    return cond, mask, mask_in
+
+
 @torch.no_grad()
 def predict_volume(
     model: torch.nn.Module,
@@ -92,16 +112,12 @@ def predict_volume(
     zs = vol.axial_slices()
     generator = torch.Generator(device=device).manual_seed(seed)
     size = cfg.data.image_size
-    # a network trained on crops predicts on the patient's box only (nothing of the possible-dose mask is outside)
-    wx, wy = patient_window(vol, cfg.model.size_multiple) if cfg.data.crop else (slice(None), slice(None))
+    wx, wy = window = prediction_window(vol, cfg)
     bar = tqdm(total=len(zs), desc=vol.patient_id, unit="slice", leave=False, disable=not progress)
     for start in range(0, len(zs), batch_size):
         chunk, began = zs[start:start + batch_size], time.perf_counter()
-        cond = torch.from_numpy(np.stack([structure_channels(vol, z, cfg.data)[:, wx, wy] for z in chunk]))
-        mask = torch.from_numpy(np.stack([slice_mask(vol, z)[:, wx, wy] for z in chunk]))
-        cond, mask = cond.to(device), mask.to(device)
-        native = cond.shape[-2:]
-        cond, mask_in = (cond, mask) if cfg.data.crop else resize_inputs(cond, mask, cfg.data)  # as in training
+        cond, mask, mask_in = slice_inputs(vol, chunk, cfg, window, device)
+        native = mask.shape[-2:]
         if cfg.objective == "regression":
             mean = regress(model, cond, mask_in)
             spread = torch.zeros_like(mean)
