@@ -195,19 +195,27 @@ def compute_dose(
     model = model or DoseModel()
     rx = patient.prescriptions
     mask = patient.possible_dose_mask
-    dose = np.zeros(patient.shape, dtype=np.float32)
     if not rx or not mask.any():
         log.warning("%s: no target or empty possible-dose mask; dose is zero", patient.patient_id)
-        return dose
-    dx, dy, dz = patient.spacing
+        return np.zeros(patient.shape, dtype=np.float32)
+    dx, dy, _ = patient.spacing
     if not np.isclose(dx, dy):
         raise ValueError(f"{patient.patient_id}: the beam model needs square in-plane pixels, got {dx} × {dy}")
     levels = sorted(rx, key=rx.get, reverse=True)[:3]
     angles = tuple(angles) if angles is not None else beam_angles(len(levels))
     box = _crop_box(mask)
-    i0, j0, side, z0, z1 = box
+    regions, code, oar_weights = _code_map(patient, levels, model, box)
+    rho = _crop(relative_density(patient.ct), *box, fill=0.0)
+    beams = [_trace(rho, code, a, len(levels), oar_weights, model, patient.spacing) for a in angles]
+    target = np.array([rx[n] for n in levels])
+    total = _optimise(beams, regions, target, _crop(mask, *box, fill=False), model, patient.spacing)
+    return _place(total, box, mask)
 
-    # One uint8 code map: bits 0-2 = exclusive PTV level, bits 3-5 = index of the most-spared OAR.
+
+def _code_map(patient: Patient, levels: list[str], model: DoseModel,
+              box: tuple[int, int, int, int, int]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The exclusive target regions (cropped to ``box``), one uint8 code map (bits 0-2 = exclusive PTV level,
+    bits 3-5 = index of the most-spared OAR; cropped) and the sparing weight of each OAR index."""
     regions, taken = [], np.zeros(patient.shape, dtype=bool)
     code = np.zeros(patient.shape, dtype=np.uint8)
     for bit, name in enumerate(levels):
@@ -221,21 +229,23 @@ def compute_dose(
         oar_weights[k] = w
         oar = patient.structures[name] & ~taken
         code[oar] = (code[oar] & 0b111) | np.uint8(k << 3)
-    rho = _crop(relative_density(patient.ct), *box, fill=0.0)
-    code = _crop(code, *box, fill=0)
-    inside_mask = _crop(mask, *box, fill=False)
-    target = np.array([rx[n] for n in levels])
-    beams = [_trace(rho, code, a, len(levels), oar_weights, model, patient.spacing) for a in angles]
+    return regions, _crop(code, *box, fill=0), oar_weights
+
+
+def _optimise(beams: list[_Beam], regions: list[np.ndarray], target: np.ndarray, inside_mask: np.ndarray,
+              model: DoseModel, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The cropped dose after the ray-based optimiser's rounds: levels weighted to their D95s, the highest
+    level's D95 at its prescription."""
+    dx, _, dz = spacing
     sigma = (model.penumbra_mm / dx, model.penumbra_mm / dz)
-    scatter_sigma = tuple(model.scatter_mm / s for s in patient.spacing)
-    prescribed = np.zeros(rho.shape, dtype=np.float32)  # the prescription of each target voxel
+    scatter_sigma = tuple(model.scatter_mm / s for s in spacing)
+    prescribed = np.zeros(inside_mask.shape, dtype=np.float32)  # the prescription of each target voxel
     for region, value in zip(regions, target):
         prescribed[region] = value
     modulations = [np.ones(b.apertures.shape[1:], dtype=np.float32) for b in beams]
-
     for step in range(model.optimizer_iterations + 1):
         comps = sum(_deposit(b, m, sigma) for b, m in zip(beams, modulations))  # (L, S, S, Z)
-        for k in range(len(levels)):
+        for k in range(len(target)):
             blurred = ndimage.gaussian_filter(comps[k], scatter_sigma, mode="constant")
             comps[k] = (1 - model.scatter_fraction) * comps[k] + model.scatter_fraction * blurred
         comps *= inside_mask
@@ -256,7 +266,13 @@ def compute_dose(
             gain = np.where(hits > 0, r_ratio.sum(axis=0) / np.maximum(hits, 1), 1.0)
             gain = np.clip(gain, 1.0 / model.max_gain, model.max_gain)
             m *= np.where(b.through_oar, np.minimum(gain, 1.0), gain).astype(np.float32)
+    return total
 
+
+def _place(total: np.ndarray, box: tuple[int, int, int, int, int], mask: np.ndarray) -> np.ndarray:
+    """The cropped dose put back on the patient's grid: 0 outside the possible-dose mask, 0.001 Gy steps."""
+    i0, j0, side, z0, z1 = box
+    dose = np.zeros(mask.shape, dtype=np.float32)
     si, sj = max(i0, 0), max(j0, 0)
     ei, ej = min(i0 + side, dose.shape[0]), min(j0 + side, dose.shape[1])
     dose[si:ei, sj:ej, z0:z1] = total[si - i0: ei - i0, sj - j0: ej - j0]

@@ -39,6 +39,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -248,10 +250,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` within ``minutes`` (all stages included); returns what ``demo.json`` holds."""
-    from mddose.evaluate.run import evaluate
-    from mddose.training.loop import train
-    from mddose.viz.report import build_report
-
     start = time.monotonic()
     if not math.isfinite(minutes) or minutes < MIN_MINUTES:
         raise MddoseError(f"--minutes must be at least {MIN_MINUTES} (phantoms, prediction and report alone take "
@@ -259,48 +257,28 @@ def run_demo(
     out_dir = Path(out_dir).absolute()  # summary.json and prediction.json then name folders from anywhere
     _prepare_out_dir(out_dir)
     n_train, n_test = default_patients(minutes)
-    n_train, n_test = train_patients or n_train, test_patients or n_test
-    plan = DemoPlan(budget_s=60.0 * minutes, train_patients=n_train, test_patients=n_test)
-    stages: dict[str, float] = {}
+    plan = DemoPlan(budget_s=60.0 * minutes, train_patients=train_patients or n_train,
+                    test_patients=test_patients or n_test)
+    clock = _Clock()
     info: dict[str, Any] = {"schema": DEMO_SCHEMA, "status": "running", "minutes": minutes, "seed": seed,
                             "model": MODEL_NAME, "baseline": BASELINE_NAME}
     write_json(out_dir / "demo.json", info)
     threads_before = torch.get_num_threads()
-
-    def stage(name: str, t0: float) -> None:
-        stages[name] = round(time.monotonic() - t0, 2)
-
     try:
-        t0 = time.monotonic()
-        test = _data_stage(out_dir, plan, seed, progress)
-        stage("data", t0)
-
-        t0 = time.monotonic()
-        cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
-        stage("plan", t0)
-
-        t0 = time.monotonic()
-        log.info("[3/6] train: a small MD-Dose on %d phantoms for %.1f minutes", plan.train_patients,
-                 plan.train_s / 60)
-        if dev.type == "cpu":
-            torch.set_num_threads(threads_before)
-        trained = train(out_dir / "cache", out_dir / "run", cfg, minutes=plan.train_s / 60, device=device,
-                        progress=progress, planned_steps=steps_expected)
-        stage("train", t0)
-
-        t0 = time.monotonic()
-        left = plan.budget_s - (time.monotonic() - start) - plan.finish_s - plan.margin_s / 2
-        predicted = _predict_stage(out_dir, test, plan, dev, left, seed, device, progress)
-        stage("predict", t0)
-
-        t0 = time.monotonic()
-        log.info("[5/6] evaluate: %s and the trivial baseline against the reference doses", MODEL_NAME)
-        summary = evaluate(test, [out_dir / "predictions" / "mddose", out_dir / "predictions" / "trivial"],
-                           out_dir / "evaluation", names=[MODEL_NAME, BASELINE_NAME], gamma=False, progress=progress)
-        stage("evaluate", t0)
-
-        scores = {name: s["openkbp"] for name, s in summary["methods"].items()}
-        info.update(status="reported", plan=asdict(plan), stages=stages, scores=scores,
+        with clock.stage("data"):
+            test = _data_stage(out_dir, plan, seed, progress)
+        with clock.stage("plan"):
+            cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
+        with clock.stage("train"):
+            if dev.type == "cpu":
+                torch.set_num_threads(threads_before)
+            trained = _train_stage(out_dir, cfg, plan, device, steps_expected, progress)
+        with clock.stage("predict"):
+            left = plan.budget_s - (time.monotonic() - start) - plan.finish_s - plan.margin_s / 2
+            predicted = _predict_stage(out_dir, test, plan, dev, left, seed, device, progress)
+        with clock.stage("evaluate"):
+            scores = _evaluate_stage(out_dir, test, progress)
+        info.update(status="reported", plan=asdict(plan), stages=clock.stages, scores=scores,
                     train={"steps": trained["step"], "planned_steps": steps_expected, "seconds": trained["seconds"],
                            "threads": trained["threads"], "last_loss": trained["last_loss"],
                            "warning": trained["warning"]},
@@ -308,16 +286,54 @@ def run_demo(
                              "mean_seconds_per_patient": predicted["mean_seconds_per_patient"]},
                     seconds=round(time.monotonic() - start, 2))
         write_json(out_dir / "demo.json", info)
-
-        t0 = time.monotonic()
-        log.info("[6/6] report")
-        report = build_report(out_dir, progress=progress)
-        stage("report", t0)
+        with clock.stage("report"):
+            report = _report_stage(out_dir, progress)
     finally:
         torch.set_num_threads(threads_before)
-    info.update(status="done", stages=stages, seconds=round(time.monotonic() - start, 2), report=str(report))
+    info.update(status="done", stages=clock.stages, seconds=round(time.monotonic() - start, 2), report=str(report))
     write_json(out_dir / "demo.json", info)
     return info
+
+
+class _Clock:
+    """Seconds per stage of the demo, as ``demo.json`` records them."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        yield
+        self.stages[name] = round(time.monotonic() - t0, 2)
+
+
+def _train_stage(out_dir: Path, cfg: RunConfig, plan: DemoPlan, device: str, steps_expected: int,
+                 progress: bool) -> dict[str, Any]:
+    """[3/6] Train the demo's MD-Dose for the planned time; the trainer warns when it fell far short."""
+    from mddose.training.loop import train
+
+    log.info("[3/6] train: a small MD-Dose on %d phantoms for %.1f minutes", plan.train_patients, plan.train_s / 60)
+    return train(out_dir / "cache", out_dir / "run", cfg, minutes=plan.train_s / 60, device=device,
+                 progress=progress, planned_steps=steps_expected)
+
+
+def _evaluate_stage(out_dir: Path, test: Path, progress: bool) -> dict[str, Any]:
+    """[5/6] Both predictions against the reference doses: each method's OpenKBP scores."""
+    from mddose.evaluate.run import evaluate
+
+    log.info("[5/6] evaluate: %s and the trivial baseline against the reference doses", MODEL_NAME)
+    summary = evaluate(test, [out_dir / "predictions" / "mddose", out_dir / "predictions" / "trivial"],
+                       out_dir / "evaluation", names=[MODEL_NAME, BASELINE_NAME], gamma=False, progress=progress)
+    return {name: s["openkbp"] for name, s in summary["methods"].items()}
+
+
+def _report_stage(out_dir: Path, progress: bool) -> Path:
+    """[6/6] The HTML report of the demo's folder."""
+    from mddose.viz.report import build_report
+
+    log.info("[6/6] report")
+    return build_report(out_dir, progress=progress)
 
 
 def _predict_stage(out_dir: Path, test: Path, plan: DemoPlan, dev: torch.device, left_s: float, seed: int,
