@@ -24,7 +24,7 @@ shows the beam streaks of a real IMRT plan:
 
 Vectorised per beam: the cropped volume is rotated in-plane (:func:`scipy.ndimage.rotate`) so the beam runs
 along axis 0, rays become columns (cumulative sums and maxima along axis 0), and the depth dose is rotated
-back. A 128³ phantom takes about half a second.
+back (its time: docs/measurements.md).
 """
 
 from __future__ import annotations
