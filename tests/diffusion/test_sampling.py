@@ -104,3 +104,35 @@ def test_loss_is_the_configured_error_of_x0(loss: str) -> None:
 def test_bad_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="loss must be one of mse, l1"):
         DiffusionConfig(loss="huber")  # type: ignore[arg-type]
+
+
+def test_timestep_spacing() -> None:
+    """Each scheduler keeps its own spacing by default; "trailing" starts every sampler at t = T − 1."""
+    def steps(sampler: str, spacing: str, n: int) -> list[int]:
+        cfg = DiffusionConfig(prediction_type="sample", timestep_spacing=spacing)
+        return make_scheduler(cfg, sampler, n).timesteps.tolist()
+
+    assert steps("ddim", "default", 3) == [666, 333, 0] and steps("dpm++", "default", 3) == [999, 666, 333]
+    assert steps("ddim", "trailing", 3) == steps("dpm++", "trailing", 3) == [999, 666, 332]
+    assert steps("ddim", "trailing", 1) == [999]
+    with pytest.raises(ValueError, match="timestep_spacing must be"):
+        DiffusionConfig(timestep_spacing="leading")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_final_t_fraction(fraction: float) -> None:
+    """That share of a batch trains at t = T − 1; the rest keeps t uniform over 0..T − 1."""
+    seen: list[torch.Tensor] = []
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    cfg = DiffusionConfig(prediction_type="sample", final_t_fraction=fraction)
+    DiffusionLoss(cfg)(model, torch.rand(4000, 1, 2, 2), torch.zeros(4000, 1, 2, 2),
+                       generator=torch.Generator().manual_seed(0))
+    share = (seen[0] == 999).float().mean().item()
+    assert abs(share - (fraction + (1 - fraction) / 1000)) < 0.03
+    assert seen[0].min() >= 0 and seen[0].max() <= 999 and (seen[0] < 500).float().mean() > (1 - fraction) / 2 - 0.03
+    with pytest.raises(ValueError, match="final_t_fraction must be in"):
+        DiffusionConfig(final_t_fraction=1.0)

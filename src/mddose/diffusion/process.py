@@ -40,12 +40,23 @@ class DiffusionConfig:
     sampler: str = "dpm++"
     sampler_steps: int = 10
     loss: Literal["mse", "l1"] = "mse"  # eq. 3's squared error, or the absolute error
+    # where a few-step sampler puts its steps: each diffusers scheduler's own default (DDIM and DDPM with 3
+    # steps: t = 666, 333, 0) or "trailing" (t = 999, 666, 332: the first step sees the pure noise it starts
+    # from, as Lin et al. 2024 recommend)
+    timestep_spacing: Literal["default", "trailing"] = "default"
+    # share of each training batch drawn at t = T − 1 (pure noise) instead of uniformly: the one step a
+    # one-step trailing sampler takes, where the network is a regressor of the dose from the anatomy
+    final_t_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, not {self.prediction_type!r}")
         if self.data_range not in ("symmetric", "unit"):
             raise ValueError(f"data_range must be 'symmetric' or 'unit', not {self.data_range!r}")
+        if self.timestep_spacing not in ("default", "trailing"):
+            raise ValueError(f"timestep_spacing must be 'default' or 'trailing', not {self.timestep_spacing!r}")
+        if not 0.0 <= self.final_t_fraction < 1.0:
+            raise ValueError(f"final_t_fraction must be in [0, 1), not {self.final_t_fraction}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
 
@@ -97,7 +108,11 @@ class DiffusionLoss:
         """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W)."""
         x0 = self.config.to_model_space(dose01)
         b = x0.shape[0]
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=x0.device, generator=generator)
+        last = self.config.num_train_timesteps - 1
+        t = torch.randint(0, last + 1, (b,), device=x0.device, generator=generator)
+        if self.config.final_t_fraction > 0:
+            final = torch.rand(b, device=x0.device, generator=generator) < self.config.final_t_fraction
+            t = torch.where(final, torch.full_like(t, last), t)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
         if self.config.prediction_type == "epsilon":

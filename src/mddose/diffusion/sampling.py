@@ -47,6 +47,8 @@ def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
     """A fresh diffusers scheduler for ``sampler`` with ``steps`` denoising steps set."""
     check_sampling(config, sampler, steps)
     kwargs = config.scheduler_kwargs()
+    if config.timestep_spacing != "default":
+        kwargs["timestep_spacing"] = config.timestep_spacing
     if sampler == "ddpm":
         sched = DDPMScheduler(**kwargs, variance_type="fixed_small", clip_sample=False)
     elif sampler == "ddim":
