@@ -246,11 +246,13 @@ def pretrained_export(
     steps: Annotated[Optional[int], typer.Option(min=1, help="Sampler steps (default: the model's own).")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the predictions (pred/) and evaluation (eval/) "
                                                       "here.")] = None,
+    note: Annotated[Optional[str], typer.Option(help="A line for the model card about this stretch (e.g. what "
+                                                      "changed in the recipe).")] = None,
 ) -> None:
     """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
     from mddose.experiments.shipping import export_run
 
-    row = export_run(run_dir, val_dir, name, sampler=sampler, steps=steps, keep=keep)
+    row = export_run(run_dir, val_dir, name, sampler=sampler, steps=steps, keep=keep, note=note)
     typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
                f"on {row['patients']} patients; {'shipped' if row['shipped'] else 'not better: weights kept'}")
 

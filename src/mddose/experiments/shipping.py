@@ -31,15 +31,17 @@ def export_run(
     samples: int = 1,
     target: Path | None = None,
     keep: Path | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
 
     Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
-    (``eval/``); ``target`` overrides the package folder (tests).
+    (``eval/``); ``target`` overrides the package folder (tests); ``note``: a line for the card about this stretch.
     """
     last = RunFolder(run).last  # the run's newest state, not its best-on-two-patients
     folder = checkpoint_folder(last if last.is_dir() else run)
-    sampler, steps = checkpoint_run_config(folder).diffusion.sampling(sampler, steps)  # the model's own by default
+    diffusion = checkpoint_run_config(folder).diffusion
+    sampler, steps = diffusion.sampling(sampler, steps)  # the model's own by default
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / TRAINER).read_text()) if (folder / TRAINER).is_file() else {}
     log_rows = training_log(target)
@@ -57,9 +59,9 @@ def export_run(
             "dose_score": round(method["openkbp"]["dose_score"], 4),
             "dvh_score": round(method["openkbp"]["dvh_score"], 4),
             "patients": method["n_patients_scored"],
-            "sampler": sampler, "sampler_steps": steps, "samples": samples,
-            "seconds_per_patient": summary["mean_seconds_per_patient"],
-        }
+            "sampler": sampler, "sampler_steps": steps, "timestep_spacing": diffusion.timestep_spacing,
+            "samples": samples, "seconds_per_patient": summary["mean_seconds_per_patient"],
+        } | ({"note": note} if note else {})
         shipped = [r for r in log_rows if r.get("shipped")]
         row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
         if row["shipped"]:

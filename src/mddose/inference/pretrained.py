@@ -84,8 +84,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
         f"- Inputs: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map, 7 OAR masks at"
         f" {data['image_size']}²; training crops {data['crop'] or 'none'}; augmentation {data['augment']}.",
-        f"- Diffusion: {config['diffusion']['prediction_type']} prediction, T = "
-        f"{config['diffusion']['num_train_timesteps']}.",
+        _diffusion_line(config["diffusion"]),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
         f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
         "",
@@ -93,8 +92,8 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     ]
     if best:
         lines += [f"Shipped weights: step {best['steps']:,}, {best['total_cpu_hours']} CPU-hours: dose score"
-                  f" **{best['dose_score']:.3f} Gy**, DVH score **{best['dvh_score']:.3f} Gy** ({best['sampler']},"
-                  f" {best['sampler_steps']} steps, {best['samples']} sample(s), {best['seconds_per_patient']} s per"
+                  f" **{best['dose_score']:.3f} Gy**, DVH score **{best['dvh_score']:.3f} Gy** ({_sampler(best)}"
+                  f" steps, {best['samples']} sample(s), {best['seconds_per_patient']} s per"
                   " patient on 2 CPU cores).", ""]
     lines += ["Scored by `mddose pretrained export models/openkbp/run ../shared/openkbp/validation-pats`"
               " (predict + `mddose evaluate`).", ""]
@@ -103,9 +102,25 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     lines += ["## Training log", "",
               "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {r['sampler']} "
-              f"{r['sampler_steps']} | {r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
+    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {_sampler(r)} | "
+              f"{r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
               f"{'yes' if r['shipped'] else 'no'} |" for r in rows]
     notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
     lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
+
+
+def _diffusion_line(d: dict[str, Any]) -> str:
+    """The recipe's diffusion: target, loss, how t is drawn, how the model samples."""
+    share = d.get("final_t_fraction", 0.0)
+    drawn = f"{share:.0%} of each batch at t = T − 1, the rest uniform" if share else "t uniform"
+    spacing = " (trailing timesteps)" if d.get("timestep_spacing") == "trailing" else ""
+    return (f"- Diffusion: {d['prediction_type']} prediction, T = {d['num_train_timesteps']},"
+            f" {d.get('loss', 'mse').upper()} loss, {drawn}; samples with {d.get('sampler', 'dpm++')}"
+            f" {d.get('sampler_steps', 10)} step(s){spacing}.")
+
+
+def _sampler(row: dict[str, Any]) -> str:
+    """A log row's sampler: name and steps, and the spacing when it is not the scheduler's own."""
+    spacing = " trailing" if row.get("timestep_spacing") == "trailing" else ""
+    return f"{row['sampler']} {row['sampler_steps']}{spacing}"

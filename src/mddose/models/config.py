@@ -24,7 +24,7 @@ from mddose.typecheck import describe, hints, matches
 
 BLOCK_TYPES = ("mamba", "swin", "conv")
 SSM_KINDS = ("s6", "ssd")  # Mamba-1 (the paper's layer), Mamba-2 (chunked, the default)
-SCAN_BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
+SCAN_BACKENDS = ("auto", "torch", "reference", "mamba_ssm", "cpu_kernel")
 SCAN_ORDERS = {"rows": 2, "rows+cols": 4}  # scan order -> scan paths (each order forwards and backwards)
 ENCODER_TYPES = ("none", *BLOCK_TYPES)
 PRESETS = ("paper", "small", "tiny")

@@ -23,7 +23,8 @@ share B and C. The Mamba layer uses one group per scan path (forward, backward, 
 All scans compute in float32 and return the input dtype. Lengths that are not a multiple of the chunk are padded
 with Δ = 0 (decay 1, no input), which leaves every real output unchanged. Which path runs is resolved once per
 (kind, request, device) by :func:`resolve_scan_backend` and logged; ``mamba_ssm`` kernels are used only where that
-package happens to be installed and the tensors are on CUDA.
+package happens to be installed and the tensors are on CUDA. ``cpu_kernel`` (ssd on the CPU, on request) is the
+recurrence compiled in C++ (:mod:`mddose.models.ssm_kernel`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mddose.models.config import SCAN_BACKENDS, SSM_KINDS
+from mddose.models.ssm_kernel import kernel_buildable, ssd_scan_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +286,7 @@ _SCANS: dict[tuple[str, str], Callable[..., Tensor]] = {
     ("ssd", "reference"): lambda x, dt, A, B, C, D, chunk_size=None: ssd_scan_ref(x, dt, A, B, C, D),
     ("ssd", "torch"): ssd_scan,
     ("ssd", "mamba_ssm"): _ssd_mamba_ssm,
+    ("ssd", "cpu_kernel"): ssd_scan_cpu,
 }
 
 
@@ -305,6 +308,8 @@ def resolve_scan_backend(kind: str, requested: str, device_type: str) -> str:
     kernels = device_type == "cuda" and mamba_ssm_available()
     if requested == "mamba_ssm" and not kernels:
         raise ValueError("scan backend 'mamba_ssm' needs the mamba_ssm package and CUDA tensors")
+    if requested == "cpu_kernel" and (kind != "ssd" or device_type != "cpu" or not kernel_buildable()):
+        raise ValueError("scan backend 'cpu_kernel' runs the ssd scan on the CPU and needs a C++ compiler and ninja")
     chosen = ("mamba_ssm" if kernels else "torch") if requested == "auto" else requested
     logger.info("selective scan %s on %s: %s path (requested %s)", kind, device_type, chosen, requested)
     return chosen

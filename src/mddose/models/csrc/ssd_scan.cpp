@@ -1,0 +1,197 @@
+// The Mamba-2 (SSD) scan as one sequential pass per (batch, head) on the CPU: the recurrence of
+// mddose.models.ssm.ssd_scan_ref without its Python loop and without chunked temporaries.
+//   h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T      (P x N state per head)
+//   y_t = h_t C_t + D x_t
+// Forward keeps the state every SEGMENT tokens; backward recomputes each segment's states from its
+// checkpoint and runs the adjoint recurrence g_t = dy_t C_t^T + a_{t+1} g_{t+1} in reverse.
+// All tensors float32, contiguous: x (B, L, H, P), dt (B, L, H), A (H), Bm/Cm (B, L, G, N), D (H, P).
+#include <torch/extension.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+namespace {
+constexpr int64_t SEGMENT = 64;
+constexpr float LOG_DECAY_FLOOR = -60.0f;  // as mddose.models.ssm: no denormal decays
+
+// Flush denormals to zero while a scan runs on this thread (states that decay for long stretches would
+// otherwise slow every operation on them down many times); the old mode comes back at the end.
+struct FlushDenormals {
+#if defined(__x86_64__)
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// a = exp(max(dt A, floor)) and whether the floor was hit (then a does not depend on dt or A).
+inline float decay(float step, float A, bool* floored) {
+  const float la = step * A;
+  *floored = la < LOG_DECAY_FLOOR;
+  return std::exp(*floored ? LOG_DECAY_FLOOR : la);
+}
+
+struct Dims {
+  int64_t b, l, h, p, g, n, heads_per_group;
+};
+
+Dims dims_of(const torch::Tensor& x, const torch::Tensor& Bm) {
+  Dims d{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3), 0};
+  d.heads_per_group = d.h / d.g;
+  return d;
+}
+
+void check(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+              name, " must be a contiguous float32 CPU tensor");
+}
+}  // namespace
+
+// Returns y (B, L, H, P) and the checkpoints (B, H, ceil(L / SEGMENT), N, P): the state entering each segment
+// (kept N x P, so that the inner loops run over the P channels of a head without horizontal sums).
+std::vector<torch::Tensor> ssd_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
+                                       torch::Tensor Cm, torch::Tensor D) {
+  for (auto& [t, name] : {std::pair{x, "x"}, {dt, "dt"}, {A, "A"}, {Bm, "B"}, {Cm, "C"}, {D, "D"}}) check(t, name);
+  const Dims d = dims_of(x, Bm);
+  const int64_t segs = (d.l + SEGMENT - 1) / SEGMENT, pn = d.p * d.n;
+  auto y = torch::empty_like(x);
+  auto saved = torch::empty({d.b, d.h, segs, d.n, d.p}, x.options());
+  const float *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(), *Ap = A.data_ptr<float>();
+  const float *Bp = Bm.data_ptr<float>(), *Cp = Cm.data_ptr<float>(), *Dp = D.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *sp = saved.data_ptr<float>();
+  at::parallel_for(0, d.b * d.h, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> h(pn);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / d.h, hd = bh % d.h, gr = hd / d.heads_per_group;
+      std::fill(h.begin(), h.end(), 0.0f);
+      for (int64_t t = 0; t < d.l; ++t) {
+        if (t % SEGMENT == 0) std::copy(h.begin(), h.end(), sp + (bh * segs + t / SEGMENT) * pn);
+        const int64_t row = (b * d.l + t) * d.h + hd;
+        bool floored;
+        const float step = dtp[row], a = decay(step, Ap[hd], &floored);
+        const float* xt = xp + row * d.p;
+        const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
+        const float* Ct = Cp + ((b * d.l + t) * d.g + gr) * d.n;
+        float* yt = yp + row * d.p;
+        const float* Dh = Dp + hd * d.p;
+        for (int64_t i = 0; i < d.p; ++i) yt[i] = Dh[i] * xt[i];
+        for (int64_t k = 0; k < d.n; ++k) {  // state row k: P channels, vectorised
+          float* hk = h.data() + k * d.p;
+          const float bk = step * Bt[k], ck = Ct[k];
+#pragma omp simd
+          for (int64_t i = 0; i < d.p; ++i) {
+            hk[i] = a * hk[i] + bk * xt[i];
+            yt[i] += hk[i] * ck;
+          }
+        }
+      }
+    }
+  });
+  return {y, saved};
+}
+
+// Gradients of ssd_forward: dx, ddt, dA (H), dB and dC per head (B, L, H, N; summed over a group's heads by the
+// caller), dD (H, P).
+std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor dt, torch::Tensor A,
+                                        torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D, torch::Tensor saved) {
+  for (auto& [t, name] : {std::pair{dy, "dy"}, {x, "x"}, {dt, "dt"}, {A, "A"}, {Bm, "B"}, {Cm, "C"}, {D, "D"},
+                          {saved, "saved"}}) check(t, name);
+  const Dims d = dims_of(x, Bm);
+  const int64_t segs = saved.size(2), pn = d.p * d.n;
+  auto dx = torch::empty_like(x);
+  auto ddt = torch::empty_like(dt);
+  auto dBh = torch::empty({d.b, d.l, d.h, d.n}, x.options());
+  auto dCh = torch::empty({d.b, d.l, d.h, d.n}, x.options());
+  auto dA_bh = torch::zeros({d.b, d.h}, x.options());
+  auto dD_bh = torch::zeros({d.b, d.h, d.p}, x.options());
+  const float *dyp = dy.data_ptr<float>(), *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>();
+  const float *Ap = A.data_ptr<float>(), *Bp = Bm.data_ptr<float>(), *Cp = Cm.data_ptr<float>();
+  const float *Dp = D.data_ptr<float>(), *sp = saved.data_ptr<float>();
+  float *dxp = dx.data_ptr<float>(), *ddtp = ddt.data_ptr<float>(), *dBp = dBh.data_ptr<float>();
+  float *dCp = dCh.data_ptr<float>(), *dAp = dA_bh.data_ptr<float>(), *dDp = dD_bh.data_ptr<float>();
+  at::parallel_for(0, d.b * d.h, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> states((SEGMENT + 1) * pn), g(pn);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / d.h, hd = bh % d.h, gr = hd / d.heads_per_group;
+      const float Ah = Ap[hd];
+      double dA = 0.0;
+      std::fill(g.begin(), g.end(), 0.0f);
+      float a_next = 0.0f;  // a_{t+1}: carries g to step t
+      for (int64_t s = segs - 1; s >= 0; --s) {
+        const int64_t t0 = s * SEGMENT, t1 = std::min(d.l, t0 + SEGMENT);
+        // states[k] = h_{t0 + k - 1}: states[0] is the checkpoint entering the segment
+        std::copy(sp + (bh * segs + s) * pn, sp + (bh * segs + s + 1) * pn, states.begin());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t row = (b * d.l + t) * d.h + hd;
+          bool floored;
+          const float step = dtp[row], a = decay(step, Ah, &floored);
+          const float* xt = xp + row * d.p;
+          const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
+          const float* prev = states.data() + (t - t0) * pn;
+          float* cur = states.data() + (t - t0 + 1) * pn;
+          for (int64_t k = 0; k < d.n; ++k) {
+            const float bk = step * Bt[k];
+#pragma omp simd
+            for (int64_t i = 0; i < d.p; ++i) cur[k * d.p + i] = a * prev[k * d.p + i] + bk * xt[i];
+          }
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t row = (b * d.l + t) * d.h + hd;
+          bool floored;
+          const float step = dtp[row], a = decay(step, Ah, &floored);
+          const float* xt = xp + row * d.p;
+          const float* dyt = dyp + row * d.p;
+          const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
+          const float* Ct = Cp + ((b * d.l + t) * d.g + gr) * d.n;
+          const float* prev = states.data() + (t - t0) * pn;
+          const float* cur = states.data() + (t - t0 + 1) * pn;
+          float da = 0.0f, dstep = 0.0f;
+          float* dxt = dxp + row * d.p;  // first dL/du, then dL/dx
+          for (int64_t i = 0; i < d.p; ++i) dxt[i] = 0.0f;
+          for (int64_t k = 0; k < d.n; ++k) {
+            float* gk = g.data() + k * d.p;
+            const float* hk = cur + k * d.p;
+            const float* hp = prev + k * d.p;
+            const float ck = Ct[k], bk = Bt[k];
+            float dc = 0.0f, db = 0.0f;
+#pragma omp simd reduction(+ : dc, db, da)
+            for (int64_t i = 0; i < d.p; ++i) {
+              dc += hk[i] * dyt[i];
+              const float gi = a_next * gk[i] + dyt[i] * ck;  // dL/dh_t
+              gk[i] = gi;
+              dxt[i] += gi * bk;
+              db += gi * xt[i];
+              da += gi * hp[i];
+            }
+            dCp[row * d.n + k] = dc;
+            dBp[row * d.n + k] = db * step;
+          }
+          const float* Dh = Dp + hd * d.p;
+          float* dDh = dDp + bh * d.p;
+          for (int64_t i = 0; i < d.p; ++i) {
+            dstep += xt[i] * dxt[i];
+            dDh[i] += dyt[i] * xt[i];
+            dxt[i] = step * dxt[i] + Dh[i] * dyt[i];
+          }
+          // a = exp(step * A): da/dstep = a A, da/dA = a step (0 where the floor holds a)
+          const float dla = floored ? 0.0f : da * a;
+          ddtp[row] = dstep + dla * Ah;
+          dA += static_cast<double>(dla) * step;
+          a_next = a;
+        }
+      }
+      dAp[bh] = static_cast<float>(dA);
+    }
+  });
+  return {dx, ddt, dA_bh.sum(0), dBh, dCh, dD_bh.sum(0)};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &ssd_forward, "SSD scan forward (CPU)");
+  m.def("backward", &ssd_backward, "SSD scan backward (CPU)");
+}

@@ -1,0 +1,65 @@
+"""The SSD scan compiled for the CPU: one sequential pass per (batch, head) in C++ (``csrc/ssd_scan.cpp``).
+
+Same contract as :func:`mddose.models.ssm.ssd_scan` (outputs and gradients), without the chunked
+formulation's full-size temporaries: the recurrence runs with its P × N state in registers and cache, and
+the backward pass recomputes states from a checkpoint every 64 tokens. Built on first use with torch's C++
+extension loader (a C++ compiler and ninja are needed; the build is cached per machine, its time is in
+docs/bench/networks.md) and used only on request (``scan_backend="cpu_kernel"``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "ssd_scan.cpp"
+
+
+def kernel_buildable() -> bool:
+    """Whether this machine can build the kernel (a C++ compiler and ninja on the PATH)."""
+    return shutil.which("ninja") is not None and any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@functools.cache
+def _module() -> ModuleType:
+    """Build (or load the cached build of) the kernel for this CPU."""
+    from torch.utils.cpp_extension import load
+
+    if not kernel_buildable():
+        raise RuntimeError("scan backend 'cpu_kernel' needs a C++ compiler and ninja")
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else platform.processor()
+    key = hashlib.sha256((SOURCE.read_text() + flags).encode()).hexdigest()[:12]  # -march=native: per CPU
+    return load(name=f"mddose_ssd_scan_{key}", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+                verbose=False)
+
+
+class _SSDScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+        y, saved = _module().forward(x, dt, A, B, C, D)
+        ctx.save_for_backward(x, dt, A, B, C, D, saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, dt, A, B, C, D, saved = ctx.saved_tensors
+        dx, ddt, dA, dB, dC, dD = _module().backward(dy.contiguous(), x, dt, A, B, C, D, saved)
+        groups = B.shape[2]
+        dB, dC = (t.unflatten(2, (groups, -1)).sum(3) for t in (dB, dC))  # per head -> per group
+        return dx, ddt, dA, dB, dC, dD
+
+
+def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                 chunk_size: int | None = None) -> Tensor:
+    """Mamba-2 scan on the CPU kernel (same contract as :func:`~mddose.models.ssm.ssd_scan_ref`);
+    ``chunk_size`` is accepted for the common signature and ignored."""
+    dtype = x.dtype
+    args = [t.float().contiguous() for t in (x, dt, A, B, C, D)]
+    return _SSDScan.apply(*args).to(dtype)
