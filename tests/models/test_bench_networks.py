@@ -44,3 +44,18 @@ def test_layout_timings_have_ratios_and_a_stage_split() -> None:
     blocks = {name: {s["block"] for s in r["stages"]} for name, r in rows.items()}
     assert blocks == {"mamba": {"MambaStack"}, "hybrid": {"MambaStack", "ConvStack"}, "conv": {"ConvStack"}}
     assert len(rows["hybrid"]["stages"]) == 12  # 4 down, 4 up, 4 structure-encoder stages
+
+
+def test_layout_timings_on_the_cpu_kernel() -> None:
+    import torch
+
+    from mddose.bench.networks import time_layouts
+    from mddose.models.ssm_kernel import kernel_buildable
+
+    if not kernel_buildable():
+        pytest.skip("no C++ compiler or ninja to build the CPU scan kernel")
+    rows = time_layouts("tiny", torch.device("cpu"), 1, torch.Generator().manual_seed(0), batch=1, size=32,
+                        cpu_kernel=True)["layouts"]
+    assert list(rows) == ["mamba", "hybrid", "conv", "mamba+cpu_kernel", "hybrid+cpu_kernel"]
+    assert rows["mamba+cpu_kernel"]["config"]["scan_backend"] == "cpu_kernel"
+    assert all(r["ratio_to_conv_float32"] > 0 for r in rows.values())

@@ -23,6 +23,7 @@ from mddose.device import resolve_device
 from mddose.models.build import build_model, count_parameters
 from mddose.models.config import layout_configs, preset
 from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref
+from mddose.models.ssm_kernel import kernel_buildable, ssd_scan_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _run(
             result["paper"][kind] = {"parameters": count_parameters(model), **row}
             del model
     if layouts:
-        result["layouts"] = time_layouts(preset_name, dev, repeats, generator)
+        result["layouts"] = time_layouts(preset_name, dev, repeats, generator, cpu_kernel=True)
     if scans:
         result["scans"] = _time_scans(dev, repeats, generator)
     write_json(out_json, result)
@@ -161,6 +162,8 @@ def _time_scans(dev: torch.device, repeats: int, gen: torch.Generator) -> list[d
             "s6": (selective_scan_s6, (u, delta, A, B, C, D)),
             "ssd": (ssd_scan, (u.view(batch, length, heads, -1), dt_head, a_head, B, C, D.view(heads, -1))),
         }
+        if dev.type == "cpu" and kernel_buildable():
+            cases["ssd-cpu_kernel"] = (ssd_scan_cpu, cases["ssd"][1])
         if side == 32:
             cases["s6-reference"] = (selective_scan_s6_ref, cases["s6"][1])
             cases["ssd-reference"] = (ssd_scan_ref, cases["ssd"][1])
@@ -180,12 +183,18 @@ def _time_scans(dev: torch.device, repeats: int, gen: torch.Generator) -> list[d
 
 
 def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.Generator, batch: int = 8,
-                 size: int = 128) -> dict[str, Any]:
+                 size: int = 128, cpu_kernel: bool = False) -> dict[str, Any]:
     """Training steps (forward + backward + AdamW, ``batch`` images at ``size``²) of the three layouts of
     :func:`~mddose.models.config.layout_configs` on the preset's widths, in float32 and bf16 autocast, their
-    ratios to the all-conv twin, and each layout's per-stage split (forward + backward of every stage alone)."""
+    ratios to the all-conv twin, and each layout's per-stage split (forward + backward of every stage alone).
+    ``cpu_kernel``: on a CPU that can build it, the Mamba layouts also run on the compiled scan (rows
+    ``…+cpu_kernel``)."""
     rows: dict[str, Any] = {}
-    for name, cfg in layout_configs(preset(preset_name)).items():
+    configs = layout_configs(preset(preset_name))
+    if cpu_kernel and dev.type == "cpu" and kernel_buildable():
+        configs |= {f"{name}+cpu_kernel": configs[name].replace(scan_backend="cpu_kernel")
+                    for name in ("mamba", "hybrid")}
+    for name, cfg in configs.items():
         model = build_model(cfg, seed=0).to(dev)
         x_t, t, cond = _inputs(cfg, batch, size, dev, gen)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -199,7 +208,7 @@ def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.G
                 optimizer.step()
 
             row[f"train_step_s_{precision}"] = time_call(step, dev, repeats)["min_s"]
-            logger.info("layout %-6s %s: %.3f s per training step (batch %d, %d²)", name, precision,
+            logger.info("layout %-17s %s: %.3f s per training step (batch %d, %d²)", name, precision,
                         row[f"train_step_s_{precision}"], batch, size)
         row["stages"] = _time_stages(model, x_t, t, cond, dev, repeats)
         rows[name] = row
