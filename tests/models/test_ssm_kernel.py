@@ -77,3 +77,22 @@ def test_block_on_the_kernel_equals_the_reference_block() -> None:
     (y_ref, g_ref), (y_fast, g_fast) = outs["reference"], outs["cpu_kernel"]
     assert _relative_error(y_fast, y_ref) < TOL
     assert all(_relative_error(a, b) < 1e-4 for a, b in zip(g_fast, g_ref))
+
+
+@pytest.mark.parametrize("length", [1, 3, 70])
+def test_conv_silu_kernel_equals_the_torch_mixer_conv(length: int) -> None:
+    """The compiled causal conv1d + SiLU against the mixer's own shifted products, values and gradients."""
+    from mddose.models.mamba import MambaMixer
+    from mddose.models.ssm_kernel import causal_conv_silu_cpu
+
+    torch.manual_seed(0)
+    mixer = MambaMixer(8, preset("tiny").replace(conv_levels=0, ssd_head_dim=8))
+    u = torch.randn(2, length, 2, 16, requires_grad=True)  # (B, L, K paths, E)
+    d = mixer.conv.kernel_size[0]
+    ref = F.silu(mixer._causal_conv(u))
+    fast = causal_conv_silu_cpu(u.flatten(2), mixer.conv.weight.view(-1, d), mixer.conv.bias).view(u.shape)
+    assert _relative_error(fast, ref) < TOL
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+    leaves = [u, mixer.conv.weight, mixer.conv.bias]
+    for g_fast, g_ref in zip(torch.autograd.grad(fast, leaves, grad_out), torch.autograd.grad(ref, leaves, grad_out)):
+        assert _relative_error(g_fast, g_ref) < TOL

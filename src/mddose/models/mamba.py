@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mddose.models.config import SCAN_ORDERS, ModelConfig
 from mddose.models.layers import DropPath, LearnedPositionEmbedding, apply_rotary_2d, drop_path_rates
 from mddose.models.ssm import scan_function
+from mddose.models.ssm_kernel import causal_conv_silu_cpu
 
 
 class SelectiveSSM(nn.Module):
@@ -134,9 +135,17 @@ class MambaMixer(nn.Module):
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
-        y = self.ssm(F.silu(self._causal_conv(u)))  # (B, L, K, E)
+        y = self.ssm(self._conv_silu(u))  # (B, L, K, E)
         y = sum(self._from_paths(y.unbind(2), height, width))  # (B, L, E)
         return self.out_proj(y * F.silu(z))
+
+    def _conv_silu(self, u: Tensor) -> Tensor:
+        """SiLU of the causal conv1d, in one compiled pass where the scan runs on the CPU kernel."""
+        if self.ssm.backend == "cpu_kernel" and u.device.type == "cpu":
+            d = self.conv.kernel_size[0]
+            out = causal_conv_silu_cpu(u.flatten(2), self.conv.weight.view(-1, d), self.conv.bias)
+            return out.view(u.shape)
+        return F.silu(self._causal_conv(u))
 
     def _causal_conv(self, u: Tensor) -> Tensor:
         """The depthwise causal conv1d of every path, as d_conv shifted products in the token-major layout.

@@ -1,4 +1,5 @@
-"""The SSD scan compiled for the CPU: one sequential pass per (batch, head) in C++ (``csrc/ssd_scan.cpp``).
+"""The SSD scan compiled for the CPU: one sequential pass per (batch, head) in C++ (``csrc/ssd_scan.cpp``),
+with the mixer's causal conv1d + SiLU beside it.
 
 Same contract as :func:`mddose.models.ssm.ssd_scan` (outputs and gradients), without the chunked
 formulation's full-size temporaries: the recurrence runs with its P × N state in registers and cache, and
@@ -54,6 +55,24 @@ class _SSDScan(torch.autograd.Function):
         groups = B.shape[2]
         dB, dC = (t.unflatten(2, (groups, -1)).sum(3) for t in (dB, dC))  # per head -> per group
         return dx, ddt, dA, dB, dC, dD
+
+
+class _ConvSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(u, weight, bias)
+        return _module().conv_silu_forward(u, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, weight, bias = ctx.saved_tensors
+        return tuple(_module().conv_silu_backward(grad.contiguous(), u, weight, bias))
+
+
+def causal_conv_silu_cpu(u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """SiLU of the depthwise causal conv1d over the tokens: u (B, L, C), weight (C, d), bias (C) -> (B, L, C),
+    float32 (one pass each way instead of d shifted products, a pad and the SiLU's own passes)."""
+    return _ConvSiLU.apply(*(t.float().contiguous() for t in (u, weight, bias)))
 
 
 def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,

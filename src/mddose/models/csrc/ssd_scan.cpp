@@ -191,7 +191,83 @@ std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch
   return {dx, ddt, dA_bh.sum(0), dBh, dCh, dD_bh.sum(0)};
 }
 
+// The depthwise causal conv1d of the Mamba mixer followed by SiLU, in one pass over the tokens:
+//   act[b, t, c] = silu(bias[c] + sum_j w[c, j] u[b, t - (d - 1) + j, c])   (u = 0 before the first token)
+// u (B, L, C), w (C, d), bias (C), all float32 and contiguous. The backward recomputes the pre-activation.
+torch::Tensor conv_silu_forward(torch::Tensor u, torch::Tensor w, torch::Tensor bias) {
+  for (auto& [t, name] : {std::pair{u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
+  const int64_t nb = u.size(0), l = u.size(1), c = u.size(2), d = w.size(1);
+  auto act = torch::empty_like(u);
+  const float *up = u.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float* ap = act.data_ptr<float>();
+  at::parallel_for(0, nb * l, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(c);
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t t = bt % l;
+      std::copy(bp, bp + c, pre.begin());
+      for (int64_t j = 0; j < d; ++j) {
+        const int64_t src = t - (d - 1) + j;
+        if (src < 0) continue;
+        const float* us = up + (bt - t + src) * c;
+        for (int64_t e = 0; e < c; ++e) pre[e] += wp[e * d + j] * us[e];
+      }
+      float* out = ap + bt * c;
+#pragma omp simd
+      for (int64_t e = 0; e < c; ++e) out[e] = pre[e] / (1.0f + std::exp(-pre[e]));
+    }
+  });
+  return act;
+}
+
+std::vector<torch::Tensor> conv_silu_backward(torch::Tensor grad, torch::Tensor u, torch::Tensor w,
+                                              torch::Tensor bias) {
+  for (auto& [t, name] : {std::pair{grad, "grad"}, {u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
+  const int64_t nb = u.size(0), l = u.size(1), c = u.size(2), d = w.size(1);
+  auto gpre = torch::empty_like(u);  // dL/d(pre-activation)
+  auto du = torch::zeros_like(u);
+  auto dw = torch::zeros({nb, c, d}, u.options());
+  auto db = torch::zeros({nb, c}, u.options());
+  const float *gp = grad.data_ptr<float>(), *up = u.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float *gq = gpre.data_ptr<float>(), *dup = du.data_ptr<float>(), *dwp = dw.data_ptr<float>();
+  float* dbp = db.data_ptr<float>();
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(c);
+    for (int64_t b = begin; b < end; ++b) {
+      const float* ub = up + b * l * c;
+      float *gb = gq + b * l * c, *dub = dup + b * l * c, *dwb = dwp + b * c * d, *dbb = dbp + b * c;
+      for (int64_t t = 0; t < l; ++t) {
+        std::copy(bp, bp + c, pre.begin());
+        for (int64_t j = 0; j < d; ++j) {
+          const int64_t src = t - (d - 1) + j;
+          if (src < 0) continue;
+          for (int64_t e = 0; e < c; ++e) pre[e] += wp[e * d + j] * ub[src * c + e];
+        }
+        const float* gt = gp + (b * l + t) * c;
+        float* g = gb + t * c;
+#pragma omp simd
+        for (int64_t e = 0; e < c; ++e) {
+          const float sg = 1.0f / (1.0f + std::exp(-pre[e]));
+          g[e] = gt[e] * sg * (1.0f + pre[e] * (1.0f - sg));
+          dbb[e] += g[e];
+        }
+        for (int64_t j = 0; j < d; ++j) {
+          const int64_t src = t - (d - 1) + j;
+          if (src < 0) continue;
+          for (int64_t e = 0; e < c; ++e) {
+            dub[src * c + e] += wp[e * d + j] * g[e];
+            dwb[e * d + j] += g[e] * ub[src * c + e];
+          }
+        }
+      }
+    }
+  });
+  return {du, dw.sum(0), db.sum(0)};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv_silu_forward", &conv_silu_forward, "causal depthwise conv1d + SiLU forward (CPU)");
+  m.def("conv_silu_backward", &conv_silu_backward, "causal depthwise conv1d + SiLU backward (CPU)");
   m.def("forward", &ssd_forward, "SSD scan forward (CPU)");
   m.def("backward", &ssd_backward, "SSD scan backward (CPU)");
 }
