@@ -50,10 +50,10 @@ def test_layout_timings_on_the_cpu_kernel() -> None:
     import torch
 
     from mddose.bench.networks import time_layouts
-    from mddose.models.ssm_kernel import kernel_buildable
+    from mddose.models.ssm_kernel import kernel_build_problem
 
-    if not kernel_buildable():
-        pytest.skip("no C++ compiler or ninja to build the CPU scan kernel")
+    if (problem := kernel_build_problem()) is not None:
+        pytest.skip(f"the CPU scan kernel cannot be built here: {problem}")
     rows = time_layouts("tiny", torch.device("cpu"), 1, torch.Generator().manual_seed(0), batch=1, size=32,
                         cpu_kernel=True)["layouts"]
     assert list(rows) == ["mamba", "hybrid", "conv", "mamba+cpu_kernel", "hybrid+cpu_kernel"]

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from mddose.models.config import preset
 from mddose.models.mamba import MambaBlock
 from mddose.models.ssm import resolve_scan_backend, scan_function, ssd_scan, ssd_scan_ref
-from mddose.models.ssm_kernel import kernel_buildable, ssd_scan_cpu
+from mddose.models.ssm_kernel import kernel_build_problem, ssd_scan_cpu
 
-pytestmark = pytest.mark.skipif(not kernel_buildable(), reason="no C++ compiler or ninja to build the CPU scan kernel")
+_PROBLEM = kernel_build_problem()
+pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"the CPU scan kernel cannot be built here: {_PROBLEM}")
 TOL = 1e-5  # relative to the largest magnitude of each compared tensor, float32
 
 

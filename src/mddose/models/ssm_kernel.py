@@ -28,6 +28,18 @@ def kernel_buildable() -> bool:
     return shutil.which("ninja") is not None and any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 
 
+def kernel_build_problem() -> str | None:
+    """None when the kernel builds (or is built) on this machine, else the first line of why not."""
+    if not kernel_buildable():
+        return "no C++ compiler or ninja on the PATH"
+    try:
+        _module()
+    except Exception as e:  # noqa: BLE001 - a compiler's failure can take many forms; its message is what counts
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
 @functools.cache
 def _module() -> ModuleType:
     """Build (or load the cached build of) the kernel for this CPU."""
