@@ -20,6 +20,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from mddose.errors import MddoseError
+
 SOURCE = Path(__file__).parent / "csrc" / "ssd_scan.cpp"
 
 
@@ -46,11 +48,16 @@ def _module() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     if not kernel_buildable():
-        raise RuntimeError("scan backend 'cpu_kernel' needs a C++ compiler and ninja")
+        raise MddoseError("scan backend 'cpu_kernel' needs a C++ compiler and ninja")
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else platform.processor()
     key = hashlib.sha256((SOURCE.read_text() + flags).encode()).hexdigest()[:12]  # -march=native: per CPU
-    return load(name=f"mddose_ssd_scan_{key}", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-                verbose=False)
+    try:
+        return load(name=f"mddose_ssd_scan_{key}", sources=[str(SOURCE)],
+                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
+    except Exception as e:  # noqa: BLE001 - compiler and linker failures come as several exception types
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise MddoseError(f"scan backend 'cpu_kernel': building the kernel failed ({type(e).__name__}: {first})",
+                          SOURCE) from None
 
 
 class _SSDScan(torch.autograd.Function):
