@@ -121,7 +121,8 @@ def test_diverged_weights_are_refused_before_any_prediction(trained: tuple[Path,
 
 
 def test_model_default_sampler(tmp_path: Path) -> None:
-    """Without --sampler/--steps a model is sampled the way its config says (the shipped model: DDIM, 3 steps)."""
+    """Without --sampler/--steps a model is sampled the way its config says (the shipped model: DDIM, 1 trailing
+    step from t = 999)."""
     import dataclasses
 
     from mddose.training.loop import train as run_train
@@ -137,4 +138,4 @@ def test_model_default_sampler(tmp_path: Path) -> None:
     from mddose.runs.run_config import checkpoint_run_config
 
     shipped = checkpoint_run_config(pretrained_folder("openkbp")).diffusion
-    assert shipped.sampling() == ("ddim", 3)
+    assert shipped.sampling() == ("ddim", 1) and shipped.timestep_spacing == "trailing"
