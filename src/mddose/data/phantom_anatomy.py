@@ -105,7 +105,7 @@ class Anatomy:
 Parts = dict[str, np.ndarray]
 
 
-def _bones(u, f: Frame) -> tuple[Parts, dict[str, float | np.ndarray]]:
+def _bones(u, f: Frame, body: np.ndarray) -> tuple[Parts, dict[str, float | np.ndarray]]:
     """Skull, brain, vertebrae with canal and disc spaces; also the spine's geometry the rest is placed by."""
     mid = f.body_lr
     cord_ap = f.body_ap + np.interp(f.s, *_CORD_OFFSET) + u(-3, 3)
@@ -116,7 +116,6 @@ def _bones(u, f: Frame) -> tuple[Parts, dict[str, float | np.ndarray]]:
     vb_ap = cord_ap - (r_cord + 3 + 11)
     vb_semi = (u(8.0, 10.0), u(10.0, 12.0))
     vertebra = f.tube(vb_ap, mid, *vb_semi, active=below)
-    body = f.body()
     skull_slices = f.s < s_base + 5
     petrous = np.zeros_like(body)
     for side in (-1, 1):
@@ -204,7 +203,7 @@ def _ct(rng: np.random.Generator, f: Frame, body: np.ndarray, parts: Parts) -> n
 def draw_anatomy(rng: np.random.Generator, f: Frame, levels: tuple[str, ...]) -> Anatomy:
     """Draw one patient's anatomy with the target ``levels`` (generic keys, see :func:`_targets`)."""
     u, body = rng.uniform, f.body()
-    bones, spine = _bones(u, f)
+    bones, spine = _bones(u, f, body)
     air, ap = _airway(u, f, spine)
     mandible, arch_c = _mandible(u, f, spine["s_base"], ap["pharynx_ap"], body)
     parotids = _parotids(u, f, spine["s_base"], arch_c, mandible, body)
