@@ -136,3 +136,19 @@ def test_final_t_fraction(fraction: float) -> None:
     assert seen[0].min() >= 0 and seen[0].max() <= 999 and (seen[0] < 500).float().mean() > (1 - fraction) / 2 - 0.03
     with pytest.raises(ValueError, match="final_t_fraction must be in"):
         DiffusionConfig(final_t_fraction=1.0)
+
+
+def test_loss_inside_the_mask_ignores_the_rest() -> None:
+    """With loss_region="mask" an error outside the possible-dose mask costs nothing, inside it costs in full."""
+    cfg = DiffusionConfig(prediction_type="sample", loss="l1", loss_region="mask")
+    dose, mask = torch.rand(4, 1, 8, 8), torch.zeros(4, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0
+    x0 = cfg.to_model_space(dose)
+    outside = Oracle(torch.where(mask > 0.5, x0, x0 + 0.5), cfg)
+    assert DiffusionLoss(cfg)(outside, dose, torch.zeros(4, 2, 8, 8), mask=mask).item() < 1e-6
+    inside = Oracle(torch.where(mask > 0.5, x0 + 0.1, x0), cfg)
+    assert DiffusionLoss(cfg)(inside, dose, torch.zeros(4, 2, 8, 8), mask=mask).item() == pytest.approx(0.1, rel=1e-4)
+    with pytest.raises(ValueError, match="needs the possible-dose mask"):
+        DiffusionLoss(cfg)(inside, dose, torch.zeros(4, 2, 8, 8))
+    with pytest.raises(ValueError, match="loss_region must be"):
+        DiffusionConfig(loss_region="body")  # type: ignore[arg-type]

@@ -47,6 +47,9 @@ class DiffusionConfig:
     # share of each training batch drawn at t = T − 1 (pure noise) instead of uniformly: the one step a
     # one-step trailing sampler takes, where the network is a regressor of the dose from the anatomy
     final_t_fraction: float = 0.0
+    # where the loss is counted: the whole image (eq. 3), or only the possible-dose mask, the voxels the OpenKBP
+    # dose score averages over and the only ones a prediction keeps (it is 0 Gy outside)
+    loss_region: Literal["image", "mask"] = "image"
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -57,6 +60,8 @@ class DiffusionConfig:
             raise ValueError(f"timestep_spacing must be 'default' or 'trailing', not {self.timestep_spacing!r}")
         if not 0.0 <= self.final_t_fraction < 1.0:
             raise ValueError(f"final_t_fraction must be in [0, 1), not {self.final_t_fraction}")
+        if self.loss_region not in ("image", "mask"):
+            raise ValueError(f"loss_region must be 'image' or 'mask', not {self.loss_region!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
 
@@ -104,8 +109,12 @@ class DiffusionLoss:
         self.scheduler = config.train_scheduler()
         self.loss = LOSSES[config.loss]
 
-    def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W)."""
+    def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+                 mask: Tensor | None = None) -> Tensor:
+        """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W), ``mask`` (B, 1, H, W)
+        the possible-dose mask (needed when the config counts the loss inside it)."""
+        if self.config.loss_region == "mask" and mask is None:
+            raise ValueError("loss_region='mask' needs the possible-dose mask of the batch")
         x0 = self.config.to_model_space(dose01)
         b = x0.shape[0]
         last = self.config.num_train_timesteps - 1
@@ -122,4 +131,7 @@ class DiffusionLoss:
         else:
             target = self.scheduler.get_velocity(x0, noise, t)
         pred = model(x_t, t, cond)
-        return self.loss(pred.float(), target.float())
+        if self.config.loss_region == "image":
+            return self.loss(pred.float(), target.float())
+        inside = (mask > 0.5).expand_as(pred)
+        return self.loss(pred.float()[inside], target.float()[inside]) if inside.any() else pred.sum() * 0.0

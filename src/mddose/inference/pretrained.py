@@ -115,8 +115,9 @@ def _diffusion_line(d: dict[str, Any]) -> str:
     share = d.get("final_t_fraction", 0.0)
     drawn = f"{share:.0%} of each batch at t = T − 1, the rest uniform" if share else "t uniform"
     spacing = " (trailing timesteps)" if d.get("timestep_spacing") == "trailing" else ""
+    region = " inside the possible-dose mask" if d.get("loss_region") == "mask" else ""
     return (f"- Diffusion: {d['prediction_type']} prediction, T = {d['num_train_timesteps']},"
-            f" {d.get('loss', 'mse').upper()} loss, {drawn}; samples with {d.get('sampler', 'dpm++')}"
+            f" {d.get('loss', 'mse').upper()} loss{region}, {drawn}; samples with {d.get('sampler', 'dpm++')}"
             f" {d.get('sampler_steps', 10)} step(s){spacing}.")
 
 

@@ -28,8 +28,10 @@ class RegressionLoss:
     def __init__(self, config: BaselineConfig) -> None:
         self.loss = F.mse_loss if config.loss == "mse" else F.l1_loss
 
-    def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W)."""
+    def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+                 mask: Tensor | None = None) -> Tensor:
+        """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W); over the whole image, as
+        the baselines' papers train (``mask`` is accepted for the trainer's one call and not used)."""
         outputs = model(cond, all_outputs=True)
         return sum(self.loss(out.float(), dose01.float()) for out in outputs)
 

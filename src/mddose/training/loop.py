@@ -140,7 +140,7 @@ class Trainer:
         self.train_ids, self.val_ids = split_patients(self.cache, cfg.train.val_patients)
         volumes = cfg.volumetric  # a 3D baseline trains on random crops
         self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
-                        else SliceDataset(self.cache, cfg.data, self.train_ids))
+                        else SliceDataset(self.cache, cfg.data, self.train_ids, return_mask=True))
         if len(self.dataset) < cfg.train.batch_size:
             kind = "crops" if volumes else "slices"
             raise MddoseError(f"only {len(self.dataset)} training {kind} for batch size {cfg.train.batch_size}",
@@ -181,12 +181,12 @@ class Trainer:
             len(self.dataset), cfg.train.batch_size, cfg.train.seed, state["epoch"], state["pos"]
         )
         items = [self.dataset[i] for i in idx[self.rank::self.world]]
-        cond = torch.stack([c for c, _ in items]).to(self.dev)
-        dose = torch.stack([d for _, d in items]).to(self.dev)
+        cond, dose = (torch.stack([item[k] for item in items]).to(self.dev) for k in (0, 1))
+        mask = torch.stack([item[2] for item in items]).to(self.dev) if len(items[0]) > 2 else None
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-            loss = self.loss_fn(self.net, dose, cond)
+            loss = self.loss_fn(self.net, dose, cond, mask=mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
