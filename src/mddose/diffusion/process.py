@@ -130,8 +130,8 @@ class DiffusionLoss:
             target = x0
         else:
             target = self.scheduler.get_velocity(x0, noise, t)
-        pred = model(x_t, t, cond)
+        pred, target = model(x_t, t, cond).float(), target.float()
         if self.config.loss_region == "image":
-            return self.loss(pred.float(), target.float())
+            return self.loss(pred, target)
         inside = (mask > 0.5).expand_as(pred)
-        return self.loss(pred.float()[inside], target.float()[inside]) if inside.any() else pred.sum() * 0.0
+        return self.loss(pred[inside], target[inside]) if inside.any() else pred.sum() * 0.0

@@ -140,7 +140,8 @@ class Trainer:
         self.train_ids, self.val_ids = split_patients(self.cache, cfg.train.val_patients)
         volumes = cfg.volumetric  # a 3D baseline trains on random crops
         self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
-                        else SliceDataset(self.cache, cfg.data, self.train_ids, return_mask=True))
+                        else SliceDataset(self.cache, cfg.data, self.train_ids,
+                                          return_mask=cfg.diffusion.loss_region == "mask"))
         if len(self.dataset) < cfg.train.batch_size:
             kind = "crops" if volumes else "slices"
             raise MddoseError(f"only {len(self.dataset)} training {kind} for batch size {cfg.train.batch_size}",
