@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from mddose.inference.predict import load_model
 from mddose.models.build import build_model
 from mddose.models.config import preset
 from mddose.runs.checkpoint import load_weights, save_checkpoint
-from mddose.training.loop import train
+from mddose.training.loop import Trainer, train
 from tests.helpers import micro_config, phantom_cache
 
 
@@ -122,3 +124,27 @@ def test_two_process_ddp_gloo(cache_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     trainer = json.loads((tmp_path / "ddp" / "checkpoints" / "last" / "trainer.json").read_text())
     assert trainer["step"] == 3
+
+
+def test_training_counts_the_loss_inside_the_mask(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = micro_config(val_patients=0)
+    cfg = replace(cfg, diffusion=replace(cfg.diffusion, loss_region="mask"))
+    run = tmp_path / "masked"
+    train(cache_dir, run, cfg, max_steps=3, progress=False)
+    train(cache_dir, run, max_steps=5, resume=True, progress=False)
+    saved = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
+    assert saved["diffusion"]["loss_region"] == "mask"
+    losses = [row["loss"] for row in json.loads((run / "history.json").read_text())["history"]]
+    assert len(losses) == 5 and all(0 < loss < 10 for loss in losses)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_where_the_device_computes_it_natively(native: bool, cache_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("mddose.training.loop.bf16_pays", lambda device: native)
+    cfg = micro_config(val_patients=0, bf16=True)
+    with caplog.at_level(logging.WARNING, logger="mddose.training.loop"):
+        trainer = Trainer(cache_dir, tmp_path / "run", cfg, resume=False, device="cpu")
+    assert trainer.bf16 is native
+    assert ("bf16 autocast off" in caplog.text) is not native

@@ -39,6 +39,18 @@ def prediction_batch(device: torch.device, requested: int | None = None) -> int:
     return 32 if device.type == "cuda" else 8
 
 
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast can speed ``device`` up: a GPU with bf16, or a CPU whose oneDNN has native bf16
+    kernels (AVX-512 or AMX). Elsewhere (e.g. an AVX2-only CPU) torch emulates bf16 and a step is many times
+    slower than in float32 (docs/measurements.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class ThreadTuner:
     """Chooses torch's CPU thread count from step times measured during a run, and checks the choice again.
 

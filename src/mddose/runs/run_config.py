@@ -48,7 +48,9 @@ class TrainConfig:
     val_steps: int = 10
     checkpoint_every_s: float = 60.0
     log_every: int = 10
-    bf16: bool = True  # autocast in bfloat16 (CUDA and CPU); the selective scans still accumulate in float32
+    # autocast in bfloat16 where the device computes it natively (else float32, with a warning); the selective
+    # scans still accumulate in float32
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")

@@ -32,7 +32,7 @@ from mddose.atomic import check_output_dir, write_json
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.data.volume import VolumeDataset
-from mddose.device import ThreadTuner, prediction_batch, resolve_device, slowdown
+from mddose.device import ThreadTuner, bf16_pays, prediction_batch, resolve_device, slowdown
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
@@ -131,6 +131,10 @@ class Trainer:
         self.running: list[float] = []
         self.step_times: list[float] = []
         self.tuner = ThreadTuner(self.dev) if self.world == 1 else None
+        self.bf16 = cfg.train.bf16 and bf16_pays(self.dev)
+        if cfg.train.bf16 and not self.bf16 and self.rank == 0:
+            log.warning("bf16 autocast off: this %s has no native bf16 (torch would emulate it, many times slower "
+                        "than float32); training in float32", self.dev.type.upper())
 
     def _setup_data(self, cache_dir: str | Path) -> None:
         cfg = self.cfg
@@ -186,7 +190,7 @@ class Trainer:
         mask = torch.stack([item[2] for item in items]).to(self.dev) if len(items[0]) > 2 else None
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.loss_fn(self.net, dose, cond, mask=mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
