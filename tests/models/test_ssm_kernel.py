@@ -97,3 +97,45 @@ def test_conv_silu_kernel_equals_the_torch_mixer_conv(length: int) -> None:
     leaves = [u, mixer.conv.weight, mixer.conv.bias]
     for g_fast, g_ref in zip(torch.autograd.grad(fast, leaves, grad_out), torch.autograd.grad(ref, leaves, grad_out)):
         assert _relative_error(g_fast, g_ref) < TOL
+
+
+def _flip_odd_half(t: torch.Tensor) -> torch.Tensor:
+    """Reverse the token axis (1) of the second half of axis 2: path 1 of two, in its own scan order."""
+    first, second = t.chunk(2, dim=2)
+    return torch.cat([first, second.flip(1)], dim=2)
+
+
+@pytest.mark.parametrize("length", [1, 64, 130])
+def test_kernel_scans_the_odd_paths_backwards_as_the_flipped_reference(length: int) -> None:
+    """Two paths (heads 0-1 and 2-3, groups 0 and 1): the odd one run from the last token equals the reference
+    scan of the flipped sequence, flipped back, values and gradients."""
+    inputs = _inputs(length, seed=10 + length)
+    u, delta, A, B, C, D = inputs
+    ref = _flip_odd_half(ssd_scan_ref(*(_flip_odd_half(t) for t in (u, delta)), A,
+                                      *(_flip_odd_half(t) for t in (B, C)), D))
+    fast = ssd_scan_cpu(*inputs, paths=2, reverse_odd=True)
+    assert _relative_error(fast, ref) < TOL
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4))
+    ref_grads = torch.autograd.grad(ref, inputs, grad_out)
+    fast_grads = torch.autograd.grad(fast, inputs, grad_out)
+    for name, g_fast, g_ref in zip(("u", "delta", "A", "B", "C", "D"), fast_grads, ref_grads):
+        if name != "A" or length > 1:
+            assert _relative_error(g_fast, g_ref) < TOL, f"gradient of {name}"
+
+
+@pytest.mark.parametrize("length", [1, 3, 70])
+def test_conv_silu_kernel_runs_the_odd_path_backwards(length: int) -> None:
+    """One input read by two paths: the odd path's conv equals the causal conv of the flipped input, flipped back."""
+    from mddose.models.ssm_kernel import causal_conv_silu_cpu
+
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(2, length, 6, generator=g, requires_grad=True)
+    weight, bias = torch.randn(12, 4, generator=g, requires_grad=True), torch.randn(12, generator=g, requires_grad=True)
+    stacked = torch.stack([u, u.flip(1)], dim=2).flatten(2)  # (B, L, 2·6), path 1 flipped
+    ref = _flip_odd_half(causal_conv_silu_cpu(stacked, weight, bias).unflatten(2, (2, 6))).flatten(2)
+    fast = causal_conv_silu_cpu(u, weight, bias, reverse_odd=True)
+    assert fast.shape == (2, length, 12) and _relative_error(fast, ref) < TOL
+    grad_out = torch.randn(ref.shape, generator=g)
+    leaves = [u, weight, bias]
+    for g_fast, g_ref in zip(torch.autograd.grad(fast, leaves, grad_out), torch.autograd.grad(ref, leaves, grad_out)):
+        assert _relative_error(g_fast, g_ref) < TOL

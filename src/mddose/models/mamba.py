@@ -74,18 +74,21 @@ class SelectiveSSM(nn.Module):
         self.A_log = nn.Parameter(torch.log(a).contiguous())
         self.D = nn.Parameter(torch.ones(paths, channels))
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: (B, L, K, E), path k's sequence in its own scan order -> y: (B, L, K, E), incl. D·u."""
+    def forward(self, u: Tensor, reverse_odd: bool = False) -> Tensor:
+        """u: (B, L, K, E), path k's sequence in its own scan order -> y: (B, L, K, E), incl. D·u.
+
+        ``reverse_odd`` (CPU kernel only): u holds every path in token order and the odd paths scan it from the
+        last token to the first."""
         proj = torch.einsum("blke,kre->blkr", u, self.x_proj)  # (B, L, K, R + 2N)
         dt_low, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=-1)  # B, C: (B, L, K, N)
         dt = F.softplus(torch.einsum("blkr,khr->blkh", dt_low, self.dt_proj).float() + self.dt_bias)  # (B, L, K, Δ)
         scan = scan_function(self.kind, self.backend, u.device)
         A = -torch.exp(self.A_log.float())
         with torch.autocast(u.device.type, enabled=False):  # the scan accumulates in float32 under bf16 autocast
-            y = self._scan(scan, u, dt, A, B, C)
+            y = self._scan(scan, u, dt, A, B, C, {"paths": self.paths, "reverse_odd": True} if reverse_odd else {})
         return y.reshape(u.shape)  # (B, L, K, E)
 
-    def _scan(self, scan, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    def _scan(self, scan, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, options: dict) -> Tensor:
         if self.kind == "s6":
             return scan(
                 rearrange(u, "b l k e -> b l (k e)"),
@@ -104,6 +107,7 @@ class SelectiveSSM(nn.Module):
             C,
             rearrange(self.D, "k (h p) -> (k h) p", h=self.heads),
             chunk_size=self.chunk_size,
+            **options,  # the CPU kernel's path directions
         )  # (B, L, K·H, P)
 
 
@@ -134,10 +138,21 @@ class MambaMixer(nn.Module):
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
-        y = self.ssm(self._conv_silu(u))  # (B, L, K, E)
-        y = sum(self._from_paths(y.unbind(2), height, width))  # (B, L, E)
+        if self.paths == 2 and self.ssm.backend == "cpu_kernel" and u.device.type == "cpu":
+            y = self._two_way_on_the_kernel(u)
+        else:
+            u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
+            y = self.ssm(self._conv_silu(u))  # (B, L, K, E)
+            y = sum(self._from_paths(y.unbind(2), height, width))  # (B, L, E)
         return self.out_proj(y * F.silu(z))
+
+    def _two_way_on_the_kernel(self, u: Tensor) -> Tensor:
+        """Both row-major directions on the CPU kernel, in token order throughout: the backward path's conv and
+        scan run from the last token to the first inside the kernel, so no flipped copy is made or undone.
+        u: (B, L, E) -> (B, L, E), the sum of the two directions."""
+        d = self.conv.kernel_size[0]
+        act = causal_conv_silu_cpu(u, self.conv.weight.view(-1, d), self.conv.bias, reverse_odd=True)
+        return self.ssm(act.unflatten(2, (self.paths, -1)), reverse_odd=True).sum(2)
 
     def _conv_silu(self, u: Tensor) -> Tensor:
         """SiLU of the causal conv1d, in one compiled pass where the scan runs on the CPU kernel."""

@@ -62,42 +62,52 @@ def _module() -> ModuleType:
 
 class _SSDScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
-        y, saved = _module().forward(x, dt, A, B, C, D)
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, paths: int,
+                reverse_odd: bool) -> Tensor:
+        y, saved = _module().forward(x, dt, A, B, C, D, paths, reverse_odd)
         ctx.save_for_backward(x, dt, A, B, C, D, saved)
+        ctx.paths, ctx.reverse_odd = paths, reverse_odd
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, dt, A, B, C, D, saved = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD = _module().backward(dy.contiguous(), x, dt, A, B, C, D, saved)
+        dx, ddt, dA, dB, dC, dD = _module().backward(dy.contiguous(), x, dt, A, B, C, D, saved, ctx.paths,
+                                                     ctx.reverse_odd)
         groups = B.shape[2]
         dB, dC = (t.unflatten(2, (groups, -1)).sum(3) for t in (dB, dC))  # per head -> per group
-        return dx, ddt, dA, dB, dC, dD
+        return dx, ddt, dA, dB, dC, dD, None, None
 
 
 class _ConvSiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward(ctx, u: Tensor, weight: Tensor, bias: Tensor, reverse_odd: bool) -> Tensor:
         ctx.save_for_backward(u, weight, bias)
-        return _module().conv_silu_forward(u, weight, bias)
+        ctx.reverse_odd = reverse_odd
+        return _module().conv_silu_forward(u, weight, bias, reverse_odd)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         u, weight, bias = ctx.saved_tensors
-        return tuple(_module().conv_silu_backward(grad.contiguous(), u, weight, bias))
+        return (*_module().conv_silu_backward(grad.contiguous(), u, weight, bias, ctx.reverse_odd), None)
 
 
-def causal_conv_silu_cpu(u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """SiLU of the depthwise causal conv1d over the tokens: u (B, L, C), weight (C, d), bias (C) -> (B, L, C),
-    float32 (one pass each way instead of d shifted products, a pad and the SiLU's own passes)."""
-    return _ConvSiLU.apply(*(t.float().contiguous() for t in (u, weight, bias)))
+def causal_conv_silu_cpu(u: Tensor, weight: Tensor, bias: Tensor, reverse_odd: bool = False) -> Tensor:
+    """SiLU of the depthwise causal conv1d over the tokens, float32 (one pass each way instead of d shifted
+    products, a pad and the SiLU's own passes).
+
+    u (B, L, E), weight (K·E, d), bias (K·E) -> (B, L, K·E): K paths read the same input with their own weights
+    (K = 1 when u already holds every path). With ``reverse_odd`` the odd paths run the causal conv of the reversed
+    sequence, read in the original token order (the backward scan direction without flipped copies)."""
+    return _ConvSiLU.apply(*(t.float().contiguous() for t in (u, weight, bias)), reverse_odd)
 
 
 def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                 chunk_size: int | None = None) -> Tensor:
+                 chunk_size: int | None = None, paths: int = 1, reverse_odd: bool = False) -> Tensor:
     """Mamba-2 scan on the CPU kernel (same contract as :func:`~mddose.models.ssm.ssd_scan_ref`);
-    ``chunk_size`` is accepted for the common signature and ignored."""
+    ``chunk_size`` is accepted for the common signature and ignored. The H heads form ``paths`` equal blocks;
+    with ``reverse_odd`` the heads of the odd blocks scan from the last token to the first (their outputs stay
+    in token order)."""
     dtype = x.dtype
     args = [t.float().contiguous() for t in (x, dt, A, B, C, D)]
-    return _SSDScan.apply(*args).to(dtype)
+    return _SSDScan.apply(*args, paths, reverse_odd).to(dtype)

@@ -5,6 +5,8 @@
 // Forward keeps the state every SEGMENT tokens; backward recomputes each segment's states from its
 // checkpoint and runs the adjoint recurrence g_t = dy_t C_t^T + a_{t+1} g_{t+1} in reverse.
 // All tensors float32, contiguous: x (B, L, H, P), dt (B, L, H), A (H), Bm/Cm (B, L, G, N), D (H, P).
+// The H heads form `paths` equal blocks (scan paths); with reverse_odd, the heads of paths 1, 3, ... scan the
+// tokens from last to first (the backward direction of a bidirectional mixer, without flipped copies).
 #include <torch/extension.h>
 #include <algorithm>
 #include <cmath>
@@ -35,12 +37,19 @@ inline float decay(float step, float A, bool* floored) {
 }
 
 struct Dims {
-  int64_t b, l, h, p, g, n, heads_per_group;
+  int64_t b, l, h, p, g, n, heads_per_group, heads_per_path;
+  bool reverse_odd;
+  // the token a head visits at scan step t
+  int64_t token(int64_t head, int64_t t) const {
+    return reverse_odd && (head / heads_per_path) % 2 == 1 ? l - 1 - t : t;
+  }
 };
 
-Dims dims_of(const torch::Tensor& x, const torch::Tensor& Bm) {
-  Dims d{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3), 0};
+Dims dims_of(const torch::Tensor& x, const torch::Tensor& Bm, int64_t paths, bool reverse_odd) {
+  TORCH_CHECK(paths > 0 && x.size(2) % paths == 0, "heads must split into equal blocks per path");
+  Dims d{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3), 0, 0, reverse_odd};
   d.heads_per_group = d.h / d.g;
+  d.heads_per_path = d.h / paths;
   return d;
 }
 
@@ -53,9 +62,9 @@ void check(const torch::Tensor& t, const char* name) {
 // Returns y (B, L, H, P) and the checkpoints (B, H, ceil(L / SEGMENT), N, P): the state entering each segment
 // (kept N x P, so that the inner loops run over the P channels of a head without horizontal sums).
 std::vector<torch::Tensor> ssd_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
-                                       torch::Tensor Cm, torch::Tensor D) {
+                                       torch::Tensor Cm, torch::Tensor D, int64_t paths, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{x, "x"}, {dt, "dt"}, {A, "A"}, {Bm, "B"}, {Cm, "C"}, {D, "D"}}) check(t, name);
-  const Dims d = dims_of(x, Bm);
+  const Dims d = dims_of(x, Bm, paths, reverse_odd);
   const int64_t segs = (d.l + SEGMENT - 1) / SEGMENT, pn = d.p * d.n;
   auto y = torch::empty_like(x);
   auto saved = torch::empty({d.b, d.h, segs, d.n, d.p}, x.options());
@@ -70,12 +79,12 @@ std::vector<torch::Tensor> ssd_forward(torch::Tensor x, torch::Tensor dt, torch:
       std::fill(h.begin(), h.end(), 0.0f);
       for (int64_t t = 0; t < d.l; ++t) {
         if (t % SEGMENT == 0) std::copy(h.begin(), h.end(), sp + (bh * segs + t / SEGMENT) * pn);
-        const int64_t row = (b * d.l + t) * d.h + hd;
+        const int64_t bl = b * d.l + d.token(hd, t), row = bl * d.h + hd;
         bool floored;
         const float step = dtp[row], a = decay(step, Ap[hd], &floored);
         const float* xt = xp + row * d.p;
-        const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
-        const float* Ct = Cp + ((b * d.l + t) * d.g + gr) * d.n;
+        const float* Bt = Bp + (bl * d.g + gr) * d.n;
+        const float* Ct = Cp + (bl * d.g + gr) * d.n;
         float* yt = yp + row * d.p;
         const float* Dh = Dp + hd * d.p;
         for (int64_t i = 0; i < d.p; ++i) yt[i] = Dh[i] * xt[i];
@@ -97,10 +106,11 @@ std::vector<torch::Tensor> ssd_forward(torch::Tensor x, torch::Tensor dt, torch:
 // Gradients of ssd_forward: dx, ddt, dA (H), dB and dC per head (B, L, H, N; summed over a group's heads by the
 // caller), dD (H, P).
 std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor dt, torch::Tensor A,
-                                        torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D, torch::Tensor saved) {
+                                        torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D, torch::Tensor saved,
+                                        int64_t paths, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{dy, "dy"}, {x, "x"}, {dt, "dt"}, {A, "A"}, {Bm, "B"}, {Cm, "C"}, {D, "D"},
                           {saved, "saved"}}) check(t, name);
-  const Dims d = dims_of(x, Bm);
+  const Dims d = dims_of(x, Bm, paths, reverse_odd);
   const int64_t segs = saved.size(2), pn = d.p * d.n;
   auto dx = torch::empty_like(x);
   auto ddt = torch::empty_like(dt);
@@ -127,11 +137,11 @@ std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch
         // states[k] = h_{t0 + k - 1}: states[0] is the checkpoint entering the segment
         std::copy(sp + (bh * segs + s) * pn, sp + (bh * segs + s + 1) * pn, states.begin());
         for (int64_t t = t0; t < t1; ++t) {
-          const int64_t row = (b * d.l + t) * d.h + hd;
+          const int64_t bl = b * d.l + d.token(hd, t), row = bl * d.h + hd;
           bool floored;
           const float step = dtp[row], a = decay(step, Ah, &floored);
           const float* xt = xp + row * d.p;
-          const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
+          const float* Bt = Bp + (bl * d.g + gr) * d.n;
           const float* prev = states.data() + (t - t0) * pn;
           float* cur = states.data() + (t - t0 + 1) * pn;
           for (int64_t k = 0; k < d.n; ++k) {
@@ -141,13 +151,13 @@ std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch
           }
         }
         for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t row = (b * d.l + t) * d.h + hd;
+          const int64_t bl = b * d.l + d.token(hd, t), row = bl * d.h + hd;
           bool floored;
           const float step = dtp[row], a = decay(step, Ah, &floored);
           const float* xt = xp + row * d.p;
           const float* dyt = dyp + row * d.p;
-          const float* Bt = Bp + ((b * d.l + t) * d.g + gr) * d.n;
-          const float* Ct = Cp + ((b * d.l + t) * d.g + gr) * d.n;
+          const float* Bt = Bp + (bl * d.g + gr) * d.n;
+          const float* Ct = Cp + (bl * d.g + gr) * d.n;
           const float* prev = states.data() + (t - t0) * pn;
           const float* cur = states.data() + (t - t0 + 1) * pn;
           float da = 0.0f, dstep = 0.0f;
@@ -191,72 +201,98 @@ std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch
   return {dx, ddt, dA_bh.sum(0), dBh, dCh, dD_bh.sum(0)};
 }
 
-// The depthwise causal conv1d of the Mamba mixer followed by SiLU, in one pass over the tokens:
-//   act[b, t, c] = silu(bias[c] + sum_j w[c, j] u[b, t - (d - 1) + j, c])   (u = 0 before the first token)
-// u (B, L, C), w (C, d), bias (C), all float32 and contiguous. The backward recomputes the pre-activation.
-torch::Tensor conv_silu_forward(torch::Tensor u, torch::Tensor w, torch::Tensor bias) {
+// The depthwise causal conv1d of the Mamba mixer followed by SiLU, in one pass over the tokens, for K paths
+// that read the same input (C = K E output channels from E input channels; K = 1 when u holds every path):
+//   act[b, t, k E + e] = silu(bias[k E + e] + sum_j w[k E + e, j] u[b, src(t, j), e])   (u = 0 off the ends)
+// with src = t - (d - 1) + j (causal), or t + (d - 1) - j for the odd paths under reverse_odd (the causal conv of
+// the reversed sequence, read in the original token order). u (B, L, E), w (C, d), bias (C), float32 and
+// contiguous; act (B, L, C). The backward recomputes the pre-activation.
+namespace {
+struct ConvDims {
+  int64_t nb, l, e, c, d, paths;
+  bool reverse_odd;
+  // the input token tap j of output token t reads on path k, or -1 off the sequence
+  int64_t src(int64_t k, int64_t t, int64_t j) const {
+    const int64_t s = reverse_odd && k % 2 == 1 ? t + (d - 1) - j : t - (d - 1) + j;
+    return s >= 0 && s < l ? s : -1;
+  }
+};
+
+ConvDims conv_dims(const torch::Tensor& u, const torch::Tensor& w, bool reverse_odd) {
+  const int64_t e = u.size(2), c = w.size(0);
+  TORCH_CHECK(c % e == 0, "conv weight rows must be a multiple of the input channels");
+  return {u.size(0), u.size(1), e, c, w.size(1), c / e, reverse_odd};
+}
+
+// pre[k E + e] for output token t of one batch element (ub: its tokens)
+void conv_pre(const ConvDims& cd, const float* ub, const float* wp, const float* bp, int64_t t, float* pre) {
+  std::copy(bp, bp + cd.c, pre);
+  for (int64_t k = 0; k < cd.paths; ++k) {
+    const float* wk = wp + k * cd.e * cd.d;
+    float* pk = pre + k * cd.e;
+    for (int64_t j = 0; j < cd.d; ++j) {
+      const int64_t src = cd.src(k, t, j);
+      if (src < 0) continue;
+      const float* us = ub + src * cd.e;
+      for (int64_t e = 0; e < cd.e; ++e) pk[e] += wk[e * cd.d + j] * us[e];
+    }
+  }
+}
+}  // namespace
+
+torch::Tensor conv_silu_forward(torch::Tensor u, torch::Tensor w, torch::Tensor bias, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
-  const int64_t nb = u.size(0), l = u.size(1), c = u.size(2), d = w.size(1);
-  auto act = torch::empty_like(u);
+  const ConvDims cd = conv_dims(u, w, reverse_odd);
+  auto act = torch::empty({cd.nb, cd.l, cd.c}, u.options());
   const float *up = u.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = bias.data_ptr<float>();
   float* ap = act.data_ptr<float>();
-  at::parallel_for(0, nb * l, 256, [&](int64_t begin, int64_t end) {
-    std::vector<float> pre(c);
+  at::parallel_for(0, cd.nb * cd.l, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(cd.c);
     for (int64_t bt = begin; bt < end; ++bt) {
-      const int64_t t = bt % l;
-      std::copy(bp, bp + c, pre.begin());
-      for (int64_t j = 0; j < d; ++j) {
-        const int64_t src = t - (d - 1) + j;
-        if (src < 0) continue;
-        const float* us = up + (bt - t + src) * c;
-        for (int64_t e = 0; e < c; ++e) pre[e] += wp[e * d + j] * us[e];
-      }
-      float* out = ap + bt * c;
+      const int64_t b = bt / cd.l, t = bt % cd.l;
+      conv_pre(cd, up + b * cd.l * cd.e, wp, bp, t, pre.data());
+      float* out = ap + bt * cd.c;
 #pragma omp simd
-      for (int64_t e = 0; e < c; ++e) out[e] = pre[e] / (1.0f + std::exp(-pre[e]));
+      for (int64_t e = 0; e < cd.c; ++e) out[e] = pre[e] / (1.0f + std::exp(-pre[e]));
     }
   });
   return act;
 }
 
 std::vector<torch::Tensor> conv_silu_backward(torch::Tensor grad, torch::Tensor u, torch::Tensor w,
-                                              torch::Tensor bias) {
+                                              torch::Tensor bias, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{grad, "grad"}, {u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
-  const int64_t nb = u.size(0), l = u.size(1), c = u.size(2), d = w.size(1);
-  auto gpre = torch::empty_like(u);  // dL/d(pre-activation)
+  const ConvDims cd = conv_dims(u, w, reverse_odd);
   auto du = torch::zeros_like(u);
-  auto dw = torch::zeros({nb, c, d}, u.options());
-  auto db = torch::zeros({nb, c}, u.options());
+  auto dw = torch::zeros({cd.nb, cd.c, cd.d}, u.options());
+  auto db = torch::zeros({cd.nb, cd.c}, u.options());
   const float *gp = grad.data_ptr<float>(), *up = u.data_ptr<float>(), *wp = w.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
-  float *gq = gpre.data_ptr<float>(), *dup = du.data_ptr<float>(), *dwp = dw.data_ptr<float>();
-  float* dbp = db.data_ptr<float>();
-  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pre(c);
+  float *dup = du.data_ptr<float>(), *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  at::parallel_for(0, cd.nb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(cd.c), g(cd.c);  // g: dL/d(pre-activation) of one token
     for (int64_t b = begin; b < end; ++b) {
-      const float* ub = up + b * l * c;
-      float *gb = gq + b * l * c, *dub = dup + b * l * c, *dwb = dwp + b * c * d, *dbb = dbp + b * c;
-      for (int64_t t = 0; t < l; ++t) {
-        std::copy(bp, bp + c, pre.begin());
-        for (int64_t j = 0; j < d; ++j) {
-          const int64_t src = t - (d - 1) + j;
-          if (src < 0) continue;
-          for (int64_t e = 0; e < c; ++e) pre[e] += wp[e * d + j] * ub[src * c + e];
-        }
-        const float* gt = gp + (b * l + t) * c;
-        float* g = gb + t * c;
+      const float* ub = up + b * cd.l * cd.e;
+      float *dub = dup + b * cd.l * cd.e, *dwb = dwp + b * cd.c * cd.d, *dbb = dbp + b * cd.c;
+      for (int64_t t = 0; t < cd.l; ++t) {
+        conv_pre(cd, ub, wp, bp, t, pre.data());
+        const float* gt = gp + (b * cd.l + t) * cd.c;
 #pragma omp simd
-        for (int64_t e = 0; e < c; ++e) {
+        for (int64_t e = 0; e < cd.c; ++e) {
           const float sg = 1.0f / (1.0f + std::exp(-pre[e]));
           g[e] = gt[e] * sg * (1.0f + pre[e] * (1.0f - sg));
           dbb[e] += g[e];
         }
-        for (int64_t j = 0; j < d; ++j) {
-          const int64_t src = t - (d - 1) + j;
-          if (src < 0) continue;
-          for (int64_t e = 0; e < c; ++e) {
-            dub[src * c + e] += wp[e * d + j] * g[e];
-            dwb[e * d + j] += g[e] * ub[src * c + e];
+        for (int64_t k = 0; k < cd.paths; ++k) {
+          const float *wk = wp + k * cd.e * cd.d, *gk = g.data() + k * cd.e;
+          float* dwk = dwb + k * cd.e * cd.d;
+          for (int64_t j = 0; j < cd.d; ++j) {
+            const int64_t src = cd.src(k, t, j);
+            if (src < 0) continue;
+            for (int64_t e = 0; e < cd.e; ++e) {
+              dub[src * cd.e + e] += wk[e * cd.d + j] * gk[e];
+              dwk[e * cd.d + j] += gk[e] * ub[src * cd.e + e];
+            }
           }
         }
       }
