@@ -35,12 +35,16 @@ def test_layout_timings_have_ratios_and_a_stage_split() -> None:
     import torch
 
     from mddose.bench.networks import time_layouts
+    from mddose.device import bf16_pays
 
     result = time_layouts("tiny", torch.device("cpu"), 1, torch.Generator().manual_seed(0), batch=1, size=32)
     rows = result["layouts"]
     assert list(rows) == ["mamba", "hybrid", "conv"]
     assert rows["conv"]["ratio_to_conv_float32"] == pytest.approx(1.0)
-    assert all(r["train_step_s_bf16"] > 0 and r["ratio_to_conv_bf16"] > 0 for r in rows.values())
+    native = bf16_pays(torch.device("cpu"))
+    assert result["precisions"] == (["float32", "bf16"] if native else ["float32"])  # emulated bf16 is not timed
+    for precision in result["precisions"]:
+        assert all(r[f"train_step_s_{precision}"] > 0 and r[f"ratio_to_conv_{precision}"] > 0 for r in rows.values())
     blocks = {name: {s["block"] for s in r["stages"]} for name, r in rows.items()}
     assert blocks == {"mamba": {"MambaStack"}, "hybrid": {"MambaStack", "ConvStack"}, "conv": {"ConvStack"}}
     assert len(rows["hybrid"]["stages"]) == 12  # 4 down, 4 up, 4 structure-encoder stages

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mddose.atomic import write_json
 from mddose.bench.timing import loglog_slope, machine_info, time_call
-from mddose.device import resolve_device
+from mddose.device import bf16_pays, resolve_device
 from mddose.models.build import build_model, count_parameters
 from mddose.models.config import layout_configs, preset
 from mddose.models.ssm import selective_scan_s6, selective_scan_s6_ref, ssd_scan, ssd_scan_ref
@@ -185,11 +185,13 @@ def _time_scans(dev: torch.device, repeats: int, gen: torch.Generator) -> list[d
 def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.Generator, batch: int = 8,
                  size: int = 128, cpu_kernel: bool = False) -> dict[str, Any]:
     """Training steps (forward + backward + AdamW, ``batch`` images at ``size``²) of the three layouts of
-    :func:`~mddose.models.config.layout_configs` on the preset's widths, in float32 and bf16 autocast, their
+    :func:`~mddose.models.config.layout_configs` on the preset's widths, in float32 and bf16 autocast (float32
+    only where the device has no native bf16: :func:`~mddose.device.bf16_pays`), their
     ratios to the all-conv twin, and each layout's per-stage split (forward + backward of every stage alone).
     ``cpu_kernel``: on a CPU that can build it, the Mamba layouts also run on the compiled scan (rows
     ``…+cpu_kernel``)."""
     rows: dict[str, Any] = {}
+    precisions = ("float32", "bf16") if bf16_pays(dev) else ("float32",)  # emulated bf16: many times slower
     configs = layout_configs(preset(preset_name))
     if cpu_kernel and dev.type == "cpu" and kernel_buildable():
         configs |= {f"{name}+cpu_kernel": configs[name].replace(scan_backend="cpu_kernel")
@@ -199,7 +201,7 @@ def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.G
         x_t, t, cond = _inputs(cfg, batch, size, dev, gen)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         row: dict[str, Any] = {"config": cfg.to_dict(), "parameters": count_parameters(model)}
-        for precision in ("float32", "bf16"):
+        for precision in precisions:
             def step(precision=precision, model=model, optimizer=optimizer) -> None:
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     loss = model(x_t, t, cond).float().square().mean()
@@ -214,10 +216,10 @@ def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.G
         rows[name] = row
         del model, optimizer
     for name, row in rows.items():
-        for precision in ("float32", "bf16"):
+        for precision in precisions:
             row[f"ratio_to_conv_{precision}"] = row[f"train_step_s_{precision}"] / rows["conv"][
                 f"train_step_s_{precision}"]
-    return {"batch": batch, "size": size, "preset": preset_name, "layouts": rows}
+    return {"batch": batch, "size": size, "preset": preset_name, "precisions": list(precisions), "layouts": rows}
 
 
 def _inputs(cfg: Any, batch: int, size: int, dev: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -15,9 +15,12 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from mddose.device import bf16_pays
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1,
@@ -68,9 +71,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bf16_pays(device),
     }
     env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_", "MKL_")) or k == "LD_PRELOAD"}
     if env:
@@ -79,3 +84,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
