@@ -81,6 +81,12 @@ def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) ->
     assert len(training_log(target)) == 2
     card = (target / CARD_FILE).read_text()
     assert card.count("| 20") == 2 and "Shipped weights: step 3" in card
+    # a run trained from scratch in another folder starts its own CPU count
+    train(cache, tmp_path / "fresh", micro_config(val_patients=0), max_steps=2, progress=False)
+    third = export_run(tmp_path / "fresh", data, steps=2, target=target)
+    fresh_seconds = json.loads((tmp_path / "fresh" / "checkpoints" / "last" / "trainer.json").read_text())["seconds"]
+    assert third["new_run"] and third["cpu_minutes"] == round(fresh_seconds / 60, 1) and third["steps"] == 2
+    assert "2 (new run)" in (target / CARD_FILE).read_text()
 
 
 def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     lines += ["## Training log", "",
               "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,} | {_sampler(r)} | "
+    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,}"
+              f"{' (new run)' if r.get('new_run') else ''} | {_sampler(r)} | "
               f"{r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
               f"{'yes' if r['shipped'] else 'no'} |" for r in rows]
     notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
