@@ -76,7 +76,7 @@ def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) ->
     (target / LOG_FILE).write_text(json.dumps([{**first, "dose_score": 0.0}]))
     train(cache, run, max_steps=4, resume=True, progress=False)
     second = export_run(run, data, steps=2, target=target)
-    assert not second["shipped"] and second["steps"] == 4
+    assert not second["shipped"] and second["steps"] == 4 and "new_run" not in second
     assert (target / "ema.safetensors").read_bytes() == weights
     assert len(training_log(target)) == 2
     card = (target / CARD_FILE).read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -126,16 +127,31 @@ def test_two_process_ddp_gloo(cache_dir: Path, tmp_path: Path) -> None:
     assert trainer["step"] == 3
 
 
-def test_training_counts_the_loss_inside_the_mask(cache_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("region", ["image", "mask"])
+def test_training_counts_the_loss_inside_the_mask(region: str, cache_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With loss_region 'mask' every training batch hands its possible-dose masks to the loss (and not otherwise),
+    also after a resume."""
+    masks: list[torch.Tensor | None] = []
+    original = DiffusionLoss.__call__
+
+    def recording(self, model, dose01, cond, generator=None, mask=None):
+        masks.append(mask)
+        return original(self, model, dose01, cond, generator, mask=mask)
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", recording)
     cfg = micro_config(val_patients=0)
-    cfg = replace(cfg, diffusion=replace(cfg.diffusion, loss_region="mask"))
-    run = tmp_path / "masked"
+    cfg = replace(cfg, diffusion=replace(cfg.diffusion, loss_region=region))
+    run = tmp_path / "run"
     train(cache_dir, run, cfg, max_steps=3, progress=False)
     train(cache_dir, run, max_steps=5, resume=True, progress=False)
-    saved = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
-    assert saved["diffusion"]["loss_region"] == "mask"
+    assert len(masks) == 5
+    if region == "mask":
+        assert all(m is not None and m.shape == (4, 1, 32, 32) and m.any() for m in masks)
+    else:
+        assert all(m is None for m in masks)
     losses = [row["loss"] for row in json.loads((run / "history.json").read_text())["history"]]
-    assert len(losses) == 5 and all(0 < loss < 10 for loss in losses)
+    assert len(losses) == 5 and all(math.isfinite(loss) and loss >= 0 for loss in losses)
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -40,11 +40,11 @@ def prediction_batch(device: torch.device, requested: int | None = None) -> int:
 
 
 def bf16_pays(device: torch.device) -> bool:
-    """Whether bf16 autocast can speed ``device`` up: a GPU with bf16, or a CPU whose oneDNN has native bf16
-    kernels (AVX-512 or AMX). Elsewhere (e.g. an AVX2-only CPU) torch emulates bf16 and a step is many times
-    slower than in float32 (docs/measurements.md)."""
+    """Whether bf16 autocast can speed ``device`` up: a GPU of compute capability 8 or more (Ampere on), or a
+    CPU whose oneDNN has native bf16 kernels (AVX-512 or AMX). Elsewhere (an older GPU, an AVX2-only CPU) bf16 is
+    emulated and a step is slower than in float32 (docs/bench/networks.md)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

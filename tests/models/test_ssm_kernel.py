@@ -66,12 +66,14 @@ def test_backend_choice() -> None:
             resolve_scan_backend(kind, "cpu_kernel", device)
 
 
-def test_block_on_the_kernel_equals_the_reference_block() -> None:
-    """A whole Mamba block (both scan directions in one call: two groups) with either scan."""
+@pytest.mark.parametrize("order", ["rows", "rows+cols"])
+def test_block_on_the_kernel_equals_the_reference_block(order: str) -> None:
+    """A whole Mamba block with either scan: two paths (in token order on the kernel) or four (flipped copies)."""
     outs = {}
     for backend in ("reference", "cpu_kernel"):
         torch.manual_seed(0)
-        block = MambaBlock(16, preset("tiny").replace(conv_levels=0, ssd_head_dim=8, scan_backend=backend))
+        block = MambaBlock(16, preset("tiny").replace(conv_levels=0, ssd_head_dim=8, scan_backend=backend,
+                                                       scan_order=order))
         x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
         y = block(x)
         outs[backend] = (y, torch.autograd.grad(y.square().sum(), [x, *block.parameters()]))

@@ -27,14 +27,19 @@ def _interrupt(args: list[object], wait_for: Path, sig: int, timeout: float = 60
     proc = subprocess.Popen([sys.executable, "-m", "mddose.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + timeout
-    while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not wait_for.exists():
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"{wait_for.name} did not appear within {timeout:.0f} s (exit {proc.returncode}): {err[-500:]}")
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not wait_for.exists():
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"{wait_for.name} did not appear within {timeout:.0f} s (exit {proc.returncode}): {err[-500:]}")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)  # a signalled command ends within seconds
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 

@@ -191,7 +191,7 @@ def time_layouts(preset_name: str, dev: torch.device, repeats: int, gen: torch.G
     ``cpu_kernel``: on a CPU that can build it, the Mamba layouts also run on the compiled scan (rows
     ``…+cpu_kernel``)."""
     rows: dict[str, Any] = {}
-    precisions = ("float32", "bf16") if bf16_pays(dev) else ("float32",)  # emulated bf16: many times slower
+    precisions = ("float32", "bf16") if bf16_pays(dev) else ("float32",)
     configs = layout_configs(preset(preset_name))
     if cpu_kernel and dev.type == "cpu" and kernel_buildable():
         configs |= {f"{name}+cpu_kernel": configs[name].replace(scan_backend="cpu_kernel")

@@ -51,18 +51,19 @@ def export_run(
         scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
         method = scores["methods"]["md-dose"]
         seconds, step = float(trainer.get("seconds", 0.0)), int(trainer.get("step", 0))
-        before = _logged_seconds(log_rows, seconds, step)
+        before, continues = _logged_seconds(log_rows, seconds, step)
         row = {
             "date": dt.date.today().isoformat(),
-            "cpu_minutes": round((seconds - before) / 60, 1),
+            "cpu_minutes": round(max(seconds - before, 0.0) / 60, 1),
             "total_cpu_hours": round(seconds / 3600, 2),
+            "total_cpu_seconds": round(seconds, 1),
             "steps": step,
             "dose_score": round(method["openkbp"]["dose_score"], 4),
             "dvh_score": round(method["openkbp"]["dvh_score"], 4),
             "patients": method["n_patients_scored"],
             "sampler": sampler, "sampler_steps": steps, "timestep_spacing": diffusion.timestep_spacing,
             "samples": samples, "seconds_per_patient": summary["mean_seconds_per_patient"],
-        } | ({"new_run": True} if log_rows and before == 0 else {}) | ({"note": note} if note else {})
+        } | ({} if continues else {"new_run": True}) | ({"note": note} if note else {})
         shipped = [r for r in log_rows if r.get("shipped")]
         row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
         if row["shipped"]:
@@ -73,15 +74,16 @@ def export_run(
     return row
 
 
-def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -> float:
-    """The run's training seconds already in the log: the last row's total when the run continues it, 0 for a
-    new run (fewer steps or CPU-seconds than the last row logged: trained from scratch in another folder)."""
+def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -> tuple[float, bool]:
+    """The run's training seconds already in the log and whether the run continues the log's last row: it does
+    unless it has fewer steps or CPU-seconds than that row (a new run, trained from scratch in another folder,
+    whose seconds all count as this stretch's). An empty log is a run's start, not a new run."""
     if not log_rows:
-        return 0.0
+        return 0.0, True
     last = log_rows[-1]
-    logged = last["total_cpu_hours"] * 3600
-    continues = step >= last["steps"] and seconds >= logged - 36  # totals are logged to 0.01 h
-    return logged if continues else 0.0
+    logged = last.get("total_cpu_seconds", last["total_cpu_hours"] * 3600)  # older rows: hours to 0.01
+    continues = step >= last["steps"] and seconds >= logged - 36
+    return (logged, True) if continues else (0.0, False)
 
 
 def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:

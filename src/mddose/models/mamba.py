@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mddose.models.config import SCAN_ORDERS, ModelConfig
 from mddose.models.layers import DropPath, LearnedPositionEmbedding, apply_rotary_2d, drop_path_rates
 from mddose.models.ssm import scan_function
-from mddose.models.ssm_kernel import causal_conv_silu_cpu
+from mddose.models.ssm_kernel import causal_conv_silu_cpu, ssd_scan_cpu
 
 
 class SelectiveSSM(nn.Module):
@@ -83,6 +83,8 @@ class SelectiveSSM(nn.Module):
         dt_low, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=-1)  # B, C: (B, L, K, N)
         dt = F.softplus(torch.einsum("blkr,khr->blkh", dt_low, self.dt_proj).float() + self.dt_bias)  # (B, L, K, Δ)
         scan = scan_function(self.kind, self.backend, u.device)
+        if reverse_odd and scan is not ssd_scan_cpu:
+            raise ValueError("reverse_odd runs the odd paths backwards on the CPU kernel (scan_backend 'cpu_kernel')")
         A = -torch.exp(self.A_log.float())
         with torch.autocast(u.device.type, enabled=False):  # the scan accumulates in float32 under bf16 autocast
             y = self._scan(scan, u, dt, A, B, C, {"paths": self.paths, "reverse_odd": True} if reverse_odd else {})
@@ -138,7 +140,7 @@ class MambaMixer(nn.Module):
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        if self.paths == 2 and self.ssm.backend == "cpu_kernel" and u.device.type == "cpu":
+        if self.paths == 2 and self._on_the_kernel(u):
             y = self._two_way_on_the_kernel(u)
         else:
             u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
@@ -154,9 +156,13 @@ class MambaMixer(nn.Module):
         act = causal_conv_silu_cpu(u, self.conv.weight.view(-1, d), self.conv.bias, reverse_odd=True)
         return self.ssm(act.unflatten(2, (self.paths, -1)), reverse_odd=True).sum(2)
 
+    def _on_the_kernel(self, u: Tensor) -> bool:
+        """Whether the scan (and the conv beside it) runs on the compiled CPU kernel."""
+        return self.ssm.backend == "cpu_kernel" and u.device.type == "cpu"
+
     def _conv_silu(self, u: Tensor) -> Tensor:
         """SiLU of the causal conv1d, in one compiled pass where the scan runs on the CPU kernel."""
-        if self.ssm.backend == "cpu_kernel" and u.device.type == "cpu":
+        if self._on_the_kernel(u):
             d = self.conv.kernel_size[0]
             out = causal_conv_silu_cpu(u.flatten(2), self.conv.weight.view(-1, d), self.conv.bias)
             return out.view(u.shape)

@@ -133,8 +133,8 @@ class Trainer:
         self.tuner = ThreadTuner(self.dev) if self.world == 1 else None
         self.bf16 = cfg.train.bf16 and bf16_pays(self.dev)
         if cfg.train.bf16 and not self.bf16 and self.rank == 0:
-            log.warning("bf16 autocast off: this %s has no native bf16 (torch would emulate it, many times slower "
-                        "than float32); training in float32", self.dev.type.upper())
+            log.warning("bf16 autocast off: this %s has no native bf16 (torch would emulate it); training in "
+                        "float32", self.dev.type.upper())
 
     def _setup_data(self, cache_dir: str | Path) -> None:
         cfg = self.cfg

@@ -201,12 +201,7 @@ std::vector<torch::Tensor> ssd_backward(torch::Tensor dy, torch::Tensor x, torch
   return {dx, ddt, dA_bh.sum(0), dBh, dCh, dD_bh.sum(0)};
 }
 
-// The depthwise causal conv1d of the Mamba mixer followed by SiLU, in one pass over the tokens, for K paths
-// that read the same input (C = K E output channels from E input channels; K = 1 when u holds every path):
-//   act[b, t, k E + e] = silu(bias[k E + e] + sum_j w[k E + e, j] u[b, src(t, j), e])   (u = 0 off the ends)
-// with src = t - (d - 1) + j (causal), or t + (d - 1) - j for the odd paths under reverse_odd (the causal conv of
-// the reversed sequence, read in the original token order). u (B, L, E), w (C, d), bias (C), float32 and
-// contiguous; act (B, L, C). The backward recomputes the pre-activation.
+// The conv's shapes (see conv_silu_forward) and the taps of each path.
 namespace {
 struct ConvDims {
   int64_t nb, l, e, c, d, paths;
@@ -218,7 +213,9 @@ struct ConvDims {
   }
 };
 
-ConvDims conv_dims(const torch::Tensor& u, const torch::Tensor& w, bool reverse_odd) {
+ConvDims conv_dims(const torch::Tensor& u, const torch::Tensor& w, const torch::Tensor& bias, bool reverse_odd) {
+  TORCH_CHECK(u.dim() == 3 && w.dim() == 2 && bias.dim() == 1 && bias.size(0) == w.size(0),
+              "conv input must be (B, L, E), its weight (C, d) and its bias (C)");
   const int64_t e = u.size(2), c = w.size(0);
   TORCH_CHECK(c % e == 0, "conv weight rows must be a multiple of the input channels");
   return {u.size(0), u.size(1), e, c, w.size(1), c / e, reverse_odd};
@@ -240,9 +237,15 @@ void conv_pre(const ConvDims& cd, const float* ub, const float* wp, const float*
 }
 }  // namespace
 
+// The depthwise causal conv1d of the Mamba mixer followed by SiLU, in one pass over the tokens, for K paths
+// that read the same input (C = K E output channels from E input channels; K = 1 when u holds every path):
+//   act[b, t, k E + e] = silu(bias[k E + e] + sum_j w[k E + e, j] u[b, src(t, j), e])   (u = 0 off the ends)
+// with src = t - (d - 1) + j (causal), or t + (d - 1) - j for the odd paths under reverse_odd (the causal conv of
+// the reversed sequence, read in the original token order). u (B, L, E), w (C, d), bias (C), float32 and
+// contiguous; act (B, L, C). The backward recomputes the pre-activation.
 torch::Tensor conv_silu_forward(torch::Tensor u, torch::Tensor w, torch::Tensor bias, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
-  const ConvDims cd = conv_dims(u, w, reverse_odd);
+  const ConvDims cd = conv_dims(u, w, bias, reverse_odd);
   auto act = torch::empty({cd.nb, cd.l, cd.c}, u.options());
   const float *up = u.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = bias.data_ptr<float>();
   float* ap = act.data_ptr<float>();
@@ -262,7 +265,7 @@ torch::Tensor conv_silu_forward(torch::Tensor u, torch::Tensor w, torch::Tensor 
 std::vector<torch::Tensor> conv_silu_backward(torch::Tensor grad, torch::Tensor u, torch::Tensor w,
                                               torch::Tensor bias, bool reverse_odd) {
   for (auto& [t, name] : {std::pair{grad, "grad"}, {u, "u"}, {w, "w"}, {bias, "bias"}}) check(t, name);
-  const ConvDims cd = conv_dims(u, w, reverse_odd);
+  const ConvDims cd = conv_dims(u, w, bias, reverse_odd);
   auto du = torch::zeros_like(u);
   auto dw = torch::zeros({cd.nb, cd.c, cd.d}, u.options());
   auto db = torch::zeros({cd.nb, cd.c}, u.options());
