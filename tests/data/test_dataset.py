@@ -135,3 +135,10 @@ def test_crops_hold_the_patient_and_prediction_windows_cover_it(cache: Cache) ->
     assert cond.shape[1:] == dose.shape[1:] == (32, 32)
     with pytest.raises(ValueError, match="multiple of 16"):
         DataConfig(crop=40)
+
+
+def test_crops_on_a_cache_of_another_grid_are_a_one_line_error(cache: Cache) -> None:
+    from mddose.errors import MddoseError
+
+    with pytest.raises(MddoseError, match=r"pt_1 has a 128x128 in-plane grid.*native 64x64"):
+        SliceDataset(cache, DataConfig(image_size=64, crop=32))

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient
 from mddose.data.patient import RoiConfig
+from mddose.errors import MddoseError
 
 CT_CLIP_HU = (-1000.0, 1600.0)
 
@@ -181,6 +182,8 @@ class SliceDataset(Dataset):
         unknown = [p for p in ids if p not in cache.entries]
         if unknown:
             raise KeyError(f"patients not in cache: {unknown[:5]}")
+        if config.crop:
+            _check_native_grid(cache, ids, config)
         self.items = [(pid, int(z)) for pid in ids for z in cache.entries[pid]["slices"]]
         self._swap = mirror_swaps(config)
 
@@ -212,6 +215,18 @@ class SliceDataset(Dataset):
             cond = _shift(cond, dx, dy, fill=[CT_CLIP_HU[0] / 1000.0] * n_ct + [0.0] * (cond.shape[0] - n_ct))
             dose, mask = _shift(dose, dx, dy, [0.0]), _shift(mask, dx, dy, [0.0])
         return jitter_ct(cond, cfg), dose, mask
+
+
+def _check_native_grid(cache: Cache, ids: list[str], config: DataConfig) -> None:
+    """Crops are cut in the cache's grid and predicted there unresized: it must be the network's ``image_size``."""
+    size = config.image_size
+    for pid in ids:
+        grid = tuple(cache.entries[pid]["full_shape"][:2])
+        if grid != (size, size):
+            raise MddoseError(
+                f"patient {pid} has a {grid[0]}x{grid[1]} in-plane grid, but training crops (data.crop {config.crop})"
+                f" need the network's native {size}x{size}: set data.crop to 0 or data.image_size to {grid[0]}",
+                cache.dir)
 
 
 def random_window(vol: CachedPatient, size: int) -> tuple[slice, slice]:
