@@ -31,9 +31,11 @@ def _inputs(length: int, seed: int, heads: int = 4, groups: int = 2, head_dim: i
     return [x.requires_grad_() for x in (u, delta, A, B, C, D)]
 
 
-@pytest.mark.parametrize("length", [1, 5, 64, 65, 130, 301])
-def test_kernel_equals_reference(length: int) -> None:
-    inputs = _inputs(length, seed=length)
+@pytest.mark.parametrize(("length", "head_dim", "states"),
+                         [(1, 5, 3), (5, 5, 3), (64, 5, 3), (65, 5, 3), (130, 5, 3), (301, 5, 3),
+                          (130, 16, 16), (65, 32, 16), (70, 64, 8)])  # 16/32/64: the kernel's compiled head sizes
+def test_kernel_equals_reference(length: int, head_dim: int, states: int) -> None:
+    inputs = _inputs(length, seed=length, head_dim=head_dim, states=states)
     ref, fast = ssd_scan_ref(*inputs), ssd_scan_cpu(*inputs)
     assert fast.shape == ref.shape and _relative_error(fast, ref) < TOL
     grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
