@@ -93,3 +93,15 @@ def test_the_network_follows_the_data_it_reads(tmp_path: Path) -> None:
     clash.write_text(json.dumps({"data": {"context_slices": 2}, "model": {"cond_channels": 11}}))
     with pytest.raises(MddoseError, match="model expects 11 structure channels, data gives 13"):
         load_run_config(clash)
+
+
+def test_the_default_recipe_is_the_shipped_models() -> None:
+    """`mddose train` without a config trains what `--pretrained openkbp` was trained with (but its learning-rate
+    schedule, which the shipped run restarts between stretches)."""
+    from mddose.inference.pretrained import WEIGHTS_ROOT
+
+    shipped = RunConfig.from_dict(json.loads((WEIGHTS_ROOT / "openkbp" / "config.json").read_text()))
+    default = run_preset("default")
+    assert (default.model, default.data, default.diffusion) == (shipped.model, shipped.data, shipped.diffusion)
+    schedule = ("lr", "warmup_steps", "decay_steps", "max_steps")
+    assert replace(shipped.train, **{k: getattr(default.train, k) for k in schedule}) == default.train
