@@ -7,7 +7,7 @@ csrc/ssd_scan.cpp to build and time instead of the package's (e.g. `git show REV
 """
 import hashlib, sys, time, torch
 from torch.utils.cpp_extension import load
-from mddose.models.ssm_kernel import _module
+from mddose.models.ssm_kernel import CFLAGS, _module
 torch.set_num_threads(1)
 repeats = 5
 g = torch.Generator().manual_seed(0)
@@ -19,7 +19,7 @@ B, C = torch.randn(b, length, 2, n, generator=g), torch.randn(b, length, 2, n, g
 u, w, bias = torch.randn(b, length, 64, generator=g), torch.randn(128, 4, generator=g), torch.randn(128, generator=g)
 if len(sys.argv) > 1:
     key = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()[:12]
-    m = load(name=f"mddose_kernel_calls_{key}", sources=[sys.argv[1]], extra_cflags=["-O3", "-march=native", "-fopenmp-simd"])
+    m = load(name=f"mddose_kernel_calls_{key}", sources=[sys.argv[1]], extra_cflags=list(CFLAGS))
 else:
     m = _module()
 y, saved = m.forward(x, dt, A, B, C, D, 2, True)

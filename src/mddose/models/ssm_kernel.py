@@ -23,6 +23,7 @@ from torch import Tensor
 from mddose.errors import MddoseError
 
 SOURCE = Path(__file__).parent / "csrc" / "ssd_scan.cpp"
+CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")  # -march=native: the build is per CPU
 
 
 def kernel_buildable() -> bool:
@@ -53,7 +54,7 @@ def _module() -> ModuleType:
     key = hashlib.sha256((SOURCE.read_text() + flags).encode()).hexdigest()[:12]  # -march=native: per CPU
     try:
         return load(name=f"mddose_ssd_scan_{key}", sources=[str(SOURCE)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
+                    extra_cflags=list(CFLAGS), verbose=False)
     except Exception as e:  # noqa: BLE001 - compiler and linker failures come as several exception types
         first = (str(e).strip().splitlines() or [""])[0]
         raise MddoseError(f"scan backend 'cpu_kernel': building the kernel failed ({type(e).__name__}: {first})",
