@@ -139,3 +139,37 @@ def test_model_default_sampler(tmp_path: Path) -> None:
 
     shipped = checkpoint_run_config(pretrained_folder("openkbp")).diffusion
     assert shipped.sampling() == ("ddim", 1) and shipped.timestep_spacing == "trailing"
+
+
+def test_mirror_average_swaps_paired_organs_and_pools_the_spread() -> None:
+    import torch
+
+    from mddose.inference.predict import mirror_average
+
+    g = torch.Generator().manual_seed(0)
+    cond = torch.rand((2, 4, 6, 5), generator=g)
+    mask = torch.ones((2, 1, 6, 5))
+    # A "network" that predicts channel 1 with spread 0.1: mirrored, it sees channel 2 (1 and 2 are a pair) flipped.
+    draw = lambda c, m: (c[:, 1:2].clone(), torch.full_like(m, 0.1))  # noqa: E731
+    mean, std = mirror_average(draw, cond, mask, [(1, 2)])
+    assert torch.allclose(mean, (cond[:, 1:2] + cond[:, 2:3]) / 2)
+    half_gap = (cond[:, 1:2] - cond[:, 2:3]) / 2
+    assert torch.allclose(std, (0.01 + half_gap.square()).sqrt())
+    # A network that mirrors exactly (its output follows the flip and the swap) is left as it is, spread included.
+    symmetric = lambda c, m: ((c[:, 1:2] + c[:, 2:3]) / 2, torch.full_like(m, 0.1))  # noqa: E731
+    mean, std = mirror_average(symmetric, cond, mask, [(1, 2)])
+    assert torch.allclose(mean, (cond[:, 1:2] + cond[:, 2:3]) / 2) and torch.allclose(std, torch.full_like(std, 0.1))
+
+
+def test_mirrored_prediction_is_finite_inside_the_mask_and_recorded(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = trained
+    plain = predict(run, data, tmp_path / "plain", steps=2, progress=False, nifti=False)
+    summary = predict(run, data, tmp_path / "mirror", steps=2, progress=False, nifti=False, mirror=True)
+    assert summary["mirror"] and not plain["mirror"]
+    assert json.loads((tmp_path / "mirror" / "prediction.json").read_text())["mirror"] is True
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        dose = read_dose_csv(tmp_path / "mirror" / f"{p.patient_id}.csv", p.shape)
+        other = read_dose_csv(tmp_path / "plain" / f"{p.patient_id}.csv", p.shape)
+        assert np.isfinite(dose).all() and (dose >= 0).all() and (dose[~p.possible_dose_mask] == 0).all()
+        assert not np.array_equal(dose, other)  # the mirrored half is a different prediction

@@ -223,6 +223,11 @@ def predict(
                                                                     "a CPU).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    mirror: Annotated[bool, typer.Option(help="Also predict each patient mirrored left-right (paired organs "
+                                              "swapped) and average the two: twice the time.")] = False,
+    smooth_mm: Annotated[Optional[float], typer.Option(min=0, help="Gaussian sigma (mm) across slices inside the "
+                                                                   "possible-dose mask (default: the model's; 0: "
+                                                                   "none).")] = None,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
     from mddose.inference.predict import predict as run_predict
@@ -232,7 +237,8 @@ def predict(
         raise MddoseError("expected DATA_DIR OUT_DIR with --pretrained, else RUN_DIR DATA_DIR OUT_DIR")
     run_dir = pretrained_folder(pretrained) if pretrained else paths[0]
     data_dir, out_dir = paths[-2:]
-    summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device)
+    summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
+                          mirror=mirror, smooth_mm=smooth_mm)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 

@@ -99,13 +99,23 @@ class CachedPatient:
     def dose_gy(self) -> np.ndarray | None:
         return None if self.dose is None else self.dose.astype(np.float32) * np.float32(DOSE_STEP_GY)
 
+    @property
+    def box(self) -> tuple[slice, slice, slice]:
+        """Where the cached crop lies in the full grid."""
+        return tuple(slice(o, o + s) for o, s in zip(self.offset, self.ct.shape))  # type: ignore[return-value]
+
+    def full_mask(self) -> np.ndarray:
+        """The possible-dose mask on the full grid."""
+        possible = np.zeros(self.full_shape, dtype=bool)
+        possible[self.box] = self.mask("possible_dose_mask")
+        return possible
+
     def to_patient(self, rois: RoiConfig) -> Patient:
         """Back to a full-grid :class:`Patient` (dose at cache precision)."""
-        box = tuple(slice(o, o + s) for o, s in zip(self.offset, self.ct.shape))
+        box = self.box
         ct = np.full(self.full_shape, -1000.0, dtype=np.float32)
         ct[box] = self.ct
-        possible = np.zeros(self.full_shape, dtype=bool)
-        possible[box] = self.mask("possible_dose_mask")
+        possible = self.full_mask()
         structures = {}
         for name in self.roi_names:
             if self.mask(name).any():

@@ -261,10 +261,15 @@ def mirror_swaps(config: DataConfig) -> list[tuple[int, int]]:
 def mirror(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, swaps: list[tuple[int, int]], axis: int):
     """Mirror the patient left-right: flip ``axis`` (the patient's right-left axis) and swap paired organs."""
     cond, dose, mask = cond.flip(axis), dose.flip(axis), mask.flip(axis)
-    order = list(range(cond.shape[0]))
+    return cond[swapped_order(cond.shape[0], swaps)], dose, mask
+
+
+def swapped_order(n_channels: int, swaps: list[tuple[int, int]]) -> list[int]:
+    """The channel order after a left-right mirror: 0 … n-1 with each pair of ``swaps`` exchanged."""
+    order = list(range(n_channels))
     for a, b in swaps:
         order[a], order[b] = b, a
-    return cond[order], dose, mask
+    return order
 
 
 def jitter_ct(cond: torch.Tensor, config: DataConfig) -> torch.Tensor:

@@ -62,7 +62,8 @@ def export_run(
             "dvh_score": round(method["openkbp"]["dvh_score"], 4),
             "patients": method["n_patients_scored"],
             "sampler": sampler, "sampler_steps": steps, "timestep_spacing": diffusion.timestep_spacing,
-            "samples": samples, "seconds_per_patient": summary["mean_seconds_per_patient"],
+            "samples": samples, "smooth_mm": summary["smooth_mm"],
+            "seconds_per_patient": summary["mean_seconds_per_patient"],
         } | ({} if continues else {"new_run": True}) | ({"note": note} if note else {})
         shipped = [r for r in log_rows if r.get("shipped")]
         row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)

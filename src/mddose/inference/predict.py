@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 
 from mddose.atomic import check_output_dir, filling, write_json
 from mddose.data.cache import CachedPatient
-from mddose.data.dataset import patient_window, resize_inputs, slice_mask, structure_channels
+from mddose.data.dataset import (mirror_swaps, patient_window, resize_inputs, slice_mask, structure_channels,
+                                 swapped_order)
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
 from mddose.inference.regression import predict_volume_3d, regress
+from mddose.inference.smoothing import default_smoothing, smooth_across_slices
 from mddose.models.build import build_model
 from mddose.runs.checkpoint import load_weights
 from mddose.runs.layout import CONFIG, RunFolder
@@ -96,18 +98,38 @@ def predict_volume(
     device: torch.device | None = None,
     progress: bool = False,
     tuner: ThreadTuner | None = None,
+    mirror: bool = False,
+    smooth_mm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict one patient: (dose, std) in Gy on the full (X, Y, Z) grid, 0 outside the possible-dose mask.
 
-    ``tuner`` is told each batch's time (it picks the CPU thread count from them).
+    ``tuner`` is told each batch's time (it picks the CPU thread count from them). ``mirror`` also predicts the
+    patient mirrored left-right (paired organs swapped, as the training flips do) and averages the two
+    (:func:`mirror_average`); it doubles the cost. ``smooth_mm``: the Gaussian across slices of the dose
+    (:mod:`~mddose.inference.smoothing`; default: the model's, :func:`~mddose.inference.smoothing.default_smoothing`);
+    the std stays that of the unsmoothed draws.
 
     A deterministic baseline (``cfg.objective == "regression"``) ignores sampler, steps and samples: one
     forward pass per slice (a 3D one: Gaussian-blended sliding windows over the volume), std 0.
     """
     device = device or next(model.parameters()).device
-    full = vol.full_shape
     if cfg.volumetric:  # a 3D baseline: sliding windows over the whole volume
-        return predict_volume_3d(model, cfg.model, cfg.data, vol, device), np.zeros(full, np.float32)
+        dose, std = predict_volume_3d(model, cfg.model, cfg.data, vol, device), np.zeros(vol.full_shape, np.float32)
+    else:
+        dose, std = _predict_slices(model, cfg, vol, sampler, steps, samples, batch_size, seed, device, progress,
+                                    tuner, mirror)
+    sigma = default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm
+    dose = smooth_across_slices(dose, vol.full_mask(), sigma, vol.spacing[2])
+    if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
+        raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
+    return dose, std
+
+
+def _predict_slices(model: torch.nn.Module, cfg: RunConfig, vol: CachedPatient, sampler: str, steps: int,
+                    samples: int, batch_size: int, seed: int, device: torch.device, progress: bool,
+                    tuner: ThreadTuner | None, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The slice-wise part of :func:`predict_volume`: every axial slice in the mask, in batches."""
+    full = vol.full_shape
     dose, std = np.zeros(full, np.float32), np.zeros(full, np.float32)
     zs = vol.axial_slices()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -119,12 +141,11 @@ def predict_volume(
         cond, mask, mask_in = slice_inputs(vol, chunk, cfg, window, device)
         native = mask.shape[-2:]
         if cfg.objective == "regression":
-            mean = regress(model, cond, mask_in)
-            spread = torch.zeros_like(mean)
+            draw = lambda c, m: (regress(model, c, m), torch.zeros_like(m))  # noqa: E731
         else:
-            mean, spread = sample_many(
-                model, cond, cfg.diffusion, mask_in, samples=samples, sampler=sampler, steps=steps, generator=generator
-            )
+            draw = lambda c, m: sample_many(model, c, cfg.diffusion, m, samples=samples, sampler=sampler,  # noqa: E731
+                                            steps=steps, generator=generator)
+        mean, spread = mirror_average(draw, cond, mask_in, mirror_swaps(cfg.data)) if mirror else draw(cond, mask_in)
         if not cfg.data.crop and tuple(native) != (size, size):
             mean = F.interpolate(mean, size=native, mode="bilinear", align_corners=False)
             spread = F.interpolate(spread, size=native, mode="bilinear", align_corners=False)
@@ -136,9 +157,20 @@ def predict_volume(
         if tuner is not None and len(chunk) == batch_size:  # full batches only: comparable times
             tuner.step_done(time.perf_counter() - began)
     bar.close()
-    if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
-        raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
     return dose, std
+
+
+def mirror_average(draw, cond: torch.Tensor, mask: torch.Tensor,
+                   swaps: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time mirroring: ``draw(cond, mask) -> (mean, std)`` on the slices as given and mirrored left-right
+    (last axis flipped, paired organs' channels swapped), the second mirrored back; the mean of both, and the
+    standard deviation over both orientations' draws (within-orientation variance plus the spread of the two
+    means)."""
+    order = swapped_order(cond.shape[1], swaps)
+    mean_a, std_a = draw(cond, mask)
+    mean_b, std_b = (x.flip(-1) for x in draw(cond.flip(-1)[:, order], mask.flip(-1)))
+    var = (std_a.square() + std_b.square()) / 2 + ((mean_a - mean_b) / 2).square()
+    return (mean_a + mean_b) / 2, var.sqrt()
 
 
 def predict(
@@ -153,10 +185,13 @@ def predict(
     device: str = "auto",
     nifti: bool = True,
     progress: bool = True,
+    mirror: bool = False,
+    smooth_mm: float | None = None,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
 
-    ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`).
+    ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`),
+    ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`).
 
     While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.atomic.INCOMPLETE`) that ``evaluate``
     refuses; it goes only once every patient and ``prediction.json`` are written.
@@ -171,6 +206,9 @@ def predict(
     else:
         sampler, steps = cfg.diffusion.sampling(sampler, steps)
         check_sampling(cfg.diffusion, sampler, steps)
+    smooth_mm = default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm
+    if smooth_mm < 0:
+        raise MddoseError(f"the smoothing across slices must be ≥ 0 mm, not {smooth_mm}")
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
     with filling(out_dir, "mddose predict"):
@@ -179,13 +217,16 @@ def predict(
             start = time.perf_counter()
             vol = CachedPatient.from_patient(patient)
             dose, std = predict_volume(model, cfg, vol, sampler=sampler, steps=steps, samples=samples,
-                                       batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner)
+                                       batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner,
+                                       mirror=mirror, smooth_mm=smooth_mm)
             times[patient.patient_id] = round(time.perf_counter() - start, 3)
             _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
         tuner.restore()
         summary = {
             "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
-            "steps": steps, "samples": samples, "batch_size": batch_size, "seed": seed, "device": str(dev),
+            "steps": steps, "samples": samples, "mirror": mirror, "smooth_mm": smooth_mm, "batch_size": batch_size,
+            "seed": seed,
+            "device": str(dev),
             "n_patients": len(times), "seconds_per_patient": times,
             "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
         }

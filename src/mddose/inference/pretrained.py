@@ -93,7 +93,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     if best:
         lines += [f"Shipped weights: step {best['steps']:,}, {best['total_cpu_hours']} CPU-hours: dose score"
                   f" **{best['dose_score']:.3f} Gy**, DVH score **{best['dvh_score']:.3f} Gy** ({_sampler(best)}"
-                  f" steps, {best['samples']} sample(s), {best['seconds_per_patient']} s per"
+                  f" steps, {best['samples']} sample(s){_smoothing(best)}, {best['seconds_per_patient']} s per"
                   " patient on 2 CPU cores).", ""]
     lines += ["Scored by `mddose pretrained export models/openkbp/run ../shared/openkbp/validation-pats`"
               " (predict + `mddose evaluate`).", ""]
@@ -103,7 +103,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
               "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,}"
-              f"{' (new run)' if r.get('new_run') else ''} | {_sampler(r)} | "
+              f"{' (new run)' if r.get('new_run') else ''} | {_sampler(r)}{_smoothing(r)} | "
               f"{r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
               f"{'yes' if r['shipped'] else 'no'} |" for r in rows]
     notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
@@ -126,3 +126,8 @@ def _sampler(row: dict[str, Any]) -> str:
     """A log row's sampler: name and steps, and the spacing when it is not the scheduler's own."""
     spacing = " trailing" if row.get("timestep_spacing") == "trailing" else ""
     return f"{row['sampler']} {row['sampler_steps']}{spacing}"
+
+
+def _smoothing(row: dict[str, Any]) -> str:
+    """A log row's smoothing across slices, when its predictions had one (rows before it had none)."""
+    return f", {row['smooth_mm']:g} mm smoothing across slices" if row.get("smooth_mm") else ""

@@ -58,6 +58,7 @@ class ModelPredictor:
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
         from mddose.diffusion.sampling import check_sampling
         from mddose.inference.predict import load_model
+        from mddose.inference.smoothing import default_smoothing
 
         self.device = resolve_device(device)
         self.cfg, self.model, self.folder = load_model(model, self.device)
@@ -72,7 +73,7 @@ class ModelPredictor:
         ema = self.folder / "ema.safetensors"
         self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
         self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
-                     "seed": seed, "device": str(self.device)}
+                     "smooth_mm": default_smoothing(self.cfg.volumetric), "seed": seed, "device": str(self.device)}
 
     def samples(self, patient: Patient) -> np.ndarray:
         from mddose.inference.predict import predict_volume
