@@ -31,6 +31,10 @@ def test_methods_differ_only_in_the_network() -> None:
         "hd-unet": "regression", "c3d-3d": "regression", "hd-unet-3d": "regression"}
     assert (rows["c3d"].model.dims, rows["c3d-3d"].model.dims, rows["hd-unet-3d"].model.patch_size) == (2, 3, (64,) * 3)
     assert method_config("c3d-3d", base, patch_size=(32, 32, 16)).model.patch_size == (32, 32, 16)
+    # the baselines train with the recipe's voxel-wise loss (the trainer applies its loss region)
+    mse = replace(base, diffusion=replace(base.diffusion, loss="mse"))
+    assert {r.model.loss for m, r in rows.items() if r.objective == "regression"} == {base.diffusion.loss}
+    assert method_config("hd-unet", mse).model.loss == method_config("c3d-3d", mse).model.loss == "mse"
     with pytest.raises(MddoseError, match="patch_size"):
         method_config("hd-unet-3d", base, patch_size=(30, 32, 16))
     with pytest.raises(MddoseError, match="unknown method"):

@@ -23,6 +23,26 @@ def test_loss_sums_every_supervised_output() -> None:
     torch.testing.assert_close(mse, F.mse_loss(coarse, dose) + F.mse_loss(fine, dose))
 
 
+def test_loss_inside_the_mask_counts_only_the_masked_voxels() -> None:
+    cfg = BaselineConfig(arch="cascade", cond_channels=3, image_size=16, widths=(4, 8), loss="l1")
+    model = build_model(cfg, seed=0)
+    cond, dose = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 2:9] = 1
+    coarse, fine = model(cond, all_outputs=True)
+    inside = mask.bool()
+    expected = F.l1_loss(coarse[inside], dose[inside]) + F.l1_loss(fine[inside], dose[inside])
+    torch.testing.assert_close(RegressionLoss(cfg, "mask")(model, dose, cond, mask=mask), expected)
+    outside = dose + 5.0 * (1 - mask)  # what happens outside the mask does not count
+    torch.testing.assert_close(RegressionLoss(cfg, "mask")(model, outside, cond, mask=mask), expected)
+    empty = RegressionLoss(cfg, "mask")(model, dose, cond, mask=torch.zeros_like(mask))
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="possible-dose mask"):
+        RegressionLoss(cfg, "mask")(model, dose, cond)
+    with pytest.raises(ValueError, match="loss region"):
+        RegressionLoss(cfg, "body")
+
+
 def test_regress_clamps_and_masks() -> None:
     class Constant(torch.nn.Module):
         def forward(self, cond: torch.Tensor) -> torch.Tensor:

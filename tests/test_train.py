@@ -21,9 +21,11 @@ from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.inference.predict import load_model
+from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model
 from mddose.models.config import preset
 from mddose.runs.checkpoint import load_weights, save_checkpoint
+from mddose.runs.run_config import method_config
 from mddose.training.loop import Trainer, train
 from tests.helpers import micro_config, phantom_cache
 
@@ -152,6 +154,25 @@ def test_training_counts_the_loss_inside_the_mask(region: str, cache_dir: Path, 
         assert all(m is None for m in masks)
     losses = [row["loss"] for row in json.loads((run / "history.json").read_text())["history"]]
     assert len(losses) == 5 and all(math.isfinite(loss) and loss >= 0 for loss in losses)
+
+
+def test_a_baseline_trains_in_the_recipes_loss_region(cache_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2D baseline on a recipe that counts the loss inside the possible-dose mask gets every batch's masks."""
+    masks: list[torch.Tensor | None] = []
+    original = RegressionLoss.__call__
+
+    def recording(self, model, dose01, cond, generator=None, mask=None):
+        masks.append(mask)
+        return original(self, model, dose01, cond, generator, mask=mask)
+
+    monkeypatch.setattr(RegressionLoss, "__call__", recording)
+    base = micro_config(val_patients=0)
+    cfg = method_config("hd-unet", replace(base, diffusion=replace(base.diffusion, loss="l1", loss_region="mask")))
+    trainer = Trainer(cache_dir, tmp_path / "run", cfg, resume=False, device="cpu")
+    assert (trainer.loss_fn.region, trainer.loss_fn.loss) == ("mask", torch.nn.functional.l1_loss)
+    train(cache_dir, tmp_path / "run2", cfg, max_steps=2, progress=False)
+    assert len(masks) == 2 and all(m is not None and m.shape == (4, 1, 32, 32) and m.any() for m in masks)
 
 
 @pytest.mark.parametrize("native", [True, False])

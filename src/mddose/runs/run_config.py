@@ -170,7 +170,8 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
     attention (SP-DiffDose-like) in both the denoiser and the structure encoder, at the same widths and depths;
     the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`),
     in 2D (same input as MD-Dose) or, with the ``-3d`` methods, in 3D on volume patches (``patch_size``, default
-    64³).
+    64³). The baselines train with the recipe's loss (``diffusion.loss``, MSE or L1), a 2D one in the recipe's loss region
+    (the whole image or inside the possible-dose mask), a 3D one over the whole patch.
     """
     if not isinstance(base.model, ModelConfig):
         raise MddoseError("a method is built on an MD-Dose recipe, not on a baseline's")
@@ -182,8 +183,10 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
     elif method == "sp-diffdose":
         model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
     elif method in ("c3d", "hd-unet", "c3d-3d", "hd-unet-3d"):
-        extra = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {})) if method.endswith("-3d") else {}
-        data = replace(base.data, context_slices=0, crop=0) if extra else base.data  # 3D: volume patches
+        volumes = method.endswith("-3d")
+        extra = {"loss": base.diffusion.loss} | ({"dims": 3} if volumes else {}) | (
+            {"patch_size": patch_size} if volumes and patch_size else {})
+        data = replace(base.data, context_slices=0, crop=0) if volumes else base.data  # 3D: volume patches
         try:
             model = for_data(baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra), data)
         except ValueError as e:

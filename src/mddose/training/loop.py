@@ -61,6 +61,14 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return t.lr if progress < 0.5 else t.lr * (1 - (progress - 0.5) / 0.5 * 0.99)
 
 
+def training_loss(cfg: RunConfig) -> DiffusionLoss | RegressionLoss:
+    """The objective of ``cfg``: the diffusion loss, or a baseline's voxel-wise loss in the recipe's loss region
+    (volume patches carry no possible-dose mask, so a 3D baseline counts the whole patch)."""
+    if cfg.objective == "diffusion":
+        return DiffusionLoss(cfg.diffusion)
+    return RegressionLoss(cfg.model, "image" if cfg.volumetric else cfg.diffusion.loss_region)
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
     d = min(decay, (1 + step) / (10 + step))
@@ -169,7 +177,7 @@ class Trainer:
                 torch.manual_seed(cfg.train.seed + self.rank + 7919 * self.state["step"])
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         diffusion = cfg.objective == "diffusion"
-        self.loss_fn = DiffusionLoss(cfg.diffusion) if diffusion else RegressionLoss(cfg.model)
+        self.loss_fn = training_loss(cfg)
         self.curve_labels = (f"Training: {cfg.model.name}",
                              f"diffusion loss ({cfg.diffusion.loss.upper()})" if diffusion else f"{cfg.model.loss} loss")
         if self.rank == 0:
