@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mddose.errors import MddoseError
-from mddose.experiments.tables import reference_row, run_experiment, table_rows
+from mddose.experiments.tables import reference_row, run_experiment, select_rows, table_rows
 from tests.helpers import micro_config, phantom_cache
 
 
@@ -108,14 +108,23 @@ def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
     data, cache = phantom_cache(tmp_path, patients=3)
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, baselines_3d=True,
               patch_3d=(32, 32, 16))
-    result = run_experiment("table1", cache, data, tmp_path / "t1", budget_steps=3, **kw)
-    assert list(result["methods"])[:2] == ["C3D-like-3D", "HD-UNet-like-3D"]
+    result = run_experiment("table1", cache, data, tmp_path / "t1", budget_steps=3,
+                            only=["HD-UNet-like-3D", "C3D-like-3D"], **kw)
+    assert list(result["methods"]) == ["C3D-like-3D", "HD-UNet-like-3D", "MD-Dose"]  # the reference row always runs
     assert result["methods"]["C3D-like-3D"]["model"]["dims"] == 3 and result["scores"]["HD-UNet-like-3D"]
     assert "cascade U-Net (3D, 32×32×16 patches)" in (tmp_path / "t1" / "table1.md").read_text()
     timing = run_experiment("table2", cache, data, tmp_path / "t2", time_patients=1, **kw)
     m = timing["methods"]["C3D-like-3D"]
     assert m["dims"] == 3 and m["seconds_per_slice"] == pytest.approx(m["seconds_per_patient"] / m["slices_per_patient"])
     assert "3D rows" in (tmp_path / "t2" / "table2.md").read_text()
+
+
+def test_only_names_rows_of_the_table() -> None:
+    rows = table_rows("table1", micro_config())
+    assert list(select_rows("table1", rows, ["HD-UNet-like"])) == ["HD-UNet-like", "MD-Dose"]
+    assert select_rows("table1", rows, None) == rows
+    with pytest.raises(MddoseError, match="table1 has no row 'hd-unet': choose from C3D-like, HD-UNet-like"):
+        select_rows("table1", rows, ["hd-unet"])
 
 
 def test_bad_sampler_is_refused_before_training(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def experiment(
                                                                       "in 3D instead of 2D.")] = False,
     patch_3d: Annotated[Optional[str], typer.Option(help="With --baselines-3d: training patch and sliding window, "
                                                          "X,Y,Z voxels (default 64,64,64).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only this row (repeatable), by its name in the "
+                                                          "table, e.g. HD-UNet-like; MD-Dose always runs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""
@@ -96,7 +98,7 @@ def experiment(
     patch = _int_triple(patch_3d, "--patch-3d") if patch_3d else None
     result = run_experiment(table, cache_dir, data_dir, out_dir, budget_minutes, base, sampler=sampler, steps=steps,
                             samples=samples, device=device, time_patients=time_patients, budget_steps=budget_steps,
-                            baselines_3d=baselines_3d, patch_3d=patch)
+                            baselines_3d=baselines_3d, patch_3d=patch, only=only)
     for name, score in result.get("scores", {}).items():
         typer.echo(f"{name:>16}: dose score {score['dose_score']:.3f} Gy, DVH score {score['dvh_score']:.3f} Gy")
     for name, m in result["methods"].items() if table == "table2" else ():

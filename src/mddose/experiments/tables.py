@@ -94,6 +94,16 @@ def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
     return rows
 
 
+def select_rows(table: str, rows: dict[str, RunConfig], only: list[str] | None) -> dict[str, RunConfig]:
+    """The rows named in ``only`` (all when it is empty), always with the table's reference row, in table order."""
+    if not only:
+        return rows
+    unknown = [name for name in only if name not in rows]
+    if unknown:
+        raise MddoseError(f"{table} has no row {', '.join(map(repr, unknown))}: choose from {', '.join(rows)}")
+    return {name: cfg for name, cfg in rows.items() if name in only or name == reference_row(table)}
+
+
 def describe(cfg: RunConfig) -> str:
     """The network of a row in a few words, for the tables."""
     m = cfg.model
@@ -179,6 +189,7 @@ def run_experiment(
     budget_steps: int | None = None,
     baselines_3d: bool = False,
     patch_3d: tuple[int, int, int] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, predict and evaluate every method of ``table`` with the same budget; returns experiment.json.
 
@@ -186,12 +197,14 @@ def run_experiment(
     has), or, with ``budget_steps``, the same number of optimisation steps (what separates the architectures
     from the speed of their kernels on this device).
 
+    ``only`` names the rows to run (the table's reference row, MD-Dose itself, always runs).
+
     ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiments.timing.run_timing`) on
     ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.
     """
     out_dir = Path(out_dir)
     base = base or run_preset("tiny")
-    rows = table_rows(table, base, baselines_3d, patch_3d)
+    rows = select_rows(table, table_rows(table, base, baselines_3d, patch_3d), only)
     check_sampling(base.diffusion, sampler, steps)  # before hours of training, not after
     budget = {"minutes": None if budget_steps is not None else budget_minutes, "steps": budget_steps}
     claim_folder(out_dir, table, {} if table == "table2" else budget)
