@@ -35,6 +35,10 @@ def test_methods_differ_only_in_the_network() -> None:
     mse = replace(base, diffusion=replace(base.diffusion, loss="mse"))
     assert {r.model.loss for m, r in rows.items() if r.objective == "regression"} == {base.diffusion.loss}
     assert method_config("hd-unet", mse).model.loss == method_config("c3d-3d", mse).model.loss == "mse"
+    masked = replace(base, diffusion=replace(base.diffusion, loss_region="mask"))
+    assert method_config("c3d", masked).loss_region == method_config("md-dose", masked).loss_region == "mask"
+    assert method_config("c3d-3d", masked).loss_region == "image"  # volume patches carry no mask
+    assert method_config("c3d", base).loss_region == base.diffusion.loss_region
     with pytest.raises(MddoseError, match="patch_size"):
         method_config("hd-unet-3d", base, patch_size=(30, 32, 16))
     with pytest.raises(MddoseError, match="unknown method"):

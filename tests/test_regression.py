@@ -32,15 +32,18 @@ def test_loss_inside_the_mask_counts_only_the_masked_voxels() -> None:
     coarse, fine = model(cond, all_outputs=True)
     inside = mask.bool()
     expected = F.l1_loss(coarse[inside], dose[inside]) + F.l1_loss(fine[inside], dose[inside])
-    torch.testing.assert_close(RegressionLoss(cfg, "mask")(model, dose, cond, mask=mask), expected)
+    loss = RegressionLoss(cfg.replace(loss_region="mask"))
+    torch.testing.assert_close(loss(model, dose, cond, mask=mask), expected)
     outside = dose + 5.0 * (1 - mask)  # what happens outside the mask does not count
-    torch.testing.assert_close(RegressionLoss(cfg, "mask")(model, outside, cond, mask=mask), expected)
-    empty = RegressionLoss(cfg, "mask")(model, dose, cond, mask=torch.zeros_like(mask))
+    torch.testing.assert_close(loss(model, outside, cond, mask=mask), expected)
+    empty = loss(model, dose, cond, mask=torch.zeros_like(mask))
     assert empty.item() == 0.0 and empty.requires_grad
     with pytest.raises(ValueError, match="possible-dose mask"):
-        RegressionLoss(cfg, "mask")(model, dose, cond)
-    with pytest.raises(ValueError, match="loss region"):
-        RegressionLoss(cfg, "body")
+        loss(model, dose, cond)
+    with pytest.raises(ValueError, match="loss_region 'body'"):
+        cfg.replace(loss_region="body")
+    with pytest.raises(ValueError, match="volume patches carry no possible-dose mask"):
+        cfg.replace(loss_region="mask", dims=3, patch_size=(16, 16, 16))
 
 
 def test_regress_clamps_and_masks() -> None:

@@ -171,6 +171,10 @@ def test_a_baseline_trains_in_the_recipes_loss_region(cache_dir: Path, tmp_path:
     cfg = method_config("hd-unet", replace(base, diffusion=replace(base.diffusion, loss="l1", loss_region="mask")))
     trainer = Trainer(cache_dir, tmp_path / "run", cfg, resume=False, device="cpu")
     assert (trainer.loss_fn.region, trainer.loss_fn.loss) == ("mask", torch.nn.functional.l1_loss)
+    assert cfg.model.loss_region == "mask" and cfg.diffusion.loss_region == "mask"
+    # a baseline's loss region is its own: a baseline config (e.g. from before the field existed) keeps 'image'
+    # whatever the diffusion section says
+    assert replace(cfg, model=cfg.model.replace(loss_region="image")).loss_region == "image"
     train(cache_dir, tmp_path / "run2", cfg, max_steps=2, progress=False)
     assert len(masks) == 2 and all(m is not None and m.shape == (4, 1, 32, 32) and m.any() for m in masks)
 

@@ -109,7 +109,8 @@ def describe(cfg: RunConfig) -> str:
     m = cfg.model
     if isinstance(m, BaselineConfig):
         where = f"3D, {'×'.join(map(str, m.patch_size))} patches" if m.dims == 3 else "2D"
-        return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net ({where}), {m.loss} loss"
+        region = " inside the possible-dose mask" if m.loss_region == "mask" else ""
+        return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net ({where}), {m.loss} loss{region}"
     encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
     where = f" (conv at the {m.conv_levels} finest levels)" if m.conv_levels and m.mamba_widths() else ""
     return f"{m.denoiser_block} denoiser, {encoder}{where}, {cfg.diffusion.prediction_type} prediction"
@@ -197,7 +198,8 @@ def run_experiment(
     has), or, with ``budget_steps``, the same number of optimisation steps (what separates the architectures
     from the speed of their kernels on this device).
 
-    ``only`` names the rows to run (the table's reference row, MD-Dose itself, always runs).
+    ``only`` names the rows to run (the table's reference row, MD-Dose itself, always runs); the table, the
+    evaluation and experiment.json then cover those rows (other rows already in the folder stay on disk).
 
     ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiments.timing.run_timing`) on
     ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.

@@ -3,7 +3,7 @@
 
 Training: a voxel-wise loss (MSE or L1, the config's ``loss``) between every supervised output and the dose
 scaled to [0, 1], summed over outputs (the cascade supervises its coarse and refined doses), over the whole image
-or, as the recipe's ``loss_region`` says, inside the possible-dose mask only. Prediction: one
+or, with the config's ``loss_region="mask"``, inside the possible-dose mask only. Prediction: one
 forward pass, clamped to [0, 1] and 0 outside the possible-dose mask — the same post-processing MD-Dose's
 sampler applies to its x̂_0. A 3D baseline predicts the whole volume by overlapping sliding windows of its
 ``patch_size`` (half-patch steps), blended with Gaussian weights as nnU-Net does, so that the seams of the
@@ -26,16 +26,14 @@ from mddose.models.baselines import BaselineConfig
 class RegressionLoss:
     """Voxel-wise loss of every output of a baseline against the dose; same call as the diffusion loss."""
 
-    def __init__(self, config: BaselineConfig, region: str = "image") -> None:
-        if region not in ("image", "mask"):
-            raise ValueError(f"loss region must be 'image' or 'mask', not {region!r}")
+    def __init__(self, config: BaselineConfig) -> None:
         self.loss = F.mse_loss if config.loss == "mse" else F.l1_loss
-        self.region = region
+        self.region = config.loss_region
 
     def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None,
                  mask: Tensor | None = None) -> Tensor:
         """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W); over the whole image, as
-        the baselines' papers train, or inside ``mask`` (B, 1, H, W) with region ``"mask"``."""
+        the baselines' papers train, or inside ``mask`` (B, 1, H, W) with ``loss_region="mask"``."""
         if self.region == "image":
             return sum(self.loss(out.float(), dose01.float()) for out in model(cond, all_outputs=True))
         if mask is None:

@@ -11,7 +11,8 @@ By default both are 2D (``dims=2``), fed exactly the slices and channels MD-Dose
 is on the same input; ``dims=3`` builds them in 3D as the originals were, trained on random ``patch_size``
 crops of the volume (:class:`~mddose.data.volume.VolumeDataset`) and predicted by sliding windows
 (:func:`mddose.inference.regression.regress_volume`). Both train with a voxel-wise loss (``loss``: ``mse`` as
-both papers, or ``l1``) on the dose scaled to [0, 1]. Their interface is ``model(cond (B, C, *spatial)) -> (B, 1,
+both papers, or ``l1``) on the dose scaled to [0, 1], over the whole image or (``loss_region="mask"``, 2D only)
+inside the possible-dose mask. Their interface is ``model(cond (B, C, *spatial)) -> (B, 1,
 *spatial)``; ``model(cond, all_outputs=True)`` gives every supervised output.
 """
 
@@ -44,6 +45,7 @@ class BaselineConfig:
     depth: int = 2  # convolutions per level (cascade) or layers per dense block (dense)
     growth: int = 16  # dense: channels each dense layer adds
     loss: str = "mse"  # mse | l1
+    loss_region: str = "image"  # image | mask: the loss inside the possible-dose mask only (2D: slices carry it)
     dims: int = 2  # 2: axial slices (the default: same input as MD-Dose) | 3: volumes
     patch_size: tuple[int, int, int] = (64, 64, 64)  # dims=3: training crop and sliding window (X, Y, Z voxels)
 
@@ -64,6 +66,10 @@ class BaselineConfig:
             return f"arch {self.arch!r} is not one of {ARCHS}"
         if self.loss not in LOSSES:
             return f"loss {self.loss!r} is not one of {LOSSES}"
+        if self.loss_region not in ("image", "mask"):
+            return f"loss_region {self.loss_region!r} is not 'image' or 'mask'"
+        if self.loss_region == "mask" and self.dims == 3:
+            return "loss_region 'mask' needs slices: a 3D baseline's volume patches carry no possible-dose mask"
         if len(self.widths) < 2 or min(self.widths) < 1 or self.depth < 1 or self.growth < 1:
             return "need at least 2 positive widths, depth >= 1 and growth >= 1"
         if self.image_size % self.size_multiple:

@@ -4,7 +4,7 @@
 diffusion (:class:`~mddose.diffusion.process.DiffusionConfig`) + training (:class:`TrainConfig`). Its JSON
 rebuilds the model with no other input. The model is MD-Dose's :class:`~mddose.models.config.ModelConfig`
 (objective ``diffusion``) or a deterministic baseline's :class:`~mddose.models.baselines.BaselineConfig`
-(objective ``regression``: the diffusion section is then unused). :func:`method_config` gives every method of
+(objective ``regression``: its loss is the model's own, and the diffusion section is then unused). :func:`method_config` gives every method of
 the paper's Table I on one recipe.
 """
 
@@ -95,6 +95,12 @@ class RunConfig:
         return "regression" if isinstance(self.model, BaselineConfig) else "diffusion"
 
     @property
+    def loss_region(self) -> str:
+        """Where the training loss counts: ``image`` or ``mask`` (inside the possible-dose mask), the model's own
+        setting for a baseline, the diffusion section's for a diffusion model."""
+        return self.model.loss_region if isinstance(self.model, BaselineConfig) else self.diffusion.loss_region
+
+    @property
     def volumetric(self) -> bool:
         """A 3D baseline: trained on volume crops, predicted by sliding windows (everything else works on slices)."""
         return isinstance(self.model, BaselineConfig) and self.model.dims == 3
@@ -170,8 +176,8 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
     attention (SP-DiffDose-like) in both the denoiser and the structure encoder, at the same widths and depths;
     the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`),
     in 2D (same input as MD-Dose) or, with the ``-3d`` methods, in 3D on volume patches (``patch_size``, default
-    64³). The baselines train with the recipe's loss (``diffusion.loss``, MSE or L1), a 2D one in the recipe's loss region
-    (the whole image or inside the possible-dose mask), a 3D one over the whole patch.
+    64³). The baselines train with the recipe's loss (``diffusion.loss``, MSE or L1), a 2D one in the recipe's loss
+    region (``diffusion.loss_region``: the whole image or inside the possible-dose mask), a 3D one over the patch.
     """
     if not isinstance(base.model, ModelConfig):
         raise MddoseError("a method is built on an MD-Dose recipe, not on a baseline's")
@@ -184,8 +190,9 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
     elif method in ("c3d", "hd-unet", "c3d-3d", "hd-unet-3d"):
         volumes = method.endswith("-3d")
-        extra = {"loss": base.diffusion.loss} | ({"dims": 3} if volumes else {}) | (
-            {"patch_size": patch_size} if volumes and patch_size else {})
+        shape = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {}) if volumes
+                 else {"loss_region": base.diffusion.loss_region})
+        extra = {"loss": base.diffusion.loss} | shape
         data = replace(base.data, context_slices=0, crop=0) if volumes else base.data  # 3D: volume patches
         try:
             model = for_data(baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra), data)

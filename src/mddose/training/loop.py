@@ -62,11 +62,8 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 
 
 def training_loss(cfg: RunConfig) -> DiffusionLoss | RegressionLoss:
-    """The objective of ``cfg``: the diffusion loss, or a baseline's voxel-wise loss in the recipe's loss region
-    (volume patches carry no possible-dose mask, so a 3D baseline counts the whole patch)."""
-    if cfg.objective == "diffusion":
-        return DiffusionLoss(cfg.diffusion)
-    return RegressionLoss(cfg.model, "image" if cfg.volumetric else cfg.diffusion.loss_region)
+    """The objective of ``cfg``: the diffusion loss, or a baseline's voxel-wise loss."""
+    return DiffusionLoss(cfg.diffusion) if cfg.objective == "diffusion" else RegressionLoss(cfg.model)
 
 
 @torch.no_grad()
@@ -153,7 +150,7 @@ class Trainer:
         volumes = cfg.volumetric  # a 3D baseline trains on random crops
         self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
                         else SliceDataset(self.cache, cfg.data, self.train_ids,
-                                          return_mask=cfg.diffusion.loss_region == "mask"))
+                                          return_mask=cfg.loss_region == "mask"))
         if len(self.dataset) < cfg.train.batch_size:
             kind = "crops" if volumes else "slices"
             raise MddoseError(f"only {len(self.dataset)} training {kind} for batch size {cfg.train.batch_size}",
@@ -178,8 +175,9 @@ class Trainer:
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         diffusion = cfg.objective == "diffusion"
         self.loss_fn = training_loss(cfg)
+        where = " inside the mask" if cfg.loss_region == "mask" else ""
         self.curve_labels = (f"Training: {cfg.model.name}",
-                             f"diffusion loss ({cfg.diffusion.loss.upper()})" if diffusion else f"{cfg.model.loss} loss")
+                             f"diffusion loss ({cfg.diffusion.loss.upper()}{where})" if diffusion else f"{cfg.model.loss} loss{where}")
         if self.rank == 0:
             write_json(self.run.config, cfg.to_dict())
             log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
