@@ -22,7 +22,8 @@ from mddose.inference.smoothing import smooth_across_slices
 
 def sweep(data_dir: Path, pred_dir: Path, out_dir: Path, sigmas: list[float]) -> dict[str, dict[str, float]]:
     """Smooth every prediction of ``pred_dir`` with each sigma and score the results; returns name → scores."""
-    made_with = json.loads((pred_dir / "prediction.json").read_text()).get("smooth_mm")
+    record = pred_dir / "prediction.json"  # written by `mddose predict`
+    made_with = json.loads(record.read_text()).get("smooth_mm", 0) if record.is_file() else 0
     if made_with != 0:
         sys.exit(f"error: {pred_dir}: predicted with smoothing {made_with} mm; predict with --smooth-mm 0")
     sigmas = sorted(set(sigmas))
