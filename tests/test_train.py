@@ -129,19 +129,25 @@ def test_two_process_ddp_gloo(cache_dir: Path, tmp_path: Path) -> None:
     assert trainer["step"] == 3
 
 
-@pytest.mark.parametrize("region", ["image", "mask"])
-def test_training_counts_the_loss_inside_the_mask(region: str, cache_dir: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """With loss_region 'mask' every training batch hands its possible-dose masks to the loss (and not otherwise),
-    also after a resume."""
+def record_masks(loss_class: type, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor | None]:
+    """The list every call of ``loss_class`` appends its ``mask`` argument to."""
     masks: list[torch.Tensor | None] = []
-    original = DiffusionLoss.__call__
+    original = loss_class.__call__
 
     def recording(self, model, dose01, cond, generator=None, mask=None):
         masks.append(mask)
         return original(self, model, dose01, cond, generator, mask=mask)
 
-    monkeypatch.setattr(DiffusionLoss, "__call__", recording)
+    monkeypatch.setattr(loss_class, "__call__", recording)
+    return masks
+
+
+@pytest.mark.parametrize("region", ["image", "mask"])
+def test_training_counts_the_loss_inside_the_mask(region: str, cache_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With loss_region 'mask' every training batch hands its possible-dose masks to the loss (and not otherwise),
+    also after a resume."""
+    masks = record_masks(DiffusionLoss, monkeypatch)
     cfg = micro_config(val_patients=0)
     cfg = replace(cfg, diffusion=replace(cfg.diffusion, loss_region=region))
     run = tmp_path / "run"
@@ -159,14 +165,7 @@ def test_training_counts_the_loss_inside_the_mask(region: str, cache_dir: Path, 
 def test_a_baseline_trains_in_the_recipes_loss_region(cache_dir: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2D baseline on a recipe that counts the loss inside the possible-dose mask gets every batch's masks."""
-    masks: list[torch.Tensor | None] = []
-    original = RegressionLoss.__call__
-
-    def recording(self, model, dose01, cond, generator=None, mask=None):
-        masks.append(mask)
-        return original(self, model, dose01, cond, generator, mask=mask)
-
-    monkeypatch.setattr(RegressionLoss, "__call__", recording)
+    masks = record_masks(RegressionLoss, monkeypatch)
     base = micro_config(val_patients=0)
     cfg = method_config("hd-unet", replace(base, diffusion=replace(base.diffusion, loss="l1", loss_region="mask")))
     trainer = Trainer(cache_dir, tmp_path / "run", cfg, resume=False, device="cpu")
