@@ -173,3 +173,20 @@ def test_mirrored_prediction_is_finite_inside_the_mask_and_recorded(trained: tup
         other = read_dose_csv(tmp_path / "plain" / f"{p.patient_id}.csv", p.shape)
         assert np.isfinite(dose).all() and (dose >= 0).all() and (dose[~p.possible_dose_mask] == 0).all()
         assert not np.array_equal(dose, other)  # the mirrored half is a different prediction
+
+
+def test_smoothing_keeps_the_targets_dose(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The default smoothing across slices leaves the dose inside every target as predicted and smooths the rest."""
+    run, data = trained
+    raw = predict(run, data, tmp_path / "raw", steps=2, progress=False, nifti=False, smooth_mm=0.0)
+    smooth = predict(run, data, tmp_path / "smooth", steps=2, progress=False, nifti=False)
+    assert raw["smooth_mm"] == 0 and smooth["smooth_mm"] > 0
+    changed = 0
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        a = read_dose_csv(tmp_path / "raw" / f"{p.patient_id}.csv", p.shape)
+        b = read_dose_csv(tmp_path / "smooth" / f"{p.patient_id}.csv", p.shape)
+        targets = np.logical_or.reduce([p.structures[t] for t in p.rois.targets if t in p.structures])
+        np.testing.assert_allclose(b[targets & p.possible_dose_mask], a[targets & p.possible_dose_mask], atol=1e-3)
+        changed += int(np.abs(b - a)[~targets & p.possible_dose_mask].max() > 1e-2)
+    assert changed > 0

@@ -1,4 +1,4 @@
-"""Smoothing across slices: a weighted mean inside the possible-dose mask, nothing outside it."""
+"""Smoothing across slices: a weighted mean inside the possible-dose mask, nothing outside it, targets kept."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ def test_width_is_in_millimetres_and_zero_is_identity() -> None:
     assert smooth_across_slices(dose, mask, 0.0, 2.5) is dose
     with pytest.raises(ValueError, match="≥ 0"):
         smooth_across_slices(dose, mask, -1.0, 2.5)
+
+
+def test_kept_voxels_keep_their_dose_and_still_smooth_their_neighbours() -> None:
+    """A target's steep superior and inferior edges: its own dose stays as given, the dose beyond it is smoothed."""
+    mask = _mask()
+    target = np.zeros_like(mask)
+    target[1:5, 1:4, 7:11] = True
+    dose = np.where(target, 70.0, np.where(mask, 20.0, 0.0)).astype(np.float32)
+    kept = smooth_across_slices(dose, mask, 5.0, 2.5, keep=target)
+    everywhere = smooth_across_slices(dose, mask, 5.0, 2.5)
+    np.testing.assert_array_equal(kept[target], 70.0)
+    assert everywhere[target].min() < 60.0  # what smoothing everywhere does to a target's coverage
+    beyond = mask & ~target
+    np.testing.assert_array_equal(kept[beyond], everywhere[beyond])
+    assert kept[1, 1, 11] > 30.0 and (kept[~mask] == 0).all()
 
 
 def test_slice_wise_models_are_smoothed_by_default_3d_models_are_not() -> None:

@@ -104,11 +104,13 @@ class CachedPatient:
         """Where the cached crop lies in the full grid."""
         return tuple(slice(o, o + s) for o, s in zip(self.offset, self.ct.shape))  # type: ignore[return-value]
 
-    def full_mask(self) -> np.ndarray:
-        """The possible-dose mask on the full grid."""
-        possible = np.zeros(self.full_shape, dtype=bool)
-        possible[self.box] = self.mask("possible_dose_mask")
-        return possible
+    def full_mask(self, names: tuple[str, ...] = ("possible_dose_mask",)) -> np.ndarray:
+        """The possible-dose mask (or the union of the ROIs ``names`` that the cache holds) on the full grid."""
+        full = np.zeros(self.full_shape, dtype=bool)
+        for name in names:
+            if name == "possible_dose_mask" or name in self.roi_names:
+                full[self.box] |= self.mask(name)
+        return full
 
     def to_patient(self, rois: RoiConfig) -> Patient:
         """Back to a full-grid :class:`Patient` (dose at cache precision)."""

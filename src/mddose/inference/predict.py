@@ -106,8 +106,8 @@ def predict_volume(
     ``tuner`` is told each batch's time (it picks the CPU thread count from them). ``mirror`` also predicts the
     patient mirrored left-right (paired organs swapped, as the training flips do) and averages the two
     (:func:`mirror_average`); it doubles the cost. ``smooth_mm``: the Gaussian across slices of the dose
-    (:mod:`~mddose.inference.smoothing`; default: the model's, :func:`~mddose.inference.smoothing.default_smoothing`);
-    the std stays that of the unsmoothed draws.
+    (:mod:`~mddose.inference.smoothing`; default: the model's, :func:`~mddose.inference.smoothing.default_smoothing`)
+    outside the targets; the std stays that of the unsmoothed draws.
 
     A deterministic baseline (``cfg.objective == "regression"``) ignores sampler, steps and samples: one
     forward pass per slice (a 3D one: Gaussian-blended sliding windows over the volume), std 0.
@@ -119,7 +119,8 @@ def predict_volume(
         dose, std = _predict_slices(model, cfg, vol, sampler, steps, samples, batch_size, seed, device, progress,
                                     tuner, mirror)
     sigma = default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm
-    dose = smooth_across_slices(dose, vol.full_mask(), sigma, vol.spacing[2])
+    targets = vol.full_mask(cfg.data.rois.targets) if sigma else None  # their dose is kept as predicted
+    dose = smooth_across_slices(dose, vol.full_mask(), sigma, vol.spacing[2], keep=targets)
     if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
         raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
     return dose, std
