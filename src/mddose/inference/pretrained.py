@@ -130,4 +130,4 @@ def _sampler(row: dict[str, Any]) -> str:
 
 def _smoothing(row: dict[str, Any]) -> str:
     """A log row's smoothing across slices, when its predictions had one (rows before it had none)."""
-    return f", {row['smooth_mm']:g} mm smoothing across slices" if row.get("smooth_mm") else ""
+    return f", {row['smooth_mm']:g} mm smoothing across slices outside the targets" if row.get("smooth_mm") else ""
