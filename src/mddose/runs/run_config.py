@@ -4,8 +4,8 @@
 diffusion (:class:`~mddose.diffusion.process.DiffusionConfig`) + training (:class:`TrainConfig`). Its JSON
 rebuilds the model with no other input. The model is MD-Dose's :class:`~mddose.models.config.ModelConfig`
 (objective ``diffusion``) or a deterministic baseline's :class:`~mddose.models.baselines.BaselineConfig`
-(objective ``regression``: its loss is the model's own, and the diffusion section is then unused). :func:`method_config` gives every method of
-the paper's Table I on one recipe.
+(objective ``regression``: its loss is the model's own, and the diffusion section is then unused).
+:func:`method_config` gives every method of the paper's Table I on one recipe.
 """
 
 from __future__ import annotations
