@@ -15,7 +15,7 @@ published MD-Dose code does. Either way x_0 is clamped to the range while sampli
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,16 @@ from torch import Tensor
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
+def region_loss(loss: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor,
+                mask: Tensor | None = None) -> Tensor:
+    """``loss`` of ``pred`` against ``target`` over the whole image, or only where ``mask`` (B, 1, …) is set; a
+    batch whose mask is empty counts 0 (with a gradient, so every rank of a DDP step still reduces)."""
+    if mask is None:
+        return loss(pred, target)
+    inside = (mask > 0.5).expand_as(pred)
+    return loss(pred[inside], target[inside]) if inside.any() else pred.sum() * 0.0
 
 
 @dataclass
@@ -130,8 +140,5 @@ class DiffusionLoss:
             target = x0
         else:
             target = self.scheduler.get_velocity(x0, noise, t)
-        pred, target = model(x_t, t, cond).float(), target.float()
-        if self.config.loss_region == "image":
-            return self.loss(pred, target)
-        inside = (mask > 0.5).expand_as(pred)
-        return self.loss(pred[inside], target[inside]) if inside.any() else pred.sum() * 0.0
+        region = mask if self.config.loss_region == "mask" else None
+        return region_loss(self.loss, model(x_t, t, cond).float(), target.float(), region)

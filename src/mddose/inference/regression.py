@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import CT_CLIP_HU, DataConfig
 from mddose.data.volume import mask_volume, structure_volume
+from mddose.diffusion.process import LOSSES, region_loss
 from mddose.models.baselines import BaselineConfig
 
 
@@ -27,21 +27,17 @@ class RegressionLoss:
     """Voxel-wise loss of every output of a baseline against the dose; same call as the diffusion loss."""
 
     def __init__(self, config: BaselineConfig) -> None:
-        self.loss = F.mse_loss if config.loss == "mse" else F.l1_loss
+        self.loss = LOSSES[config.loss]
         self.region = config.loss_region
 
     def __call__(self, model: torch.nn.Module, dose01: Tensor, cond: Tensor, generator: torch.Generator | None = None,
                  mask: Tensor | None = None) -> Tensor:
         """Loss for one batch: ``dose01`` (B, 1, H, W) in [0, 1], ``cond`` (B, C, H, W); over the whole image, as
         the baselines' papers train, or inside ``mask`` (B, 1, H, W) with ``loss_region="mask"``."""
-        if self.region == "image":
-            return sum(self.loss(out.float(), dose01.float()) for out in model(cond, all_outputs=True))
-        if mask is None:
+        if self.region == "mask" and mask is None:
             raise ValueError("loss region 'mask' needs the possible-dose mask of the batch")
-        inside = (mask > 0.5).expand_as(dose01)
-        if not inside.any():
-            return model(cond).sum() * 0.0
-        return sum(self.loss(out.float()[inside], dose01.float()[inside]) for out in model(cond, all_outputs=True))
+        region = mask if self.region == "mask" else None
+        return sum(region_loss(self.loss, out.float(), dose01.float(), region) for out in model(cond, all_outputs=True))
 
 
 @torch.no_grad()
