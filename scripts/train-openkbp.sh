@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Cumulative training of the shipped OpenKBP model: resume models/openkbp/run from its full checkpoint (weights,
-# EMA, optimizer, RNG, step) and train MINUTES more on one thread under nice, checkpointing every few minutes.
+# EMA, optimizer, RNG, step) and train MINUTES more under nice, checkpointing every few minutes.
 # Safe to kill at any point (the next call resumes from the last checkpoint). Usage:
-#   scripts/train-openkbp.sh MINUTES [DEVICE]      (DEVICE: cpu (default) or cuda)
+#   scripts/train-openkbp.sh MINUTES [DEVICE] [DECAY_STEPS]
+# DEVICE: cpu (default) or cuda. DECAY_STEPS: the step the cosine now ends at; a run that reached its old end
+# sits at the floor learning rate, and a new end past it restarts the schedule there (warm restart).
+# THREADS (environment, default 1): threads per process; 2 on an otherwise idle 2-core machine.
 # Then `mddose pretrained export models/openkbp/run` scores the run on the validation patients and, when it
 # beats the shipped model, writes the package weights and a row of the model card's training log.
 set -euo pipefail
-minutes=${1:?usage: scripts/train-openkbp.sh MINUTES [DEVICE]}
+minutes=${1:?usage: scripts/train-openkbp.sh MINUTES [DEVICE] [DECAY_STEPS]}
 device=${2:-cpu}
+horizon=(${3:+--decay-steps "$3"})
 root=$(cd "$(dirname "$0")/.." && pwd)
 data=${MDDOSE_OPENKBP:-$root/../shared/openkbp}
 cache=${MDDOSE_CACHE:-$root/.cache/openkbp}
 run=$root/models/openkbp/run
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 [ -f "$cache/train/cache.json" ] || nice -n 10 mddose prepare "$data/train-pats" "$cache/train"
 if [ -f "$run/checkpoints/last/trainer.json" ]; then start=(--resume); else start=(--preset default); fi
-exec nice -n 10 mddose train "$cache/train" "$run" "${start[@]}" --minutes "$minutes" --device "$device"
+exec nice -n 10 mddose train "$cache/train" "$run" "${start[@]}" "${horizon[@]}" --minutes "$minutes" \
+    --device "$device"

@@ -157,6 +157,10 @@ def test_cli_table2_and_train_a_baseline(tmp_path: Path) -> None:
                            "hd-unet", "--max-steps", "2", "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arch"] == "dense"
+    proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "run"), "--resume", "--decay-steps", "7",
+                           "--max-steps", "3", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["decay_steps"] == 7
     proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "bad"), "--method", "unet"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == (

@@ -76,6 +76,21 @@ def test_resume_is_bit_exact(cache_dir: Path, tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_a_new_horizon_restarts_the_cosine(cache_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "restart"
+    cfg = micro_config(val_patients=0, decay_steps=3, max_steps=4)
+    train(cache_dir, run, cfg, progress=False)  # one step past the end of its schedule: at the floor
+    train(cache_dir, run, resume=True, decay_steps=9, max_steps=5, progress=False)
+    saved = json.loads((run / "checkpoints" / "last" / "config.json").read_text())["train"]
+    assert (saved["decay_steps"], saved["max_steps"]) == (9, 9)
+    lrs = {row["step"]: row["lr"] for row in json.loads((run / "history.json").read_text())["history"]}
+    floor = 0.05 * cfg.train.lr
+    assert lrs[4] == pytest.approx(floor)  # the row of a step holds the lr that step used
+    assert lrs[5] == pytest.approx(cfg.train.lr * (0.05 + 0.475 * (1 + math.cos(math.pi * 4 / 9)))) and lrs[5] > 5 * floor
+    train(cache_dir, run, resume=True, progress=False)  # without --decay-steps the run keeps its new horizon
+    assert json.loads((run / "history.json").read_text())["history"][-1]["step"] == 9
+
+
 def test_sigkill_then_resume(cache_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     cfg = micro_config(val_patients=0, checkpoint_every_s=0.0)

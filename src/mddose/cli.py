@@ -189,6 +189,9 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    decay_steps: Annotated[Optional[int], typer.Option(min=1, help="Move the learning-rate schedule's end to this "
+                                                                   "step (resuming past it: a warm restart); kept "
+                                                                   "in the run's config.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Train MD-Dose (or a baseline) on a cache (under torchrun: multi-GPU DDP)."""
@@ -198,7 +201,8 @@ def train(
     cfg = None if resume else (load_run_config(config) if config else run_preset(preset))
     if cfg is not None and method != "md-dose":
         cfg = method_config(method, cfg)
-    result = run_training(cache_dir, run_dir, cfg, max_steps=max_steps, minutes=minutes, resume=resume, device=device)
+    result = run_training(cache_dir, run_dir, cfg, max_steps=max_steps, minutes=minutes, resume=resume, device=device,
+                          decay_steps=decay_steps)
     best = result["best"]
     typer.echo(f"trained to step {result['step']} in {result['seconds']:.0f} s; "
                f"best validation dose score: {best['dose_score']:.3f} Gy at step {best['step']}" if best else

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ def lr_at(step: int, cfg: RunConfig) -> float:
         return t.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
     # "paper": constant for the first half, then linear decay to 1 % of the initial rate (1e-2 → 1e-4)
     return t.lr if progress < 0.5 else t.lr * (1 - (progress - 0.5) / 0.5 * 0.99)
+
+
+def new_horizon(cfg: RunConfig, decay_steps: int) -> RunConfig:
+    """``cfg`` with its schedule ending at ``decay_steps`` (a warm restart when a resumed run is past its old
+    horizon); ``max_steps``, the default stop, moves out with it."""
+    train = replace(cfg.train, decay_steps=decay_steps, max_steps=max(cfg.train.max_steps, decay_steps))
+    return replace(cfg, train=train)
 
 
 def training_loss(cfg: RunConfig) -> DiffusionLoss | RegressionLoss:
@@ -117,14 +125,15 @@ class Trainer:
     are the hooks the loop of :func:`train` calls, :meth:`finish` writes what a session leaves behind."""
 
     def __init__(self, cache_dir: str | Path, run_dir: str | Path, config: RunConfig | None, resume: bool,
-                 device: str) -> None:
+                 device: str, decay_steps: int | None = None) -> None:
         self.run = RunFolder(check_output_dir(run_dir))
         last = self.run.last
         if resume and not (last / TRAINER).is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
         if not resume and (last / CONFIG).is_file():
             raise MddoseError("run folder already has a checkpoint: pass --resume or choose a new folder", run_dir)
-        self.cfg = cfg = checkpoint_run_config(last) if resume else config or run_preset("default")
+        cfg = checkpoint_run_config(last) if resume else config or run_preset("default")
+        self.cfg = cfg = cfg if decay_steps is None else new_horizon(cfg, decay_steps)
         self.rank, self.world = _ddp()
         self.dev = resolve_device(device)
         if self.dev.type == "cuda" and self.world > 1:
@@ -180,9 +189,10 @@ class Trainer:
                              f"diffusion loss ({cfg.diffusion.loss.upper()}{where})" if diffusion else f"{cfg.model.loss} loss{where}")
         if self.rank == 0:
             write_json(self.run.config, cfg.to_dict())
-            log.info("training %s parameters on %s (%d slices, %d validation patients, world %d)",
-                     f"{count_parameters(self.model):,}", self.dev, len(self.dataset), len(self.val_ids),
-                     self.world)
+            log.info("training %s parameters on %s (%d slices, %d validation patients, world %d) from step %d: "
+                     "lr %.2e, %s to step %d", f"{count_parameters(self.model):,}", self.dev, len(self.dataset),
+                     len(self.val_ids), self.world, self.state["step"], lr_at(self.state["step"], cfg),
+                     cfg.train.lr_schedule, cfg.train.decay_steps)
 
     def step(self) -> None:
         """One optimisation step on the next batch (this rank's share of it), then the EMA."""
@@ -264,14 +274,16 @@ def train(
     device: str = "auto",
     progress: bool = True,
     planned_steps: int | None = None,
+    decay_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation.
 
-    ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
+    ``decay_steps``: a new horizon for the learning-rate schedule (see :func:`new_horizon`), kept in the run's
+    config. ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
     slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
     """
     # setup
-    t = Trainer(cache_dir, run_dir, config, resume, device)
+    t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps)
     cfg, state = t.cfg, t.state
     stop_step = max_steps if max_steps is not None else (None if minutes is not None else cfg.train.max_steps)
     deadline = time.monotonic() + minutes * 60 if minutes is not None else None
