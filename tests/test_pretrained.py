@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
 from mddose.experiments.shipping import export_run
 from mddose.inference.predict import load_model
-from mddose.inference.pretrained import CARD_FILE, LOG_FILE, PRETRAINED, pretrained_folder, training_log
+from mddose.inference.pretrained import (CARD_FILE, LOG_FILE, PRETRAINED, pretrained_folder, training_log,
+                                         write_weights)
 from mddose.models.build import build_model
 from mddose.runs.run_config import RunConfig
 from mddose.training.loop import train
@@ -87,6 +88,21 @@ def test_export_logs_each_stretch_and_ships_only_improvements(tmp_path: Path) ->
     fresh_seconds = json.loads((tmp_path / "fresh" / "checkpoints" / "last" / "trainer.json").read_text())["seconds"]
     assert third["new_run"] and third["cpu_minutes"] == round(fresh_seconds / 60, 1) and third["steps"] == 2
     assert "2 (new run)" in (target / CARD_FILE).read_text()
+
+
+def test_shipped_config_picks_its_scan_path_on_the_users_machine(tmp_path: Path) -> None:
+    run, target = tmp_path / "run", tmp_path / "weights"
+    run.mkdir()
+    target.mkdir()
+    config = micro_config().to_dict()
+    config["model"]["scan_backend"] = "cpu_kernel"  # what a run may train with
+    (run / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.ones(2)}, str(run / "ema.safetensors"))
+    write_weights(run, target)
+    shipped = json.loads((target / "config.json").read_text())
+    assert shipped["model"].pop("scan_backend") == "auto"
+    assert shipped["model"] == {k: v for k, v in config["model"].items() if k != "scan_backend"}
+    assert load_file(str(target / "ema.safetensors"))["w"].dtype == torch.float16
 
 
 def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:

@@ -60,12 +60,18 @@ def write_card(folder: Path, name: str = "openkbp") -> Path:
 
 
 def write_weights(folder: Path, target: Path) -> None:
-    """config.json and the EMA weights in float16 (half the size; the network computes in float32 or bf16)."""
+    """config.json and the EMA weights in float16 (half the size; the network computes in float32 or bf16).
+
+    The shipped config picks its scan path on the user's machine (``auto``): a run may train on the compiled CPU
+    kernel, which needs a compiler that a user who only predicts need not have."""
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in load_tensors(folder / "ema.safetensors").items()}
     with atomic_path(target / "ema.safetensors") as tmp:
         save_file(state, str(tmp))
-    write_json(target / "config.json", read_config(folder))
+    config = read_config(folder)
+    if "scan_backend" in config["model"]:  # baselines have no scans
+        config["model"]["scan_backend"] = "auto"
+    write_json(target / "config.json", config)
 
 
 def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], comparison: str = "") -> str:
