@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
 from mddose.inference.predict import predict
+from mddose.runs.run_config import for_data
 from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache, trained_run
 
@@ -37,6 +39,19 @@ def test_samplers_finite_inside_mask(trained: tuple[Path, Path], tmp_path: Path,
         assert (dose[~p.possible_dose_mask] == 0).all() and dose[p.possible_dose_mask].max() > 0
         assert (std[~p.possible_dose_mask] == 0).all() and std.max() > 0
         assert (tmp_path / "out" / "nifti" / f"{p.patient_id}_dose.nii.gz").is_file()
+
+
+def test_a_run_with_target_context_trains_and_predicts(tmp_path: Path) -> None:
+    data, cache = phantom_cache(tmp_path, patients=2)
+    cfg = micro_config(val_patients=0)
+    context = replace(cfg.data, target_context=(-4, -2, 2, 4))
+    cfg = replace(cfg, data=context, model=for_data(cfg.model, context))
+    train(cache, tmp_path / "run", cfg, max_steps=2, progress=False)
+    predict(tmp_path / "run", data, tmp_path / "out", sampler="ddim", steps=1, nifti=False, progress=False)
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        dose = read_dose_csv(tmp_path / "out" / f"{p.patient_id}.csv", p.shape)
+        assert np.isfinite(dose).all() and (dose >= 0).all() and (dose[~p.possible_dose_mask] == 0).all()
 
 
 def test_cli_predict_then_evaluate(trained: tuple[Path, Path], tmp_path: Path) -> None:

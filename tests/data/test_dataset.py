@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,26 @@ def test_per_level_targets_and_context(cache: Cache) -> None:
     centre = structure_channels(vol, z, DataConfig())[0]
     np.testing.assert_array_equal(cond[2].numpy(), centre)  # centre slice in the middle of the CT stack
     np.testing.assert_array_equal(cond[3].numpy(), structure_channels(vol, z + 1, DataConfig())[0])
+
+
+def test_target_context_adds_the_prescription_maps_above_and_below(cache: Cache) -> None:
+    cfg = DataConfig(target_context=[-3, 2])  # a list, as JSON gives it back
+    assert cfg.target_context == (-3, 2) and cfg.cond_channels == 9 + 2
+    assert DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    vol, plain = cache.get("pt_1"), DataConfig()
+    shape = vol.full_shape
+    z = next(z for z in range(3, shape[2] - 2)  # a slice whose neighbours' targets differ from its own
+             if not np.array_equal(structure_channels(vol, z - 3, plain)[1], structure_channels(vol, z, plain)[1]))
+    cond = structure_channels(vol, z, cfg)
+    np.testing.assert_array_equal(cond[:9], structure_channels(vol, z, plain))  # the usual channels come first
+    np.testing.assert_array_equal(cond[9], structure_channels(vol, z - 3, plain)[1])
+    np.testing.assert_array_equal(cond[10], structure_channels(vol, z + 2, plain)[1])
+    assert not structure_channels(vol, shape[2] - 1, DataConfig(target_context=(2,)))[-1].any()  # past the patient
+    for bad in ((0,), (2, 2)):
+        with pytest.raises(ValueError, match="distinct non-zero"):
+            DataConfig(target_context=bad)
+    with pytest.raises(ValueError, match="prescription"):
+        DataConfig(target_context=(2,), target_encoding="per_level")
 
 
 def test_resize_256(cache: Cache) -> None:

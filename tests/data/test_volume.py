@@ -28,6 +28,8 @@ def test_volumes_are_the_stacked_slices(cache: Cache) -> None:
     assert mask.sum() == vol.to_patient(cache.rois).possible_dose_mask.sum()
     with pytest.raises(ValueError, match="2.5D"):
         structure_volume(vol, DataConfig(context_slices=1))
+    with pytest.raises(ValueError, match="2.5D"):
+        structure_volume(vol, DataConfig(target_context=(2,)))
 
 
 def test_crops_stay_on_the_grid_and_over_the_patient(cache: Cache) -> None:

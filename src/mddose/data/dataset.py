@@ -11,6 +11,9 @@ in this order:
    configuration (OpenKBP: PTV70 → 1.0, PTV63 → 0.9, PTV56 → 0.8, 0 outside every PTV), so one channel carries
    every dose level. ``"per_level"``: one binary channel per target of the configuration.
 3. **OARs**, one binary channel each in ``RoiConfig.oars`` order (zeros where not contoured).
+4. **Target context** (``target_context``, empty by default): the prescription map of the slices at these offsets
+   along z, one channel each in the given order, so a 2D network sees where the targets start and end above and
+   below the slice (zeros past the patient).
 
 Dose is ``Gy / dose_norm_gy`` (default 80 Gy, above every OpenKBP training dose: the largest is recorded by
 ``prepare`` in ``cache.json``), so the model works on [0, ~1] as the published code does.
@@ -46,6 +49,7 @@ class DataConfig:
     image_size: int = 128  # side of the square network input; 128 is native OpenKBP, the paper used 256
     context_slices: int = 0  # 2.5D: neighbouring CT slices on each side added as channels
     target_encoding: Literal["prescription", "per_level"] = "prescription"
+    target_context: tuple[int, ...] = ()  # slice offsets whose prescription map is added, e.g. (-8, -4, 4, 8)
     dose_norm_gy: float = 80.0  # dose / dose_norm_gy is what the model sees
     augment: bool = False  # training only: flips with organ swap, shifts, CT jitter
     max_shift: int = 6  # pixels, uniform in [-max_shift, max_shift] per axis
@@ -62,6 +66,11 @@ class DataConfig:
             raise ValueError(f"crop must be a multiple of 16 up to image_size {self.image_size}, not {self.crop}")
         if self.target_encoding not in ("prescription", "per_level"):
             raise ValueError(f"target_encoding must be 'prescription' or 'per_level', not {self.target_encoding!r}")
+        self.target_context = tuple(int(o) for o in self.target_context)
+        if 0 in self.target_context or len(set(self.target_context)) < len(self.target_context):
+            raise ValueError(f"target_context holds distinct non-zero slice offsets, not {self.target_context}")
+        if self.target_context and self.target_encoding != "prescription":
+            raise ValueError("target_context adds prescription maps: it needs target_encoding 'prescription'")
 
     @property
     def n_target_channels(self) -> int:
@@ -73,7 +82,12 @@ class DataConfig:
 
     @property
     def cond_channels(self) -> int:
-        return self.n_ct_channels + self.n_target_channels + len(self.rois.oars)
+        return self.n_ct_channels + self.n_target_channels + len(self.rois.oars) + len(self.target_context)
+
+    @property
+    def slice_context(self) -> bool:
+        """Whether the inputs of a slice read other slices (2.5D CT or target context): 2D networks only."""
+        return bool(self.context_slices or self.target_context)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,23 +117,30 @@ def structure_channels(vol: CachedPatient, z: int, config: DataConfig) -> np.nda
         k = _crop_z(vol, z + dz)
         hu = vol.ct[:, :, k] if k is not None else np.full(vol.ct.shape[:2], CT_CLIP_HU[0])
         channels.append(_place(np.clip(hu, *CT_CLIP_HU) / 1000.0, vol, CT_CLIP_HU[0] / 1000.0))
-    k = _crop_z(vol, z)
-    bits = vol.rois[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
-    names = vol.roi_names
-
-    def roi(name: str) -> np.ndarray:
-        return _place(((bits >> (1 + names.index(name))) & 1).astype(np.float32), vol, 0.0)
-
     rois = config.rois
     if config.target_encoding == "prescription":
-        level = np.zeros(vol.full_shape[:2], np.float32)
-        for t in rois.targets:
-            level = np.maximum(level, roi(t) * (rois.prescription(t) / rois.max_prescription))
-        channels.append(level)
+        channels.append(_prescription_map(vol, z, rois))
     else:
-        channels.extend(roi(t) for t in rois.targets)
-    channels.extend(roi(o) for o in rois.oars)
+        channels.extend(_roi_slice(vol, z, t) for t in rois.targets)
+    channels.extend(_roi_slice(vol, z, o) for o in rois.oars)
+    channels.extend(_prescription_map(vol, z + dz, rois) for dz in config.target_context)
     return np.stack(channels)  # (C, X, Y)
+
+
+def _roi_slice(vol: CachedPatient, z: int, name: str) -> np.ndarray:
+    """Binary mask of ROI ``name`` on slice ``z`` in the full (X, Y) grid (zeros outside the cached box)."""
+    k = _crop_z(vol, z)
+    if k is None:
+        return np.zeros(vol.full_shape[:2], np.float32)
+    return _place(((vol.rois[:, :, k] >> (1 + vol.roi_names.index(name))) & 1).astype(np.float32), vol, 0.0)
+
+
+def _prescription_map(vol: CachedPatient, z: int, rois: RoiConfig) -> np.ndarray:
+    """Slice ``z``'s highest prescription per voxel over the targets, relative to the configuration's highest."""
+    level = np.zeros(vol.full_shape[:2], np.float32)
+    for t in rois.targets:
+        level = np.maximum(level, _roi_slice(vol, z, t) * (rois.prescription(t) / rois.max_prescription))
+    return level
 
 
 def slice_dose(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:

@@ -19,8 +19,8 @@ from mddose.data.dataset import DataConfig, jitter_ct, mirror, mirror_swaps, sli
 
 def structure_volume(vol: CachedPatient, config: DataConfig, zs: range | None = None) -> np.ndarray:
     """Structure channels of the axial slices ``zs`` (default: all): (C, X, Y, len(zs)) float32."""
-    if config.context_slices:
-        raise ValueError("3D inputs take no 2.5D context (context_slices must be 0)")
+    if config.slice_context:
+        raise ValueError("3D inputs take no 2.5D context (context_slices must be 0, target_context empty)")
     zs = zs if zs is not None else range(vol.full_shape[2])
     return np.stack([structure_channels(vol, z, config) for z in zs], axis=-1)
 

@@ -88,8 +88,9 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f"- Network: `{model['name']}`, {model['denoiser_block']} denoiser with a {model['encoder_block']} structure"
         f" encoder, convolutions at the {model.get('conv_levels', 0)} finest levels, widths {model['enc_widths']},"
         f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
-        f"- Inputs: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map, 7 OAR masks at"
-        f" {data['image_size']}²; training crops {data['crop'] or 'none'}; augmentation {data['augment']}.",
+        f"- Inputs: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map, 7 OAR masks"
+        f"{_target_context(data)} at {data['image_size']}²; training crops {data['crop'] or 'none'}; augmentation"
+        f" {data['augment']}.",
         _diffusion_line(config["diffusion"]),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
         f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
@@ -115,6 +116,11 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
     lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
+
+
+def _target_context(data: dict[str, Any]) -> str:
+    offsets = data.get("target_context") or []
+    return f", the prescription map at slice offsets {', '.join(f'{o:+d}' for o in offsets)}" if offsets else ""
 
 
 def _diffusion_line(d: dict[str, Any]) -> str:

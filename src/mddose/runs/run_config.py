@@ -86,8 +86,9 @@ class RunConfig:
             raise ValueError(f"model image_size {self.model.image_size} != data image_size {self.data.image_size}")
         if self.data.crop and isinstance(self.model, ModelConfig) and self.model.has_positions:
             raise ValueError("data.crop needs a network without absolute positions: set pos_embed and rope to false")
-        if isinstance(self.model, BaselineConfig) and self.model.dims == 3 and self.data.context_slices:
-            raise ValueError("a 3D baseline takes no 2.5D context: set data.context_slices to 0")
+        if isinstance(self.model, BaselineConfig) and self.model.dims == 3 and self.data.slice_context:
+            raise ValueError("a 3D baseline takes no 2.5D context: set data.context_slices to 0 and "
+                             "data.target_context to []")
 
     @property
     def objective(self) -> Literal["diffusion", "regression"]:
@@ -193,7 +194,7 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         shape = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {}) if volumes
                  else {"loss_region": base.diffusion.loss_region})
         extra = {"loss": base.diffusion.loss} | shape
-        data = replace(base.data, context_slices=0, crop=0) if volumes else base.data  # 3D: volume patches
+        data = replace(base.data, context_slices=0, target_context=(), crop=0) if volumes else base.data  # 3D
         try:
             model = for_data(baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra), data)
         except ValueError as e:
