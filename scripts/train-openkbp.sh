@@ -3,15 +3,15 @@
 # EMA, optimizer, RNG, step) and train MINUTES more under nice, checkpointing every few minutes.
 # Safe to kill at any point (the next call resumes from the last checkpoint). Usage:
 #   scripts/train-openkbp.sh MINUTES [DEVICE] [DECAY_STEPS]
-# DEVICE: cpu (default) or cuda. DECAY_STEPS: the step the cosine now ends at; a run that reached its old end
-# sits at the floor learning rate, and a new end past it restarts the schedule there (warm restart).
-# THREADS (environment, default 1): threads per process; 2 on an otherwise idle 2-core machine.
+# DEVICE: cpu (default) or cuda. DECAY_STEPS: stretch the cosine to end at this step; a run that reached its old
+# end sits at the floor learning rate and climbs back to the stretched curve's rate at its step.
+# THREADS (environment, default 1): the most threads per process (2 on an otherwise idle 2-core machine; the
+# trainer drops to fewer when more do not pay).
 # Then `mddose pretrained export models/openkbp/run` scores the run on the validation patients and, when it
 # beats the shipped model, writes the package weights and a row of the model card's training log.
 set -euo pipefail
 minutes=${1:?usage: scripts/train-openkbp.sh MINUTES [DEVICE] [DECAY_STEPS]}
 device=${2:-cpu}
-horizon=(${3:+--decay-steps "$3"})
 root=$(cd "$(dirname "$0")/.." && pwd)
 data=${MDDOSE_OPENKBP:-$root/../shared/openkbp}
 cache=${MDDOSE_CACHE:-$root/.cache/openkbp}
@@ -19,5 +19,5 @@ run=$root/models/openkbp/run
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 [ -f "$cache/train/cache.json" ] || nice -n 10 mddose prepare "$data/train-pats" "$cache/train"
 if [ -f "$run/checkpoints/last/trainer.json" ]; then start=(--resume); else start=(--preset default); fi
-exec nice -n 10 mddose train "$cache/train" "$run" "${start[@]}" "${horizon[@]}" --minutes "$minutes" \
-    --device "$device"
+if [ $# -ge 3 ]; then start+=(--decay-steps "$3"); fi
+exec nice -n 10 mddose train "$cache/train" "$run" "${start[@]}" --minutes "$minutes" --device "$device"

@@ -11,7 +11,8 @@ import pytest
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig
 from mddose.models.config import ModelConfig
-from mddose.runs.run_config import METHODS, RunConfig, load_run_config, method_config, run_preset
+from mddose.runs.run_config import (METHODS, RunConfig, for_data, load_run_config, method_config, new_horizon,
+                                     run_preset)
 
 
 def test_methods_differ_only_in_the_network() -> None:
@@ -83,6 +84,23 @@ def test_3d_baseline_takes_no_context() -> None:
     cfg = method_config("c3d-3d", run_preset("tiny"))
     with pytest.raises(ValueError, match="2.5D"):
         RunConfig(model=cfg.model.replace(cond_channels=11), data=replace(cfg.data, context_slices=1))
+    with pytest.raises(ValueError, match="2.5D"):
+        RunConfig(model=cfg.model.replace(cond_channels=10), data=replace(cfg.data, target_context=(2,)))
+    base = run_preset("tiny")
+    context = replace(base.data, target_context=(-4, 4))
+    with_context = replace(base, data=context, model=for_data(base.model, context))
+    assert method_config("c3d-3d", with_context).data == replace(context, context_slices=0, target_context=())
+    assert method_config("c3d", with_context).data.target_context == (-4, 4)
+
+
+def test_a_new_schedule_end_moves_the_default_stop_with_it() -> None:
+    cfg = run_preset("tiny")  # its stop is its schedule's end
+    assert cfg.train.max_steps == cfg.train.decay_steps
+    assert (new_horizon(cfg, 300).train.decay_steps, new_horizon(cfg, 300).train.max_steps) == (300, 300)
+    later_stop = replace(cfg, train=replace(cfg.train, decay_steps=100, max_steps=500))
+    assert new_horizon(later_stop, 300).train.max_steps == 500 and new_horizon(later_stop, 900).train.max_steps == 900
+    with pytest.raises(MddoseError, match="constant"):
+        new_horizon(replace(cfg, train=replace(cfg.train, lr_schedule="constant")), 300)
 
 
 def test_unknown_preset() -> None:

@@ -19,8 +19,8 @@ from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
 from mddose.experiments.shipping import export_run
 from mddose.inference.predict import load_model
-from mddose.inference.pretrained import (CARD_FILE, LOG_FILE, PRETRAINED, pretrained_folder, training_log,
-                                         write_weights)
+from mddose.inference.pretrained import (CARD_FILE, LOG_FILE, PRETRAINED, card_text, model_card,
+                                         pretrained_folder, training_log, write_weights)
 from mddose.models.build import build_model
 from mddose.runs.run_config import RunConfig
 from mddose.training.loop import train
@@ -39,6 +39,7 @@ def test_packaged_weights_load_and_match_their_config() -> None:
     assert loaded_cfg == cfg and all(torch.isfinite(p).all() for p in model.parameters())
     rows = training_log(folder)
     assert rows and any(r["shipped"] for r in rows) and "Training log" in (folder / CARD_FILE).read_text()
+    assert (folder / CARD_FILE).read_text() == card_text(folder)  # the card says what its files say
 
 
 def test_predict_pretrained_on_a_synthetic_patient(tmp_path: Path) -> None:
@@ -103,6 +104,9 @@ def test_shipped_config_picks_its_scan_path_on_the_users_machine(tmp_path: Path)
     assert shipped["model"].pop("scan_backend") == "auto"
     assert shipped["model"] == {k: v for k, v in config["model"].items() if k != "scan_backend"}
     assert load_file(str(target / "ema.safetensors"))["w"].dtype == torch.float16
+    card = model_card("openkbp", shipped | {"data": shipped["data"] | {"target_context": [-4, 4]}}, [])
+    assert "7 OAR masks, the prescription map at slice offsets (-4, +4);" in card
+    assert "7 OAR masks; training crops" in model_card("openkbp", shipped, [])  # none: nothing added
 
 
 def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:

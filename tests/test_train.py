@@ -76,7 +76,7 @@ def test_resume_is_bit_exact(cache_dir: Path, tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_a_new_horizon_restarts_the_cosine(cache_dir: Path, tmp_path: Path) -> None:
+def test_resume_with_a_later_schedule_end_raises_the_lr_again(cache_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "restart"
     cfg = micro_config(val_patients=0, decay_steps=3, max_steps=4)
     train(cache_dir, run, cfg, progress=False)  # one step past the end of its schedule: at the floor

@@ -189,9 +189,10 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
-    decay_steps: Annotated[Optional[int], typer.Option(min=1, help="Move the learning-rate schedule's end to this "
-                                                                   "step (resuming past it: a warm restart); kept "
-                                                                   "in the run's config.")] = None,
+    decay_steps: Annotated[Optional[int], typer.Option(min=1, help="Stretch the learning-rate schedule to end at "
+                                                                   "this step (a resumed run at its floor climbs "
+                                                                   "back to the stretched curve); the default stop "
+                                                                   "moves with it; kept in the run's config.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Train MD-Dose (or a baseline) on a cache (under torchrun: multi-GPU DDP)."""

@@ -77,6 +77,9 @@ def test_target_context_adds_the_prescription_maps_above_and_below(cache: Cache)
     for bad in ((0,), (2, 2)):
         with pytest.raises(ValueError, match="distinct non-zero"):
             DataConfig(target_context=bad)
+    for bad in ([1.7, -4], [True, 3], "48", None):
+        with pytest.raises(ValueError, match="integers"):
+            DataConfig(target_context=bad)
     with pytest.raises(ValueError, match="prescription"):
         DataConfig(target_context=(2,), target_encoding="per_level")
 

@@ -26,7 +26,7 @@ paired organs of ``RoiConfig.mirror_pairs``, small in-plane shifts, and a small 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -66,7 +66,10 @@ class DataConfig:
             raise ValueError(f"crop must be a multiple of 16 up to image_size {self.image_size}, not {self.crop}")
         if self.target_encoding not in ("prescription", "per_level"):
             raise ValueError(f"target_encoding must be 'prescription' or 'per_level', not {self.target_encoding!r}")
-        self.target_context = tuple(int(o) for o in self.target_context)
+        offsets = self.target_context
+        if not isinstance(offsets, list | tuple) or any(type(o) is not int for o in offsets):
+            raise ValueError(f"target_context holds slice offsets (integers), not {offsets!r}")
+        self.target_context = tuple(offsets)
         if 0 in self.target_context or len(set(self.target_context)) < len(self.target_context):
             raise ValueError(f"target_context holds distinct non-zero slice offsets, not {self.target_context}")
         if self.target_context and self.target_encoding != "prescription":
@@ -88,6 +91,10 @@ class DataConfig:
     def slice_context(self) -> bool:
         """Whether the inputs of a slice read other slices (2.5D CT or target context): 2D networks only."""
         return bool(self.context_slices or self.target_context)
+
+    def without_slice_context(self) -> DataConfig:
+        """The same inputs read from their own slice only (what 3D networks take)."""
+        return replace(self, context_slices=0, target_context=())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +168,7 @@ def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
 
 def resize_inputs(cond: torch.Tensor, mask: torch.Tensor, config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize a batch of structure images (B, C, H, W) and masks (B, 1, H, W) to ``config.image_size``:
-    bilinear for the CT channels, nearest for the binary ones. Training and prediction both go through here."""
+    bilinear for the CT channels, nearest for the masks and prescription maps. Training and prediction both go through here."""
     size = config.image_size
     if cond.shape[-1] == size and cond.shape[-2] == size:
         return cond, mask

@@ -4,7 +4,7 @@ and random training crops.
 A structure volume is the stack of the axial structure images of :func:`~mddose.data.dataset.structure_channels`
 along z, so the channels are exactly the 2D models' (CT, target level, OARs); arrays are (C, X, Y, Z) and a
 network sees X, Y, Z as its three spatial axes. Volumes stay on the native grid (no resizing; ``image_size``
-does not apply) and 2.5D context does not apply either.
+does not apply), and the 2D models' slice context (2.5D CT, target context) does not apply either.
 """
 
 from __future__ import annotations

@@ -50,12 +50,16 @@ def training_log(folder: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def card_text(folder: Path, name: str = "openkbp") -> str:
+    """MODEL_CARD.md as the folder's config, training log and comparison make it."""
+    comparison = folder / COMPARISON_FILE
+    return model_card(name, read_config(folder), training_log(folder),
+                      comparison.read_text() if comparison.is_file() else "")
+
+
 def write_card(folder: Path, name: str = "openkbp") -> Path:
     """(Re)write MODEL_CARD.md from the folder's config, training log and comparison."""
-    comparison = folder / COMPARISON_FILE
-    text = model_card(name, read_config(folder), training_log(folder),
-                      comparison.read_text() if comparison.is_file() else "")
-    write_text(folder / CARD_FILE, text)
+    write_text(folder / CARD_FILE, card_text(folder, name))
     return folder / CARD_FILE
 
 
@@ -88,8 +92,8 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f"- Network: `{model['name']}`, {model['denoiser_block']} denoiser with a {model['encoder_block']} structure"
         f" encoder, convolutions at the {model.get('conv_levels', 0)} finest levels, widths {model['enc_widths']},"
         f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
-        f"- Inputs: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map, 7 OAR masks"
-        f"{_target_context(data)} at {data['image_size']}²; training crops {data['crop'] or 'none'}; augmentation"
+        f"- Inputs at {data['image_size']}²: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map,"
+        f" 7 OAR masks{_target_context(data)}; training crops {data['crop'] or 'none'}; augmentation"
         f" {data['augment']}.",
         _diffusion_line(config["diffusion"]),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
@@ -119,8 +123,9 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
 
 
 def _target_context(data: dict[str, Any]) -> str:
+    """The card's words for ``data.target_context`` (empty when the model has none)."""
     offsets = data.get("target_context") or []
-    return f", the prescription map at slice offsets {', '.join(f'{o:+d}' for o in offsets)}" if offsets else ""
+    return f", the prescription map at slice offsets ({', '.join(f'{o:+d}' for o in offsets)})" if offsets else ""
 
 
 def _diffusion_line(d: dict[str, Any]) -> str:

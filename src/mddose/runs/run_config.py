@@ -11,7 +11,7 @@ rebuilds the model with no other input. The model is MD-Dose's :class:`~mddose.m
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,7 +194,7 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         shape = ({"dims": 3} | ({"patch_size": patch_size} if patch_size else {}) if volumes
                  else {"loss_region": base.diffusion.loss_region})
         extra = {"loss": base.diffusion.loss} | shape
-        data = replace(base.data, context_slices=0, target_context=(), crop=0) if volumes else base.data  # 3D
+        data = replace(base.data.without_slice_context(), crop=0) if volumes else base.data  # 3D: volume patches
         try:
             model = for_data(baseline_config("cascade" if method.startswith("c3d") else "dense", m, **extra), data)
         except ValueError as e:
@@ -249,6 +249,13 @@ def checkpoint_run_config(folder: Path) -> RunConfig:
                           folder / "config.json") from None
 
 
-def with_overrides(cfg: RunConfig, **train: Any) -> RunConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return replace(cfg, train=replace(cfg.train, **{k: v for k, v in train.items() if k in names and v is not None}))
+def new_horizon(cfg: RunConfig, decay_steps: int) -> RunConfig:
+    """``cfg`` with its learning-rate schedule stretched (or shrunk) to end at ``decay_steps``: a resumed run that
+    sat at the floor climbs back to the stretched schedule's rate at its step. The default stop (``max_steps``)
+    moves with the end where it was the end, and is never before it."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        raise MddoseError("a new schedule end (--decay-steps) needs a decaying schedule; this run's lr_schedule "
+                          "is constant")
+    stop = decay_steps if t.max_steps == t.decay_steps else max(t.max_steps, decay_steps)
+    return replace(cfg, train=replace(t, decay_steps=decay_steps, max_steps=stop))

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.checkpoint import load_trainer_state, load_weights, save_checkpoint
 from mddose.runs.layout import CONFIG, TRAINER, RunFolder
-from mddose.runs.run_config import RunConfig, checkpoint_run_config, run_preset
+from mddose.runs.run_config import RunConfig, checkpoint_run_config, new_horizon, run_preset
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)
@@ -60,13 +59,6 @@ def lr_at(step: int, cfg: RunConfig) -> float:
         return t.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
     # "paper": constant for the first half, then linear decay to 1 % of the initial rate (1e-2 → 1e-4)
     return t.lr if progress < 0.5 else t.lr * (1 - (progress - 0.5) / 0.5 * 0.99)
-
-
-def new_horizon(cfg: RunConfig, decay_steps: int) -> RunConfig:
-    """``cfg`` with its schedule ending at ``decay_steps`` (a warm restart when a resumed run is past its old
-    horizon); ``max_steps``, the default stop, moves out with it."""
-    train = replace(cfg.train, decay_steps=decay_steps, max_steps=max(cfg.train.max_steps, decay_steps))
-    return replace(cfg, train=train)
 
 
 def training_loss(cfg: RunConfig) -> DiffusionLoss | RegressionLoss:
@@ -142,6 +134,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + self.rank)
         self._setup_data(cache_dir)
         self._setup_model(resume)
+        if decay_steps is not None and self.state["step"] >= decay_steps and self.rank == 0:
+            log.warning("step %d is already past the new horizon %d: the learning rate stays at its floor",
+                        self.state["step"], decay_steps)
         self.running: list[float] = []
         self.step_times: list[float] = []
         self.tuner = ThreadTuner(self.dev) if self.world == 1 else None
@@ -278,8 +273,8 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation.
 
-    ``decay_steps``: a new horizon for the learning-rate schedule (see :func:`new_horizon`), kept in the run's
-    config. ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
+    ``decay_steps``: a new end for the learning-rate schedule (:func:`~mddose.runs.run_config.new_horizon`),
+    kept in the run's config. ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
     slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
     """
     # setup
