@@ -274,8 +274,9 @@ def train(
     """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation.
 
     ``decay_steps``: a new end for the learning-rate schedule (:func:`~mddose.runs.run_config.new_horizon`),
-    kept in the run's config. ``planned_steps``: the steps this invocation is expected to make (the demo's plan); far fewer, or steps far
-    slower than the run's best, end in a warning (terminal, history.json, the result's ``warning``).
+    kept in the run's config. ``planned_steps``: the steps this invocation is expected to make (the demo's
+    plan); far fewer, or steps far slower than the run's best, end in a warning (terminal, history.json, the
+    result's ``warning``).
     """
     # setup
     t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps)
