@@ -168,7 +168,8 @@ def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
 
 def resize_inputs(cond: torch.Tensor, mask: torch.Tensor, config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize a batch of structure images (B, C, H, W) and masks (B, 1, H, W) to ``config.image_size``:
-    bilinear for the CT channels, nearest for the masks and prescription maps. Training and prediction both go through here."""
+    bilinear for the CT channels, nearest for the masks and prescription maps. Training and prediction both go
+    through here."""
     size = config.image_size
     if cond.shape[-1] == size and cond.shape[-2] == size:
         return cond, mask
