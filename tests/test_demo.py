@@ -34,6 +34,8 @@ def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     # every stage ran and left its files
     assert set(info["stages"]) == {"data", "plan", "train", "predict", "evaluate", "report"}
     assert info["train"]["steps"] >= 1
+    run_cfg = json.loads((out / "run" / "config.json").read_text())
+    assert run_cfg["train"]["decay_steps"] == info["train"]["planned_steps"]  # the cosine ends with the time
     assert [p.name for p in sorted((out / "data" / "test").iterdir())] == ["pt_1"]
     assert (out / "predictions" / "mddose" / "pt_1.csv").is_file()
     assert (out / "predictions" / "trivial" / "pt_1.csv").is_file()

@@ -54,7 +54,7 @@ from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.models.build import build_model
 from mddose.models.config import preset
-from mddose.runs.run_config import RunConfig, TrainConfig, for_data
+from mddose.runs.run_config import RunConfig, TrainConfig, for_data, new_horizon
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def _plan_stage(out_dir: Path, plan: DemoPlan, seed: int, device: str,
         torch.set_num_threads(plan.train_threads)
     per_step = plan.seconds_per_step + _batch_seconds(out_dir / "cache", cfg)  # + reading the batch
     steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
-    cfg.train.decay_steps = steps_expected  # the cosine schedule ends as the time runs out
+    cfg = new_horizon(cfg, steps_expected)  # the cosine schedule ends as the time runs out
     log.info("[2/6] plan (budget %.0f s, %.0f s spent): train %.0f s (~%d steps on %s, %d thread(s)), predict "
              "~%.0f s (%s, %d steps, %d samples), evaluate and report ~%.0f s", plan.budget_s, spent_s, plan.train_s,
              steps_expected, plan.device, plan.train_threads, plan.predict_s, plan.sampler, plan.steps, plan.samples,
