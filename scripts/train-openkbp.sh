@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Cumulative training of the shipped OpenKBP model: resume models/openkbp/run from its full checkpoint (weights,
-# EMA, optimizer, RNG, step) and train MINUTES more under nice, checkpointing every few minutes.
+# Cumulative training of the shipped OpenKBP model, MINUTES more under nice, checkpointing every few minutes:
+# - with a local checkpoint in models/openkbp/run (kept out of git), resume it (weights, EMA, optimizer, RNG, step);
+# - else warm-start a new run there from the shipped weights (src/mddose/weights/openkbp) with the recipe
+#   models/openkbp/recipe.json: fresh optimizer, a short warm-up, steps counted on from the shipped model's, new
+#   inputs of the recipe joining with zero weights. DECAY_STEPS is then required: the step the cosine ends at.
 # Safe to kill at any point (the next call resumes from the last checkpoint). Usage:
 #   scripts/train-openkbp.sh MINUTES [DEVICE] [DECAY_STEPS]
-# DEVICE: cpu (default) or cuda. DECAY_STEPS: stretch the cosine to end at this step; a run that reached its old
+# DEVICE: cpu (default) or cuda. DECAY_STEPS: the cosine ends at this step; a resumed run that reached its old
 # end sits at the floor learning rate and climbs back to the stretched curve's rate at its step.
 # THREADS (environment, default 1): the most threads per process (2 on an otherwise idle 2-core machine; the
 # trainer drops to fewer when more do not pay).
@@ -21,7 +24,8 @@ export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 # (docs/experiments/recipe-openkbp.md, fifth stretch: the process's system time fell from 21 % to under 1 %)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184} MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-1073741824}
-[ -f "$cache/train/cache.json" ] || nice -n 10 mddose prepare "$data/train-pats" "$cache/train"
-if [ -f "$run/checkpoints/last/trainer.json" ]; then start=(--resume); else start=(--preset default); fi
+nice -n 10 mddose prepare "$data/train-pats" "$cache/train"  # adds only what the cache lacks (the beam prior too)
+if [ -f "$run/checkpoints/last/trainer.json" ]; then start=(--resume)
+else start=(--init-from "$root/src/mddose/weights/openkbp" --config "$root/models/openkbp/recipe.json"); fi
 if [ $# -ge 3 ]; then start+=(--decay-steps "$3"); fi
 exec nice -n 10 mddose train "$cache/train" "$run" "${start[@]}" --minutes "$minutes" --device "$device"

@@ -193,17 +193,22 @@ def train(
                                                                    "this step (a resumed run at its floor climbs "
                                                                    "back to the stretched curve); the default stop "
                                                                    "moves with it; kept in the run's config.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Start a new run from these weights (a checkpoint folder, or src/mddose/weights/openkbp): fresh "
+             "optimizer, a new warm-up, steps counted on; needs --decay-steps. --config (default: the weights' "
+             "own) may add input channels, which start at zero weight.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Train MD-Dose (or a baseline) on a cache (under torchrun: multi-GPU DDP)."""
     from mddose.runs.run_config import load_run_config, method_config, run_preset
     from mddose.training.loop import train as run_training
 
-    cfg = None if resume else (load_run_config(config) if config else run_preset(preset))
+    own = resume or (init_from is not None and config is None)  # the checkpoint's own config
+    cfg = None if own else (load_run_config(config) if config else run_preset(preset))
     if cfg is not None and method != "md-dose":
         cfg = method_config(method, cfg)
     result = run_training(cache_dir, run_dir, cfg, max_steps=max_steps, minutes=minutes, resume=resume, device=device,
-                          decay_steps=decay_steps)
+                          decay_steps=decay_steps, init_from=init_from)
     best = result["best"]
     typer.echo(f"trained to step {result['step']} in {result['seconds']:.0f} s; "
                f"best validation dose score: {best['dose_score']:.3f} Gy at step {best['step']}" if best else

@@ -68,8 +68,9 @@ def bench_sampling_command(
 
 def experiment(
     table: Annotated[str, typer.Argument(help="table1 (methods), table2 (parameters, inference time), table3 "
-                                              "(denoiser blocks), table4 (structure encoders) or layout (Mamba "
-                                              "at every / the coarse / no level).")],
+                                              "(denoiser blocks), table4 (structure encoders), layout (Mamba "
+                                              "at every / the coarse / no level) or inputs (beam prior, target "
+                                              "context).")],
     cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare' (table2: unused).")],
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
     out_dir: Annotated[Path, typer.Argument(help="Experiment folder, one per table (re-running resumes it).")],

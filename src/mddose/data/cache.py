@@ -18,6 +18,9 @@ may reach outside the mask, where the dose is 0, and the DVH metrics count those
 - ``dose``  uint16 dose of the voxels inside the possible-dose mask in steps of :data:`DOSE_STEP_GY` = 0.1 Gy,
   rounded to nearest (outside it OpenKBP's dose is 0). Worst case 0.05 Gy per voxel; the OpenKBP dose score of
   the cached reference against the original is ~0.025 Gy (recorded per patient in ``cache.json``; tested).
+- ``prior`` the beam prior (:mod:`mddose.data.beam_prior`) in the same units, computed with the gantry angles
+  that ``cache.json`` records as ``beam_angles``. A cache made before the prior existed gets it when prepare
+  is re-run on it.
 
 Each uint16/int16 array is stored as two byte planes (low bytes, then high bytes), which LZMA compresses
 ~10 % better than interleaved bytes. Float16 dose does not fit the 50 MiB budget for the 169 OpenKBP training patients; these integers plus LZMA
@@ -40,6 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mddose.atomic import check_finished, filling, write_bytes, write_json
+from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, beam_prior, check_angles
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
@@ -64,10 +68,12 @@ class CachedPatient:
     rois: np.ndarray  # (x, y, z) uint16 bitmask, bit 0 possible-dose mask
     dose: np.ndarray | None  # (x, y, z) uint16, DOSE_STEP_GY units
     roi_names: tuple[str, ...]
+    prior: np.ndarray | None = None  # (x, y, z) uint16, DOSE_STEP_GY units: the beam prior
 
     @classmethod
-    def from_patient(cls, patient: Patient) -> CachedPatient:
-        """Crop and quantise a patient exactly as the cache stores it (no compression)."""
+    def from_patient(cls, patient: Patient, beam_angles: tuple[float, ...] | None = None) -> CachedPatient:
+        """Crop and quantise a patient exactly as the cache stores it (no compression); with ``beam_angles``,
+        its beam prior for those gantry angles too."""
         names = patient.rois.all
         if len(names) > 15:
             raise ValueError("the cache's uint16 ROI bitmask holds at most 15 ROIs")
@@ -80,12 +86,11 @@ class CachedPatient:
             if name in patient.structures:
                 bits |= patient.structures[name][box].astype(np.uint16) << (1 + i)
         ct = np.where(inside, np.clip(np.rint(patient.ct[box]), -32768, 32767), -1000).astype(np.int16)
-        dose = None
-        if patient.dose is not None:
-            steps = np.clip(np.rint(patient.dose[box] / DOSE_STEP_GY), 0, 65535)
-            dose = np.where(inside, steps, 0).astype(np.uint16)
+        dose = None if patient.dose is None else _dose_steps(patient.dose[box], inside)
+        prior = None if beam_angles is None else _dose_steps(beam_prior(patient, beam_angles)[box], inside)
         offset = tuple(int(b.start) for b in box)
-        return cls(patient.patient_id, offset, patient.shape, patient.spacing, ct, bits, dose, names)  # type: ignore[arg-type]
+        return cls(patient.patient_id, offset, patient.shape, patient.spacing, ct, bits, dose, names,  # type: ignore[arg-type]
+                   prior)
 
     def mask(self, name: str) -> np.ndarray:
         """Cropped bool mask of one ROI ('possible_dose_mask' for bit 0)."""
@@ -131,6 +136,11 @@ class CachedPatient:
         return Patient(self.patient_id, ct, possible, self.spacing, structures, dose, rois)
 
 
+def _dose_steps(dose_gy: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """A cropped dose in Gy as the cache keeps it: uint16 steps of DOSE_STEP_GY, 0 outside the mask."""
+    return np.where(inside, np.clip(np.rint(dose_gy / DOSE_STEP_GY), 0, 65535), 0).astype(np.uint16)
+
+
 def crop_box(mask: np.ndarray) -> tuple[slice, ...]:
     """The bounding box of a non-empty mask as one slice per axis."""
     if not mask.any():
@@ -142,13 +152,15 @@ def crop_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def encode_patient(patient: Patient) -> tuple[bytes, dict[str, Any]]:
-    """Compress one patient for the cache; returns the file bytes and its index entry."""
-    cached = CachedPatient.from_patient(patient)
+def encode_patient(patient: Patient, beam_angles: tuple[float, ...] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Compress one patient (and its beam prior for ``beam_angles``) for the cache; returns the file bytes and
+    its index entry."""
+    cached = CachedPatient.from_patient(patient, beam_angles)
     inside = cached.rois & 1 == 1
     arrays = {"rois": _planes(cached.rois), "ct": _planes(cached.ct[inside])}
-    if cached.dose is not None:
-        arrays["dose"] = _planes(cached.dose[inside])
+    for name in ("dose", "prior"):
+        if getattr(cached, name) is not None:
+            arrays[name] = _planes(getattr(cached, name)[inside])
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = lzma.compress(buf.getvalue(), preset=9)
@@ -161,6 +173,7 @@ def encode_patient(patient: Patient) -> tuple[bytes, dict[str, Any]]:
         "rois_present": patient.present_rois(),
         "slices": patient.axial_slices().tolist(),
         "has_dose": patient.dose is not None,
+        "beam_prior": cached.prior is not None,
         "bytes": len(data),
     }
     if patient.dose is not None:
@@ -181,16 +194,20 @@ def decode_patient(path: Path, entry: dict[str, Any], roi_names: tuple[str, ...]
         inside = rois & 1 == 1
         ct = np.full(shape, -1000, dtype=np.int16)
         ct[inside] = _unplanes(arrays["ct"], np.int16)
-        dose = None
-        if "dose" in arrays:
-            dose = np.zeros(shape, dtype=np.uint16)
-            dose[inside] = _unplanes(arrays["dose"], np.uint16)
+        dose, prior = (_unmask(arrays[k], inside) if k in arrays else None for k in ("dose", "prior"))
     except (OSError, lzma.LZMAError, ValueError, EOFError, KeyError) as e:
         raise MddoseError(f"corrupt cache file ({type(e).__name__}); delete it and re-run prepare", path) from None
     return CachedPatient(
         entry["id"], tuple(entry["offset"]), tuple(entry["full_shape"]), tuple(entry["spacing"]),
-        ct, rois, dose, roi_names,
+        ct, rois, dose, roi_names, prior,
     )
+
+
+def _unmask(planes: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """A uint16 crop from the byte planes of its values inside the mask (0 elsewhere)."""
+    out = np.zeros(inside.shape, dtype=np.uint16)
+    out[inside] = _unplanes(planes, np.uint16)
+    return out
 
 
 def _planes(a: np.ndarray) -> np.ndarray:
@@ -230,6 +247,12 @@ class Cache:
     def patient_ids(self) -> list[str]:
         return list(self.entries)
 
+    @property
+    def beam_angles(self) -> tuple[float, ...] | None:
+        """The gantry angles of the beam priors the cache holds (None: it holds none)."""
+        angles = self.index.get("beam_angles")
+        return None if angles is None else tuple(angles)
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -246,35 +269,50 @@ class Cache:
 
 
 def prepare_cache(
-    data_dir: str | Path, cache_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True
+    data_dir: str | Path, cache_dir: str | Path, rois: RoiConfig | None = None, progress: bool = True,
+    beam_angles: tuple[float, ...] | None = OPENKBP_BEAM_ANGLES,
 ) -> dict[str, Any]:
-    """Build or complete the cache of every patient folder in ``data_dir``; returns a summary."""
+    """Build or complete the cache of every patient folder in ``data_dir``; returns a summary.
+
+    ``beam_angles``: the gantry angles of the beam prior stored with every patient (None: no prior). Re-run on a
+    cache that lacks the prior, it adds it; a cache made with other angles is refused.
+    """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     folders = list_patients(data_dir)
     rois = rois or RoiConfig()
+    beam_angles = None if beam_angles is None else check_angles(beam_angles)
     with filling(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in
-        return _fill_cache(folders, data_dir, cache_dir, rois, progress)
+        return _fill_cache(folders, data_dir, cache_dir, rois, progress, beam_angles)
+
+
+def _kept_entries(cache_dir: Path, rois: RoiConfig, beam_angles: tuple[float, ...] | None) -> dict[str, dict]:
+    """The patients an existing cache already holds as asked (those without the asked prior are redone)."""
+    if not (cache_dir / INDEX).is_file():
+        return {}
+    old = load_index(cache_dir)
+    if RoiConfig.from_dict(old["rois"]) != rois:
+        raise MddoseError("existing cache was made with another ROI configuration", cache_dir / INDEX)
+    old_angles = old.get("beam_angles")
+    if beam_angles is not None and old_angles is not None and tuple(old_angles) != beam_angles:
+        raise MddoseError(f"existing cache holds beam priors for other gantry angles ({old_angles})", cache_dir / INDEX)
+    return {e["id"]: e for e in old["patients"] if (cache_dir / f"{e['id']}{SUFFIX}").is_file()
+            and (beam_angles is None or e.get("beam_prior"))}
 
 
 def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiConfig,
-                progress: bool) -> dict[str, Any]:
-    entries: dict[str, dict[str, Any]] = {}
-    if (cache_dir / INDEX).is_file():
-        old = load_index(cache_dir)
-        if RoiConfig.from_dict(old["rois"]) != rois:
-            raise MddoseError("existing cache was made with another ROI configuration", cache_dir / INDEX)
-        entries = {e["id"]: e for e in old["patients"] if (cache_dir / f"{e['id']}{SUFFIX}").is_file()}
+                progress: bool, beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
+    entries = _kept_entries(cache_dir, rois, beam_angles)
     start, added = time.perf_counter(), 0
     bar = tqdm(folders, desc="prepare", unit="pt", disable=not progress)
     for folder in bar:
         if folder.name in entries:
             continue
-        data, entry = encode_patient(read_patient(folder, rois))
+        data, entry = encode_patient(read_patient(folder, rois), beam_angles)
         write_bytes(cache_dir / f"{folder.name}{SUFFIX}", data)
         entries[folder.name] = entry
         added += 1
-        _write_index(cache_dir, rois, entries, data_dir)  # after every patient: resumable at any point
-    index = _write_index(cache_dir, rois, entries, data_dir)
+        _write_index(cache_dir, rois, entries, data_dir, beam_angles)  # after every patient: resumable
+    index = _write_index(cache_dir, rois, entries, data_dir, beam_angles)
     summary = {k: index[k] for k in ("n_patients", "n_slices", "size_mib", "dose_score_vs_original_max")}
     summary.update(added=added, seconds=round(time.perf_counter() - start, 1))
     log.info("cache %s: %s", cache_dir, summary)
@@ -282,7 +320,8 @@ def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiC
 
 
 def _write_index(
-    cache_dir: Path, rois: RoiConfig, entries: dict[str, dict[str, Any]], data_dir: Path
+    cache_dir: Path, rois: RoiConfig, entries: dict[str, dict[str, Any]], data_dir: Path,
+    beam_angles: tuple[float, ...] | None,
 ) -> dict[str, Any]:
     ordered = sorted(entries.values(), key=lambda e: natural_key(e["id"]))
     scores = [e["dose_score_vs_original"] for e in ordered if "dose_score_vs_original" in e]
@@ -292,6 +331,7 @@ def _write_index(
         "rois": rois.to_dict(),
         "precision": {"ct": "int16 HU (1 HU)", "dose": f"uint16, {DOSE_STEP_GY} Gy steps", "rois": "uint16 bitmask"},
         "dose_step_gy": DOSE_STEP_GY,
+        "beam_angles": list(beam_angles) if beam_angles and all(e.get("beam_prior") for e in ordered) else None,
         "n_patients": len(ordered),
         "n_slices": sum(len(e["slices"]) for e in ordered),
         "size_mib": round(sum(e["bytes"] for e in ordered) / 2**20, 2),

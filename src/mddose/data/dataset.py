@@ -14,6 +14,9 @@ in this order:
 4. **Target context** (``target_context``, empty by default): the prescription map of the slices at these offsets
    along z, one channel each in the given order, so a 2D network sees where the targets start and end above and
    below the slice (zeros past the patient).
+5. **Beam prior** (``beam_prior``, off by default): the beam model's dose for the patient's own anatomy and the
+   plan's gantry angles ``beam_angles`` (:mod:`mddose.data.beam_prior`), in the dose's units (Gy /
+   ``dose_norm_gy``). Last, so that a network trained without it gains it as one zero-initialised input.
 
 Dose is ``Gy / dose_norm_gy`` (default 80 Gy, above every OpenKBP training dose: the largest is recorded by
 ``prepare`` in ``cache.json``), so the model works on [0, ~1] as the published code does.
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, check_angles
 from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient
 from mddose.data.patient import RoiConfig
 from mddose.errors import MddoseError
@@ -58,10 +62,15 @@ class DataConfig:
     # crop > 0: train on random crop × crop windows around the patient and predict on the patient's box (a
     # multiple of 16 around it) instead of the whole slice; for networks without absolute positions only
     crop: int = 0
+    beam_prior: bool = False  # the beam model's dose as the last structure channel
+    beam_angles: tuple[float, ...] = OPENKBP_BEAM_ANGLES  # the plans' gantry angles (degrees) for the prior
 
     def __post_init__(self) -> None:
         if isinstance(self.rois, dict):
             self.rois = RoiConfig.from_dict(self.rois)
+        if not isinstance(self.beam_angles, list | tuple):
+            raise ValueError(f"beam_angles holds gantry angles in degrees, not {self.beam_angles!r}")
+        self.beam_angles = check_angles(self.beam_angles)
         if self.crop and (self.crop % 16 or self.crop > self.image_size):
             raise ValueError(f"crop must be a multiple of 16 up to image_size {self.image_size}, not {self.crop}")
         if self.target_encoding not in ("prescription", "per_level"):
@@ -85,7 +94,13 @@ class DataConfig:
 
     @property
     def cond_channels(self) -> int:
-        return self.n_ct_channels + self.n_target_channels + len(self.rois.oars) + len(self.target_context)
+        return (self.n_ct_channels + self.n_target_channels + len(self.rois.oars) + len(self.target_context)
+                + int(self.beam_prior))
+
+    @property
+    def prior_angles(self) -> tuple[float, ...] | None:
+        """The gantry angles a patient's beam prior must be computed with (None: the inputs take no prior)."""
+        return self.beam_angles if self.beam_prior else None
 
     @property
     def slice_context(self) -> bool:
@@ -131,7 +146,23 @@ def structure_channels(vol: CachedPatient, z: int, config: DataConfig) -> np.nda
         channels.extend(_roi_slice(vol, z, t) for t in rois.targets)
     channels.extend(_roi_slice(vol, z, o) for o in rois.oars)
     channels.extend(_prescription_map(vol, z + dz, rois) for dz in config.target_context)
+    if config.beam_prior:
+        channels.append(_prior_slice(vol, z, config))
     return np.stack(channels)  # (C, X, Y)
+
+
+def _prior_slice(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:
+    """The beam prior of slice ``z`` in the dose's units (Gy / ``dose_norm_gy``)."""
+    if vol.prior is None:
+        raise MddoseError(f"{vol.patient_id} has no beam prior: re-run 'mddose prepare' on its cache (it adds it)")
+    return _dose_units(vol, vol.prior, z, config)
+
+
+def _dose_units(vol: CachedPatient, steps: np.ndarray, z: int, config: DataConfig) -> np.ndarray:
+    """Slice ``z`` of a cropped uint16 dose in DOSE_STEP_GY steps, on the full grid in Gy / ``dose_norm_gy``."""
+    k = _crop_z(vol, z)
+    plane = steps[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
+    return _place(plane.astype(np.float32) * (DOSE_STEP_GY / config.dose_norm_gy), vol, 0.0)
 
 
 def _roi_slice(vol: CachedPatient, z: int, name: str) -> np.ndarray:
@@ -154,9 +185,7 @@ def slice_dose(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:
     """Normalised dose of slice ``z``: (1, X, Y) float32."""
     if vol.dose is None:
         raise ValueError(f"{vol.patient_id} has no dose")
-    k = _crop_z(vol, z)
-    steps = vol.dose[:, :, k] if k is not None else np.zeros(vol.ct.shape[:2], np.uint16)
-    return _place(steps.astype(np.float32) * (DOSE_STEP_GY / config.dose_norm_gy), vol, 0.0)[None]
+    return _dose_units(vol, vol.dose, z, config)[None]
 
 
 def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
@@ -213,6 +242,10 @@ class SliceDataset(Dataset):
             raise KeyError(f"patients not in cache: {unknown[:5]}")
         if config.crop:
             _check_native_grid(cache, ids, config)
+        if config.beam_prior and cache.beam_angles != config.beam_angles:
+            raise MddoseError(f"the run's beam prior needs gantry angles {list(config.beam_angles)}, the cache holds "
+                              f"{'none' if cache.beam_angles is None else list(cache.beam_angles)}: re-run "
+                              "'mddose prepare' (it adds the prior) or prepare a cache with these angles", cache.dir)
         self.items = [(pid, int(z)) for pid in ids for z in cache.entries[pid]["slices"]]
         self._swap = mirror_swaps(config)
 

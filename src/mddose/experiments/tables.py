@@ -47,7 +47,7 @@ from mddose.models.build import build_model, count_parameters
 from mddose.models.config import ablation_configs, layout_configs
 from mddose.runs.layout import RunFolder
 from mddose.runs.methods import TABLE1_ORDER, in_3d, row_name
-from mddose.runs.run_config import RunConfig, method_config, run_preset
+from mddose.runs.run_config import RunConfig, for_data, method_config, run_preset
 from mddose.training.loop import train
 from mddose.viz.figures import evaluation_figures
 
@@ -60,12 +60,21 @@ TABLES: dict[str, str] = {
     "table4": "Structure encoder (Table IV): none (concatenation) / conv / Swin / Mamba encoder, Mamba denoiser",
     "layout": "Mamba where it pays: Mamba at every level (the paper's layout) / at the coarse levels only (the "
               "CPU hybrid) / nowhere (the all-conv twin)",
+    "inputs": "What the network is told: the anatomy alone / plus the beam model's dose for the plan's fields "
+              "(beam prior) / plus the target maps of slices 4 and 8 above and below (target context)",
+}
+
+#: The input levers of the ``inputs`` table: the data-config fields each row changes on the base recipe
+INPUT_ROWS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "beam-prior": {"beam_prior": True},
+    "target-context": {"target_context": (-8, -4, 4, 8)},
 }
 
 
 def reference_row(table: str) -> str:
     """The row that is MD-Dose itself: the t-tests compare every other row with it."""
-    return {"table1": "MD-Dose", "table2": "MD-Dose", "layout": "hybrid"}.get(table, "mamba")
+    return {"table1": "MD-Dose", "table2": "MD-Dose", "layout": "hybrid", "inputs": "none"}.get(table, "mamba")
 
 
 def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
@@ -87,11 +96,19 @@ def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
         return rows
     if table == "layout":
         return {name: dataclasses.replace(base, model=model) for name, model in layout_configs(base.model).items()}
+    if table == "inputs":
+        return {name: _with_inputs(base, changes) for name, changes in INPUT_ROWS.items()}
     rows = {}
     for name, model in ablation_configs(base.model).items():
         if name.startswith(f"{table}-"):
             rows[name.split("-", 1)[1]] = dataclasses.replace(base, model=model)
     return rows
+
+
+def _with_inputs(base: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """``base`` with other input channels: the network's first layer follows the data."""
+    data = dataclasses.replace(base.data, **changes)
+    return dataclasses.replace(base, data=data, model=for_data(base.model, data))
 
 
 def select_rows(table: str, rows: dict[str, RunConfig], only: list[str] | None) -> dict[str, RunConfig]:

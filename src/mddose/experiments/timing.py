@@ -109,7 +109,7 @@ def run_timing(rows: dict[str, RunConfig], data_dir: str | Path, out_dir: Path, 
     folders = list_patients(data_dir)[:max(1, n_patients)]
     if not folders:
         raise MddoseError("no patient folders to time", data_dir)
-    patients = [CachedPatient.from_patient(read_patient(f, base.data.rois)) for f in folders]
+    patients = [CachedPatient.from_patient(read_patient(f, base.data.rois), base.data.prior_angles) for f in folders]
     ids = [p.patient_id for p in patients]
     where = device_name(dev)
     methods: dict[str, Any] = {}

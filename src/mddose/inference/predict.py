@@ -216,7 +216,7 @@ def predict(
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             start = time.perf_counter()
-            vol = CachedPatient.from_patient(patient)
+            vol = CachedPatient.from_patient(patient, cfg.data.prior_angles)
             dose, std = predict_volume(model, cfg, vol, sampler=sampler, steps=steps, samples=samples,
                                        batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner,
                                        mirror=mirror, smooth_mm=smooth_mm)

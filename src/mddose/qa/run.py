@@ -78,7 +78,7 @@ class ModelPredictor:
     def samples(self, patient: Patient) -> np.ndarray:
         from mddose.inference.predict import predict_volume
 
-        vol = CachedPatient.from_patient(patient)
+        vol = CachedPatient.from_patient(patient, self.cfg.data.prior_angles)
         draws = [predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps,
                                 batch_size=self.batch, seed=self.seed + k, device=self.device,
                                 progress=self.progress)[0] for k in range(self.n)]

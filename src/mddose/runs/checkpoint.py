@@ -106,7 +106,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights, refusing (one line) a file made for another architecture."""
-    state = load_tensors(path)
+    _load_state(model, load_tensors(path), path)
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -117,6 +120,27 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
         raise MddoseError(f"weights do not fit this architecture: {detail}", path)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_widened(model: torch.nn.Module, path: Path) -> list[str]:
+    """Load weights made for the same network with fewer input channels: where the model takes more channels
+    along dimension 1 (a stem that reads a new structure channel), the new part is zero, so the model computes
+    exactly what the weights did. Returns the widened parameters' names; anything else that differs is refused."""
+    state = load_tensors(path)
+    own = model.state_dict()
+    widened = [k for k in own if k in state and own[k].shape != state[k].shape and _widens(state[k], own[k])]
+    for k in widened:
+        wide = torch.zeros_like(own[k])
+        wide[:, : state[k].shape[1]] = state[k].to(own[k].dtype)
+        state[k] = wide
+    _load_state(model, state, path)
+    return widened
+
+
+def _widens(old: torch.Tensor, new: torch.Tensor) -> bool:
+    """Whether ``new`` is ``old`` with more input channels (dimension 1) and nothing else changed."""
+    return (old.ndim == new.ndim >= 2 and new.shape[1] > old.shape[1]
+            and old.shape[:1] + old.shape[2:] == new.shape[:1] + new.shape[2:])
 
 
 def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -140,3 +164,31 @@ def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[s
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
     return trainer
+
+
+def warm_start_weights(folder: Path) -> Path:
+    """The weights a warm start takes from a checkpoint or shipped-weights folder: the EMA, else the raw ones."""
+    for name in ("ema", "model"):
+        if (Path(folder) / f"{name}.safetensors").is_file():
+            return Path(folder) / f"{name}.safetensors"
+    raise MddoseError("no weights to start from (no ema.safetensors or model.safetensors)", folder)
+
+
+def weights_lineage(folder: Path) -> dict[str, Any]:
+    """How far the weights of ``folder`` were trained: ``{"step", "seconds"}`` from a checkpoint's trainer.json,
+    or from the row of shipped weights' training log that shipped them."""
+    folder = Path(folder)
+    read_config(folder)  # one line if this is no checkpoint at all
+    try:
+        if (folder / TRAINER).is_file():
+            trainer = json.loads((folder / TRAINER).read_text())
+            return {"step": int(trainer["step"]), "seconds": float(trainer.get("seconds", 0.0))}
+        log = json.loads((folder / "training_log.json").read_text()) if (folder / "training_log.json").is_file() else []
+        shipped = [row for row in log if row.get("shipped")]
+        if not shipped:
+            return {"step": 0, "seconds": 0.0}
+        row = shipped[-1]
+        return {"step": int(row["steps"]), "seconds": float(row.get("total_cpu_seconds",
+                                                                     row.get("total_cpu_hours", 0) * 3600))}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise MddoseError(f"unreadable training record ({type(e).__name__}: {e})", folder) from None

@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 1e-2  # AdamW's decoupled decay: the small-data regularizer
     lr_schedule: Literal["cosine", "constant", "paper"] = "cosine"
     warmup_steps: int = 100
+    restart_step: int = 0  # the step a warm start (--init-from) began at: its warm-up and schedule start there
     decay_steps: int = 20000  # cosine horizon (steps); with --minutes the run may stop earlier
     ema_decay: float = 0.999  # EMA of the weights, warmed up as min(decay, (1 + step) / (10 + step))
     grad_clip: float = 1.0
@@ -58,8 +59,8 @@ class TrainConfig:
         for name, least in positive.items():
             if getattr(self, name) < least:
                 raise ValueError(f"train.{name} must be at least {least}, not {getattr(self, name)}")
-        for name in ("warmup_steps", "max_steps", "val_patients", "val_every", "weight_decay", "grad_clip",
-                     "checkpoint_every_s"):  # checkpoint_every_s = 0: after every step
+        for name in ("warmup_steps", "restart_step", "max_steps", "val_patients", "val_every", "weight_decay",
+                     "grad_clip", "checkpoint_every_s"):  # checkpoint_every_s = 0: after every step
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must not be negative, not {getattr(self, name)}")
         if not self.lr > 0:
@@ -259,3 +260,12 @@ def new_horizon(cfg: RunConfig, decay_steps: int) -> RunConfig:
                           "is constant")
     stop = decay_steps if t.max_steps == t.decay_steps else max(t.max_steps, decay_steps)
     return replace(cfg, train=replace(t, decay_steps=decay_steps, max_steps=stop))
+
+
+def warm_start_config(cfg: RunConfig, step: int, decay_steps: int | None) -> RunConfig:
+    """``cfg`` for a warm start from weights trained ``step`` steps: its warm-up restarts at that step, and its
+    schedule needs a new end beyond it (``decay_steps``)."""
+    if decay_steps is None or decay_steps <= step + cfg.train.warmup_steps:
+        raise MddoseError(f"a warm start from step {step} needs --decay-steps beyond step "
+                          f"{step + cfg.train.warmup_steps} (the weights' steps plus the warm-up)")
+    return replace(cfg, train=replace(cfg.train, restart_step=step))

@@ -39,22 +39,25 @@ from mddose.evaluate.openkbp import dose_score
 from mddose.inference.predict import predict_volume
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
-from mddose.runs.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from mddose.runs.checkpoint import (load_trainer_state, load_weights, load_widened, save_checkpoint,
+                                    warm_start_weights, weights_lineage)
 from mddose.runs.layout import CONFIG, TRAINER, RunFolder
-from mddose.runs.run_config import RunConfig, checkpoint_run_config, new_horizon, run_preset
+from mddose.runs.run_config import RunConfig, checkpoint_run_config, new_horizon, run_preset, warm_start_config
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)
 
 
 def lr_at(step: int, cfg: RunConfig) -> float:
-    """Learning rate at ``step`` (a pure function of the step): warm-up, then the chosen schedule."""
+    """Learning rate at ``step`` (a pure function of the step): warm-up, then the chosen schedule. A warm start
+    (``train.restart_step``) warms up again from its first step and decays from there to ``decay_steps``."""
     t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
+    begin = t.restart_step + t.warmup_steps
+    if step < begin:
+        return t.lr * (step - t.restart_step + 1) / t.warmup_steps
     if t.lr_schedule == "constant":
         return t.lr
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.decay_steps - t.warmup_steps))
+    progress = min(1.0, (step - begin) / max(1, t.decay_steps - begin))
     if t.lr_schedule == "cosine":
         return t.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
     # "paper": constant for the first half, then linear decay to 1 % of the initial rate (1e-2 → 1e-4)
@@ -117,14 +120,19 @@ class Trainer:
     are the hooks the loop of :func:`train` calls, :meth:`finish` writes what a session leaves behind."""
 
     def __init__(self, cache_dir: str | Path, run_dir: str | Path, config: RunConfig | None, resume: bool,
-                 device: str, decay_steps: int | None = None) -> None:
+                 device: str, decay_steps: int | None = None, init_from: Path | None = None) -> None:
         self.run = RunFolder(check_output_dir(run_dir))
         last = self.run.last
         if resume and not (last / TRAINER).is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
         if not resume and (last / CONFIG).is_file():
             raise MddoseError("run folder already has a checkpoint: pass --resume or choose a new folder", run_dir)
-        cfg = checkpoint_run_config(last) if resume else config or run_preset("default")
+        if resume and init_from is not None:
+            raise MddoseError("--init-from starts a new run from other weights; it cannot --resume", run_dir)
+        self.lineage = weights_lineage(init_from) if init_from is not None else None
+        cfg = checkpoint_run_config(last) if resume else config or (
+            checkpoint_run_config(init_from) if init_from is not None else run_preset("default"))
+        cfg = cfg if self.lineage is None else warm_start_config(cfg, self.lineage["step"], decay_steps)
         self.cfg = cfg = cfg if decay_steps is None else new_horizon(cfg, decay_steps)
         self.rank, self.world = _ddp()
         self.dev = resolve_device(device)
@@ -133,7 +141,7 @@ class Trainer:
             torch.cuda.set_device(self.dev)
         torch.manual_seed(cfg.train.seed + self.rank)
         self._setup_data(cache_dir)
-        self._setup_model(resume)
+        self._setup_model(resume, init_from)
         if decay_steps is not None and self.state["step"] >= decay_steps and self.rank == 0:
             log.warning("step %d is already past the new horizon %d: the learning rate stays at its floor",
                         self.state["step"], decay_steps)
@@ -160,15 +168,21 @@ class Trainer:
             raise MddoseError(f"only {len(self.dataset)} training {kind} for batch size {cfg.train.batch_size}",
                               cache_dir)
 
-    def _setup_model(self, resume: bool) -> None:
+    def _setup_model(self, resume: bool, init_from: Path | None) -> None:
         cfg, last = self.cfg, self.run.last
         self.model = build_model(cfg.model).to(self.dev)
+        if init_from is not None:  # a warm start: new inputs join with zero weights, so it starts as the old one
+            widened = load_widened(self.model, warm_start_weights(init_from))
+            log.info("warm start from %s (step %d)%s", init_from, self.lineage["step"],
+                     f"; zero-initialised new inputs of {', '.join(widened)}" if widened else "")
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "history": [], "validation": [],
                                       "best": None, "train_ids": self.train_ids, "val_ids": self.val_ids,
                                       "seconds": 0.0}
+        if self.lineage is not None:  # steps and seconds go on from the weights' own
+            self.state.update(self.lineage)
         if resume:
             load_weights(self.model, last / "model.safetensors")
             load_weights(self.ema, last / "ema.safetensors")
@@ -270,16 +284,21 @@ def train(
     progress: bool = True,
     planned_steps: int | None = None,
     decay_steps: int | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run; stops at ``max_steps`` total steps or after ``minutes`` of this invocation.
 
     ``decay_steps``: a new end for the learning-rate schedule (:func:`~mddose.runs.run_config.new_horizon`),
-    kept in the run's config. ``planned_steps``: the steps this invocation is expected to make (the demo's
+    kept in the run's config. ``init_from``: a checkpoint or shipped-weights folder whose (EMA) weights start a
+    new run, with a fresh optimizer, a new warm-up and its steps and seconds counted on
+    (:func:`~mddose.runs.run_config.warm_start_config`); ``config`` (default: the weights' own) may add input
+    channels, which join with zero weights. ``planned_steps``: the steps this invocation is expected to make (the demo's
     plan); far fewer, or steps far slower than the run's best, end in a warning (terminal, history.json, the
     result's ``warning``).
     """
     # setup
-    t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps)
+    t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps,
+                None if init_from is None else Path(init_from))
     cfg, state = t.cfg, t.state
     stop_step = max_steps if max_steps is not None else (None if minutes is not None else cfg.train.max_steps)
     deadline = time.monotonic() + minutes * 60 if minutes is not None else None
