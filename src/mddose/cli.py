@@ -122,13 +122,19 @@ def import_dicom_command(
     out_dir: Annotated[Path, typer.Argument(help="Patient folder to write; its name is the patient id (e.g. pts/pt_1).")],
     roi_map: Annotated[
         Path | None,
-        typer.Option("--roi-map", help="JSON/YAML {clinical ROI name: model ROI name, BODY or null}."),
+        typer.Option("--roi-map", help="JSON/YAML {clinical ROI name: model ROI name, BODY, null, or {\"roi\": "
+                                       "TARGET, \"prescription_gy\": GY}}."),
     ] = None,
+    prescription: Annotated[Optional[list[str]], typer.Option(
+        "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: written to "
+                               "prescriptions.json.")] = None,
 ) -> None:
     """Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder."""
+    from mddose.data.prescriptions import parse_prescription_options
     from mddose.io.dicom_import import import_dicom
 
-    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map)
+    stated = parse_prescription_options(prescription)
+    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map, prescriptions=stated)
     p = result.patient
     dose = "with dose" if p.dose is not None else "no dose"
     typer.echo(f"wrote {out_dir}: {len(p.structures)} ROIs ({', '.join(p.structures) or 'none'}), {dose}")
@@ -238,8 +244,12 @@ def predict(
     smooth_mm: Annotated[Optional[float], typer.Option(min=0, help="Gaussian sigma (mm) across slices inside the "
                                                                    "possible-dose mask (default: the model's; 0: "
                                                                    "none).")] = None,
+    prescription: Annotated[Optional[list[str]], typer.Option(
+        "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: the model's "
+                               "dose is scaled from its trained levels.")] = None,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
+    from mddose.data.prescriptions import parse_prescription_options
     from mddose.inference.predict import predict as run_predict
     from mddose.inference.pretrained import pretrained_folder
 
@@ -247,8 +257,9 @@ def predict(
         raise MddoseError("expected DATA_DIR OUT_DIR with --pretrained, else RUN_DIR DATA_DIR OUT_DIR")
     run_dir = pretrained_folder(pretrained) if pretrained else paths[0]
     data_dir, out_dir = paths[-2:]
+    stated = parse_prescription_options(prescription)
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
-                          mirror=mirror, smooth_mm=smooth_mm)
+                          mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 

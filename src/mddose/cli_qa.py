@@ -47,12 +47,17 @@ def qa_command(
     fail_on_flag: Annotated[bool, typer.Option("--fail-on-flag", help="Exit 3 when a ROI is flagged.")] = False,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    prescription: Annotated[Optional[list[str]], typer.Option(
+        "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: the prediction "
+                               "is scaled from the model's trained levels, V95 counts it.")] = None,
 ) -> None:
+    from mddose.data.prescriptions import parse_prescription_options
     from mddose.qa.run import FLAGGED_EXIT, ModelPredictor, run_qa, summary_lines
 
     model, patient_dir, plan = _model_and_paths(paths, pretrained)
     predictor = ModelPredictor(model, sampler, steps, samples, seed, device)
-    summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map)
+    summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
+                     prescriptions=parse_prescription_options(prescription))
     for line in summary_lines(summary, out):
         typer.echo(line)
     if fail_on_flag and summary["flagged"]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from mddose.data.dataset import DataConfig
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.phantom_dose import compute_dose
 from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS
@@ -42,6 +43,7 @@ class PhysicsPredictor:
 
     def __init__(self, weights: Path, rois: RoiConfig | None = None) -> None:
         self.rois, self.weights = rois or RoiConfig(), weights
+        self.data = DataConfig(rois=self.rois)
         self.info: dict[str, Any] = {"checkpoint": "phantom dose model", "sampler": "none", "steps": 0, "samples": 1}
 
     def samples(self, patient: Patient) -> np.ndarray:

@@ -58,7 +58,8 @@ def bench_sampling(
         seconds, scores = [], []
         for p in patients:
             start = time.perf_counter()
-            dose, _ = predict_volume(model, cfg, CachedPatient.from_patient(p, cfg.data.prior_angles), sampler=sampler, steps=steps,
+            vol = CachedPatient.from_patient(p, cfg.data.prior_angles)
+            dose, _ = predict_volume(model, cfg, vol, sampler=sampler, steps=steps,
                                      samples=samples, batch_size=batch_size, seed=seed, device=dev)
             seconds.append(time.perf_counter() - start)
             if p.dose is not None:

@@ -16,6 +16,7 @@ from mddose.atomic import write_json
 from mddose.evaluate.run import evaluate
 from mddose.inference.predict import checkpoint_folder, predict
 from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
+from mddose.inference.scope import read_profile, write_profile
 from mddose.qa.calibrate import calibrate
 from mddose.qa.run import ModelPredictor
 from mddose.runs.layout import TRAINER, RunFolder
@@ -69,6 +70,8 @@ def export_run(
         row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
         if row["shipped"]:
             write_weights(folder, target)
+            if (profile := read_profile(folder)) is not None:
+                write_profile(target, profile)
             _write_error_table(target, val_dir, out / "pred")
     write_json(target / LOG_FILE, [*log_rows, row])
     write_card(target, name)

@@ -27,10 +27,12 @@ from mddose.data.cache import CachedPatient
 from mddose.data.dataset import (mirror_swaps, patient_window, resize_inputs, slice_mask, structure_channels,
                                  swapped_order)
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
+from mddose.data.prescriptions import check_prescriptions, dose_scale, read_prescriptions
 from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
 from mddose.inference.regression import predict_volume_3d, regress
+from mddose.inference.scope import read_profile, require_target, scope_warnings
 from mddose.inference.smoothing import default_smoothing, smooth_across_slices
 from mddose.models.build import build_model
 from mddose.runs.checkpoint import load_weights
@@ -188,8 +190,13 @@ def predict(
     progress: bool = True,
     mirror: bool = False,
     smooth_mm: float | None = None,
+    prescriptions: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
+
+    A patient without a target is refused (:func:`~mddose.inference.scope.require_target`); one outside the
+    training set's range is predicted with a warning. Stated prescriptions (the patient folder's
+    ``prescriptions.json``, overridden by ``prescriptions``) scale the dose (:mod:`mddose.data.prescriptions`).
 
     ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`),
     ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`).
@@ -210,16 +217,22 @@ def predict(
     smooth_mm = default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm
     if smooth_mm < 0:
         raise MddoseError(f"the smoothing across slices must be ≥ 0 mm, not {smooth_mm}")
+    prescriptions = check_prescriptions(prescriptions or {}, cfg.data.rois)
+    for patient_folder in folders:  # before any work: every patient has a target
+        require_target(patient_folder, cfg.data.rois)
+    profile, notes = read_profile(folder), {}
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
     with filling(out_dir, "mddose predict"):
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
+            scale, notes[patient.patient_id] = _checked(patient, patient_folder, cfg, profile, prescriptions)
             start = time.perf_counter()
             vol = CachedPatient.from_patient(patient, cfg.data.prior_angles)
             dose, std = predict_volume(model, cfg, vol, sampler=sampler, steps=steps, samples=samples,
                                        batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner,
                                        mirror=mirror, smooth_mm=smooth_mm)
+            dose, std = dose * np.float32(scale), std * np.float32(scale)
             times[patient.patient_id] = round(time.perf_counter() - start, 3)
             _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
         tuner.restore()
@@ -228,11 +241,25 @@ def predict(
             "steps": steps, "samples": samples, "mirror": mirror, "smooth_mm": smooth_mm, "batch_size": batch_size,
             "seed": seed,
             "device": str(dev),
-            "n_patients": len(times), "seconds_per_patient": times,
+            "n_patients": len(times), "seconds_per_patient": times, "patients": notes,
             "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
         }
         write_json(out_dir / "prediction.json", summary)
     return summary
+
+
+def _checked(patient, folder: Path, cfg: RunConfig, profile: dict[str, Any] | None,
+             prescriptions: dict[str, float] | None) -> tuple[float, dict[str, Any]]:
+    """A patient's dose scale from its stated prescriptions, after its target and scope checks (warnings logged);
+    returns the scale and what ``prediction.json`` records of it."""
+    if not patient.prescriptions:
+        raise MddoseError("no target: the model's target masks are empty", folder)
+    stated = read_prescriptions(folder, cfg.data.rois) | (prescriptions or {})
+    scale, note = dose_scale(patient.prescriptions, stated)
+    warnings = scope_warnings(patient, cfg.data, profile) + ([f"{patient.patient_id}: {note}"] if note else [])
+    for line in warnings:
+        log.warning("%s", line)
+    return scale, {"dose_scale": round(scale, 6), "stated_prescriptions": stated, "warnings": warnings}
 
 
 def _write_patient(out_dir: Path, patient_dir: Path, patient, dose: np.ndarray, std: np.ndarray | None,

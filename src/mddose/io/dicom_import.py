@@ -13,6 +13,11 @@ mapped ROIs), kept within the body, and the rest is cropped; a warning is logged
 ROI's volume in the DICOM and inside the field are recorded in the sidecar. Beyond the CT the grid reads air
 (−1000 HU). The possible-dose mask is the body (holes filled slice by slice) inside the CT and, when an
 RTDOSE is imported, inside its grid; the imported dose is zero outside it, as in OpenKBP.
+
+Targets: a patient none of whose targets maps to the model's is refused (one line naming the unmapped ROIs and
+the ROI-map line that fixes it). Stated prescriptions (from the ROI map, from a dose in a target's name, from
+``prescriptions``) are written to the folder's ``prescriptions.json`` (:mod:`mddose.data.prescriptions`); a
+target whose imported RTDOSE is far from its prescription is named in a warning.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from scipy import ndimage
 
 from mddose.atomic import atomic_dir, write_json
 from mddose.data.openkbp import write_patient
+from mddose.data.prescriptions import check_prescriptions, write_prescriptions
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose_gy, read_rtstruct
@@ -42,7 +48,8 @@ from mddose.io.geometry import (
     resample_mask,
 )
 from mddose.io.rasterise import rasterise_roi
-from mddose.io.roi_map import BODY, load_roi_map, map_roi_names
+from mddose.io.roi_map import (BODY, assign_dosed_targets, load_roi_map, map_roi_names, split_roi_map,
+                              target_fix)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +184,7 @@ def import_dicom(
     roi_map: str | Path | dict[str, str | None] | None = None,
     grid: ModelGrid | None = None,
     rois: RoiConfig | None = None,
+    prescriptions: dict[str, float] | None = None,
 ) -> ImportResult:
     """Import one patient's DICOM folder into the patient folder ``out_dir`` (its name is the patient id).
 
@@ -186,6 +194,7 @@ def import_dicom(
         roi_map: ROI-name map: a JSON/YAML file or a dict (see :mod:`mddose.io.roi_map`).
         grid: the model grid; default :class:`ModelGrid` (OpenKBP geometry).
         rois: the model's ROI names; default OpenKBP's.
+        prescriptions: stated prescriptions (model target → Gy), over those of the ROI map and the names.
 
     Raises:
         MddoseError: bad input (see :mod:`mddose.io.dicom_scan` and :mod:`mddose.io.rasterise`); nothing is
@@ -194,13 +203,15 @@ def import_dicom(
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     grid, rois = grid or ModelGrid(), rois or RoiConfig()
     map_path = Path(roi_map) if isinstance(roi_map, str | Path) else None
-    map_dict = load_roi_map(map_path) if map_path is not None else roi_map
+    map_dict, stated = split_roi_map(load_roi_map(map_path) if map_path is not None else roi_map or {}, rois,
+                                     map_path)
     _check_out_dir(out_dir, dicom_dir)
     # read: CT, contours mapped to the model's ROIs, the dose
     study = scan_dicom_dir(dicom_dir)
     assert study.rtstruct is not None
     ct, ct_geometry, ct_headers = read_ct_series(study.ct)
-    masks, mapping, unmapped = _read_masks(study, ct_geometry, rois, map_dict, map_path)
+    masks, mapping, unmapped, named = _read_masks(study, ct_geometry, rois, map_dict, map_path)
+    stated = named | stated | check_prescriptions(prescriptions or {}, rois)
     dose = _read_dose(study)
     # place the model grid on the body (centred on the targets where the body is too long) and resample
     body_src, body_box = _body_box(masks, mapping, ct, study)
@@ -214,27 +225,32 @@ def import_dicom(
         possible &= inside(dose.geometry, model)
         dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
     _warn_if_unusable(possible, structures, rois, dose is not None)
-    # write the patient folder and the geometry sidecar, as one folder
     patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
+    _require_target(patient, unmapped, dicom_dir)
+    _warn_off_prescription(patient, stated)
+    # write the patient folder and the geometry sidecar, as one folder
     sidecar = _sidecar(study, ct_headers, ct_geometry, model, crops, body_src, mapping, unmapped, volumes, dose)
     with atomic_dir(out_dir) as tmp:
         write_patient(patient, tmp)
+        write_prescriptions(tmp, stated)
         write_json(tmp / SIDECAR, sidecar)
     log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
     return ImportResult(out_dir, patient, sidecar)
 
 
-def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig, map_dict: Any,
-                map_path: Path | None) -> tuple[dict[str, _RoiMask], dict[str, list[str]], list[str]]:
-    """The RTSTRUCT's contours, mapped to the model's ROI names and rasterised on the CT."""
+def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig, map_dict: Any, map_path: Path | None
+                ) -> tuple[dict[str, _RoiMask], dict[str, list[str]], list[str], dict[str, float]]:
+    """The RTSTRUCT's contours, mapped to the model's ROI names and rasterised on the CT, and the prescriptions
+    that targets named with another dose state."""
     roi_list = read_rtstruct(study.rtstruct.ds, study.rtstruct.path)
     mapping, unmapped = map_roi_names([(r.name, r.interpreted_type) for r in roi_list], rois, map_dict, map_path)
+    mapping, unmapped, named = assign_dosed_targets(mapping, unmapped, rois)
     if unmapped:
         log.warning("unmapped ROI names (not imported; map them with --roi-map): %s", ", ".join(unmapped))
     by_name: dict[str, list[np.ndarray]] = {}
     for r in roi_list:
         by_name.setdefault(r.name, []).extend(r.contours)
-    return _rasterise(mapping, by_name, ct_geometry, study.rtstruct.path), mapping, unmapped
+    return _rasterise(mapping, by_name, ct_geometry, study.rtstruct.path), mapping, unmapped, named
 
 
 def _read_dose(study: DicomStudy) -> RtDose | None:
@@ -292,8 +308,31 @@ def _warn_if_unusable(possible: np.ndarray, structures: dict[str, np.ndarray], r
     if not possible.any():
         log.warning("the possible-dose mask is empty: no body inside the CT%s",
                     " and the dose grid" if with_dose else "")
-    if all(t not in structures for t in rois.targets):
-        log.warning("no target ROI (%s) was mapped: the model needs at least one", ", ".join(rois.targets))
+
+
+def _require_target(patient: Patient, unmapped: list[str], dicom_dir: Path) -> None:
+    """No patient folder without a target: the model would predict a dose aimed at nothing."""
+    if patient.prescriptions:
+        return
+    raise MddoseError(f"no target: none of the ROIs maps to the model's targets {', '.join(patient.rois.targets)} "
+                      f"(unmapped: {', '.join(unmapped) or 'none'}); {target_fix(unmapped, patient.rois)}", dicom_dir)
+
+
+#: a target whose imported dose (median) differs from its prescription by more than this fraction is named
+PRESCRIPTION_WARNING = 0.15
+
+
+def _warn_off_prescription(patient: Patient, stated: dict[str, float]) -> None:
+    """Name each target whose RTDOSE median is far from its (stated, else trained) prescription."""
+    if patient.dose is None:
+        return
+    for target, trained in patient.prescriptions.items():
+        rx = stated.get(target, trained)
+        median = float(np.median(patient.dose[patient.structures[target]]))
+        if abs(median / rx - 1) > PRESCRIPTION_WARNING:
+            log.warning("target %s receives a median %.1f Gy in the RTDOSE, %.0f %% from its prescription %.1f Gy: "
+                        "state its prescription (--prescription %s=GY or the ROI map)", target, median,
+                        100 * (median / rx - 1), rx, target)
 
 
 def _sidecar(study: DicomStudy, ct_headers: list[Any], ct_geometry: VolumeGeometry, model: VolumeGeometry,

@@ -2,11 +2,15 @@
 
 A ROI-name map is a JSON or YAML object ``{clinical name: model name}``; a model name of ``null`` ignores
 that ROI (it is then not listed as unmapped), and the model name ``BODY`` marks the external outline (used
-for the possible-dose mask). The map wins; names it does not mention are tried against built-in rules:
+for the possible-dose mask). A target may state its prescription: ``{"PTV-1": {"roi": "PTV70",
+"prescription_gy": 60}}`` (see :mod:`mddose.data.prescriptions`). The map wins; names it does not mention are
+tried against built-in rules:
 
 * the same name up to case and punctuation ("spinal cord" → SpinalCord, "PTV 70" → PTV70);
 * common TG-263 names (Parotid_L → LeftParotid, Bone_Mandible → Mandible, Esophagus, Brainstem...);
 * ``PTV`` + a dose that is the prescription of one of the model's targets ("PTV_70Gy" → PTV70);
+* ``PTV`` + another dose ("PTV_60", "PTV 54Gy"): the model's targets by rank (the highest dose to the highest
+  target), the dose in the name stated as that target's prescription;
 * RTROIInterpretedType EXTERNAL, or a name like "Body"/"External"/"Skin", marks the body.
 
 Several clinical ROIs mapped to one model ROI are united. Names that map to nothing are returned, logged
@@ -19,8 +23,10 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from mddose.data.patient import RoiConfig, prescription_from_name
+from mddose.data.prescriptions import check_prescriptions
 from mddose.errors import MddoseError
 
 log = logging.getLogger(__name__)
@@ -77,9 +83,28 @@ def load_roi_map(path: str | Path) -> dict[str, str | None]:
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise MddoseError("a ROI map must be an object {clinical name: model name}", path)
     for key, value in data.items():
-        if value is not None and not isinstance(value, str):
-            raise MddoseError(f"ROI map entry '{key}': model name must be a string or null", path)
+        stated = isinstance(value, dict) and set(value) == {"roi", "prescription_gy"}
+        if value is not None and not isinstance(value, str) and not stated:
+            raise MddoseError(f"ROI map entry '{key}': model name must be a string, null or "
+                              '{"roi": TARGET, "prescription_gy": GY}', path)
     return dict(data)
+
+
+def split_roi_map(roi_map: dict[str, Any], rois: RoiConfig,
+                  path: str | Path | None = None) -> tuple[dict[str, str | None], dict[str, float]]:
+    """A loaded ROI map as (clinical name → model name or None, model target → stated prescription in Gy)."""
+    names: dict[str, str | None] = {}
+    stated: dict[str, float] = {}
+    for key, value in roi_map.items():
+        if isinstance(value, dict):
+            names[key] = value["roi"]
+            if value["roi"] not in rois.targets:
+                raise MddoseError(f"ROI map entry '{key}': a prescription is stated for targets only "
+                                  f"({', '.join(rois.targets)}), not '{value['roi']}'", path)
+            stated |= check_prescriptions({value["roi"]: value["prescription_gy"]}, rois, path)
+        else:
+            names[key] = value
+    return names, stated
 
 
 def map_roi_names(
@@ -144,3 +169,32 @@ def _default(
     if kind.upper() == "EXTERNAL" or norm in _BODY_NAMES:
         return BODY
     return None
+
+
+#: a dose in a target's name below this is an index ("PTV-1", "PTV2"), not a prescription
+MIN_NAMED_DOSE_GY = 20.0
+
+
+def assign_dosed_targets(mapping: dict[str, list[str]], unmapped: list[str],
+                         rois: RoiConfig) -> tuple[dict[str, list[str]], list[str], dict[str, float]]:
+    """Unmapped targets whose name carries a dose the model was not trained on ("PTV_60") go to the model's free
+    targets by rank, highest dose first; returns the new mapping, what stays unmapped and the stated doses."""
+    named = [(n, d) for n in unmapped if _PTV.match(normalise(n))
+             and (d := prescription_from_name("PTV" + _PTV.match(normalise(n)).group(1))) is not None
+             and d >= MIN_NAMED_DOSE_GY]
+    free = sorted((t for t in rois.targets if t not in mapping), key=rois.prescription, reverse=True)
+    mapping, stated = {k: list(v) for k, v in mapping.items()}, {}
+    for (name, dose), target in zip(sorted(named, key=lambda nd: -nd[1]), free):
+        mapping[target] = [name]
+        stated[target] = dose
+        log.info("target %s (%g Gy) is the model's %s, its prescription stated as %g Gy", name, dose, target, dose)
+    taken = {n for names in mapping.values() for n in names}
+    return mapping, [n for n in unmapped if n not in taken], check_prescriptions(stated, rois)
+
+
+def target_fix(unmapped: list[str], rois: RoiConfig) -> str:
+    """How to give a patient without a mapped target one: the ROI-map line for its likeliest target."""
+    likely = next((n for k in ("ptv", "ctv", "gtv", "target") for n in unmapped if k in n.lower()), None)
+    if likely is None:
+        return f"map the plan's target to one of {', '.join(rois.targets)} with --roi-map"
+    return f'add the line "{likely}": {{"roi": "{rois.targets[-1]}", "prescription_gy": GY}} to a --roi-map file'

@@ -64,11 +64,12 @@ def _physical(metric: str, value: float) -> float:
 
 
 def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: ErrorTable,
-               z: float = DEFAULT_Z) -> QaResult:
-    """Compare ``plan`` (X, Y, Z Gy) with the predicted ``samples`` (K, X, Y, Z Gy) on ``patient``'s ROIs."""
+               z: float = DEFAULT_Z, stated: dict[str, float] | None = None) -> QaResult:
+    """Compare ``plan`` (X, Y, Z Gy) with the predicted ``samples`` (K, X, Y, Z Gy) on ``patient``'s ROIs;
+    ``stated``: the targets' stated prescriptions where they differ from the trained ones (V95 counts them)."""
     rois = patient.present_rois()
     structures = {r: patient.structures[r] for r in rois}
-    rx, vv = patient.prescriptions, patient.voxel_volume_mm3
+    rx, vv = patient.prescriptions | (stated or {}), patient.voxel_volume_mm3
     mean = samples.mean(axis=0)
     plan_m = patient_qa_metrics(plan, structures, rx, vv)
     pred_m = patient_qa_metrics(mean, structures, rx, vv)

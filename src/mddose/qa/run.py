@@ -24,11 +24,14 @@ import numpy as np
 
 from mddose.atomic import atomic_dir, check_output_dir, write_json, write_text
 from mddose.data.cache import CachedPatient
+from mddose.data.dataset import DataConfig
+from mddose.data.prescriptions import check_prescriptions, dose_scale, read_prescriptions
 from mddose.data.openkbp import write_dose_csv
 from mddose.data.patient import Patient, RoiConfig
 from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
+from mddose.inference.scope import read_profile, scope_warnings
 from mddose.io.geometry import ModelGrid
 from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import read_plan, read_qa_patient
@@ -44,6 +47,7 @@ class Predictor(Protocol):
     """What QA needs of a model: its ROIs, where its weights are, and K dose samples (K, X, Y, Z) in Gy."""
 
     rois: RoiConfig
+    data: DataConfig
     weights: Path
     info: dict[str, Any]
 
@@ -69,7 +73,7 @@ class ModelPredictor:
             check_sampling(self.cfg.diffusion, sampler, steps)
         self.sampler, self.steps, self.n, self.seed = sampler, steps, samples, seed
         self.batch, self.progress = prediction_batch(self.device, batch_size), progress
-        self.rois = self.cfg.data.rois
+        self.rois, self.data = self.cfg.data.rois, self.cfg.data
         ema = self.folder / "ema.safetensors"
         self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
         self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
@@ -87,8 +91,10 @@ class ModelPredictor:
 
 def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | None, out_dir: str | Path,
            errors: str | Path | None = None, z: float = DEFAULT_Z, gamma: bool = True,
-           roi_map: str | Path | None = None, grid: ModelGrid | None = None) -> dict[str, Any]:
-    """Check one plan; returns what ``qa.json`` holds. ``errors`` defaults to the model's ``qa_errors.json``."""
+           roi_map: str | Path | None = None, grid: ModelGrid | None = None,
+           prescriptions: dict[str, float] | None = None) -> dict[str, Any]:
+    """Check one plan; returns what ``qa.json`` holds. ``errors`` defaults to the model's ``qa_errors.json``.
+    ``prescriptions``: stated ones (over the patient folder's), which scale the prediction as ``predict`` does."""
     began = time.perf_counter()
     out_dir = check_output_dir(out_dir)
     table_path = Path(errors) if errors else predictor.weights.parent / ERROR_TABLE
@@ -101,15 +107,20 @@ def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | Non
         patient, folder = read_qa_patient(Path(patient_dir), predictor.rois, tmp / "patient",
                                           Path(roi_map) if roi_map else None, grid)
         plan_dose = read_plan(Path(plan) if plan else None, patient, folder)
-        samples = predictor.samples(patient)
-        result = check_plan(patient, plan_dose, samples, table, z)
+        stated = read_prescriptions(folder, predictor.rois) | check_prescriptions(prescriptions or {}, predictor.rois)
+        scale, note = dose_scale(patient.prescriptions, stated)
+        warnings += scope_warnings(patient, predictor.data, read_profile(predictor.weights.parent))
+        warnings += [note] if note else []
+        samples = predictor.samples(patient) * np.float32(scale)
+        result = check_plan(patient, plan_dose, samples, table, z, stated)
         g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
         summary = {
             "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(patient_dir),
             "plan": str(plan) if plan else str(folder / "dose.csv"), "model": predictor.info,
             "error_table": {"path": str(table_path), **{k: table.info.get(k) for k in ("patients", "date")}},
-            "z": z, "flagged": result.flagged, "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate),
-                                                         "reason": g.reason},
+            "z": z, "dose_scale": scale, "stated_prescriptions": stated,
+            "flagged": result.flagged,
+            "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate), "reason": g.reason},
             "rows": [r.to_dict() for r in result.rows], "warnings": warnings,
         }
         _write_outputs(tmp, patient, plan_dose, result, summary)

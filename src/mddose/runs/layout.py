@@ -19,6 +19,7 @@ from mddose.atomic import recover_dir
 from mddose.errors import MddoseError
 
 CONFIG, HISTORY, TRAINER, LOSS_PLOT = "config.json", "history.json", "trainer.json", "loss.png"
+PROFILE = "training_set.json"  # the training patients' range (mddose.inference.scope), shipped with the weights
 CHECKPOINTS = ("last", "best")
 
 

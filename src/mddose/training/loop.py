@@ -37,6 +37,7 @@ from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.inference.predict import predict_volume
+from mddose.inference.scope import profile_of, write_profile
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.checkpoint import (load_trainer_state, load_weights, load_widened, save_checkpoint,
@@ -159,6 +160,8 @@ class Trainer:
         if self.cache.rois.all != cfg.data.rois.all:
             raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
         self.train_ids, self.val_ids = split_patients(self.cache, cfg.train.val_patients)
+        if self.rank == 0:  # the range of anatomy this model will know (predict warns outside it)
+            write_profile(self.run.root, profile_of([self.cache.entries[pid] for pid in self.train_ids]))
         volumes = cfg.volumetric  # a 3D baseline trains on random crops
         self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
                         else SliceDataset(self.cache, cfg.data, self.train_ids,
