@@ -340,6 +340,7 @@ def report(
 app.command("experiment")(cli_bench.experiment)
 app.command("qa", help=cli_qa.QA_HELP)(cli_qa.qa_command)
 app.command("qa-calibrate")(cli_qa.qa_calibrate_command)
+app.command("finetune")(cli_qa.finetune_command)
 
 
 def _configure_logging() -> None:

@@ -1,4 +1,5 @@
-"""The ``mddose qa`` and ``mddose qa-calibrate`` commands (registered on the app by :mod:`mddose.cli`)."""
+"""The clinic's commands, ``mddose qa``, ``mddose qa-calibrate`` and ``mddose finetune`` (registered on the app by
+:mod:`mddose.cli`)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,25 @@ def qa_calibrate_command(
         raise MddoseError("expected [RUN_DIR] VAL_DIR")
     table, path = calibrate(ModelPredictor(model, sampler, steps, samples, 0, device), val_dir, out, predictions)
     typer.echo(f"wrote {path}: {len(table.metrics)} ROIs, {table.info['patients']} patients")
+
+
+def finetune_command(
+    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] PATIENTS OUT_RUN; RUN_DIR unless --pretrained. "
+                                                     "PATIENTS: the clinic's patients with their planned doses, "
+                                                     "OpenKBP folders or DICOM folders (CT + RTSTRUCT + RTDOSE).")],
+    pretrained: Annotated[Optional[str], typer.Option(help="Start from a model shipped with mddose: openkbp.")] = None,
+    minutes: Annotated[float, typer.Option(min=0.1, max=10_000, help="Training minutes.")] = 10.0,
+    val_patients: Annotated[Optional[int], typer.Option(min=2, help="Patients held out to score before and "
+                                                                    "after (default: a fifth, at least 2).")] = None,
+    roi_map: Annotated[Optional[Path], typer.Option("--roi-map", help="ROI-name map for the DICOM folders.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Adapt a trained model to a clinic's own plans; score it before and after on held-out patients."""
+    from mddose.experiments.finetune import finetune, summary_lines
+
+    model, patients, out_run = _model_and_paths(paths, pretrained)
+    if out_run is None:
+        raise MddoseError("expected [RUN_DIR] PATIENTS OUT_RUN (RUN_DIR unless --pretrained)")
+    state = finetune(model, patients, out_run, minutes, val_patients, roi_map, device)
+    for line in summary_lines(state, out_run):
+        typer.echo(line)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from mddose.data.dataset import DataConfig

@@ -263,9 +263,10 @@ def new_horizon(cfg: RunConfig, decay_steps: int) -> RunConfig:
 
 
 def warm_start_config(cfg: RunConfig, step: int, decay_steps: int | None) -> RunConfig:
-    """``cfg`` for a warm start from weights trained ``step`` steps: its warm-up restarts at that step, and its
-    schedule needs a new end beyond it (``decay_steps``)."""
-    if decay_steps is None or decay_steps <= step + cfg.train.warmup_steps:
+    """``cfg`` for a warm start from weights trained ``step`` steps: its warm-up restarts at that step, and a
+    decaying schedule needs a new end beyond it (``decay_steps``)."""
+    decays = cfg.train.lr_schedule != "constant"
+    if decays and (decay_steps is None or decay_steps <= step + cfg.train.warmup_steps):
         raise MddoseError(f"a warm start from step {step} needs --decay-steps beyond step "
                           f"{step + cfg.train.warmup_steps} (the weights' steps plus the warm-up)")
     return replace(cfg, train=replace(cfg.train, restart_step=step))
