@@ -124,4 +124,6 @@ def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "qa" / "qa.json").read_text())
-    assert summary["warnings"] == [] and summary["model"]["sampler"] == "ddim" and summary["rows"]
+    # a 64³ phantom's voxels are twice OpenKBP's: said in one line, nothing else to warn about
+    assert [w for w in summary["warnings"] if "out of the model's scope: voxels" not in w] == []
+    assert summary["model"]["sampler"] == "ddim" and summary["rows"]

@@ -9,12 +9,13 @@ Package folder of a shipped model::
       comparison.md        the model beside the baselines at equal CPU time (measured, with its commands)
       qa_errors.json       its error per ROI and QA metric on the validation patients (``mddose qa``'s tolerances)
       MODEL_CARD.md        data, recipe, scores, comparison and training log, written from the files above
+      training_set.json    the training patients' range (``predict`` warns outside it: mddose.inference.scope)
 
-The resumable run (full checkpoint: weights, EMA, optimizer, RNG, step) lives outside the package, in
-``models/<name>/run`` of the repository; ``scripts/train-openkbp.sh`` trains it further and
-:func:`mddose.experiments.shipping.export_run` (``mddose pretrained export``) scores it on the
-validation patients, logs the stretch and replaces the shipped weights only when the validation dose score
-improved.
+The shipped weights are where training goes on from: ``scripts/train-openkbp.sh`` warm-starts a run in
+``models/<name>/run`` (kept out of git; only the shipped weights are committed, so a stretch adds about their
+size to the repository) from them with ``models/<name>/recipe.json``, or resumes that run's local checkpoint;
+:func:`mddose.experiments.shipping.export_run` (``mddose pretrained export``) scores it on the validation
+patients, logs the stretch and replaces the shipped weights only when the validation dose score improved.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f" encoder, convolutions at the {model.get('conv_levels', 0)} finest levels, widths {model['enc_widths']},"
         f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
         f"- Inputs at {data['image_size']}²: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map,"
-        f" 7 OAR masks{_target_context(data)}; training crops {data['crop'] or 'none'}; augmentation"
+        f" 7 OAR masks{_target_context(data)}{_beam_prior(data)}; training crops {data['crop'] or 'none'}; augmentation"
         f" {data['augment']}.",
         _diffusion_line(config["diffusion"]),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
@@ -107,7 +108,10 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
                   f" steps, {best['samples']} sample(s){_smoothing(best)}, {best['seconds_per_patient']} s per"
                   " patient on 2 CPU cores).", ""]
     lines += ["Scored by `mddose pretrained export models/openkbp/run ../shared/openkbp/validation-pats`"
-              " (predict + `mddose evaluate`).", ""]
+              " (predict + `mddose evaluate`).", "",
+              "Each stretch of training warm-starts from the shipped weights (`scripts/train-openkbp.sh`, `mddose"
+              " train --init-from`): a fresh optimizer and a short warm-up, steps and training time counted on; an"
+              " input the recipe adds joins with zero weights, so the network starts as exactly the shipped one.", ""]
     if comparison:
         lines += [comparison.strip(), ""]
     lines += ["## Training log", "",
@@ -126,6 +130,15 @@ def _target_context(data: dict[str, Any]) -> str:
     """The card's words for ``data.target_context`` (empty when the model has none)."""
     offsets = data.get("target_context") or []
     return f", the prescription map at slice offsets ({', '.join(f'{o:+d}' for o in offsets)})" if offsets else ""
+
+
+def _beam_prior(data: dict[str, Any]) -> str:
+    """The card's words for ``data.beam_prior`` (empty when the model has none)."""
+    if not data.get("beam_prior"):
+        return ""
+    angles = data.get("beam_angles") or []
+    return (f", the beam prior (the project's beam model run on the patient's anatomy with {len(angles)} coplanar"
+            f" fields at {', '.join(f'{a:g}' for a in angles)}°; docs/experiments/beam-prior.md)")
 
 
 def _diffusion_line(d: dict[str, Any]) -> str:
