@@ -128,3 +128,18 @@ def test_scope_warnings_name_what_lies_outside_the_training_set() -> None:
     assert any("dose region along z 5 mm (training set 150–300 mm)" in w for w in few)
     fine = scope_warnings(_patient(80, (1.0, 1.0, 2.5)), data, profile)  # 1 mm voxels on a 2.7-3.9 mm model
     assert any("voxels 1 × 1 × 2.5 mm" in w for w in fine) and all(w.startswith("pt_9: out of") for w in fine)
+
+
+def test_a_short_ct_is_named_at_import(tmp_path: Path, dicom64: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = tmp_path / "short"
+    short.mkdir()
+    slices = sorted(dicom64.glob("CT_*.dcm"))
+    middle = len(slices) // 2
+    for path in slices[middle - 2: middle + 2] + [dicom64 / "RS.dcm"]:  # 4 CT slices around the middle
+        (short / path.name).write_bytes(path.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        try:
+            import_dicom(short, tmp_path / "pt_2", grid=GRID64)
+        except MddoseError:
+            pass  # the contours may miss these slices: the warning comes first
+    assert "the CT has only 4 slices" in caplog.text

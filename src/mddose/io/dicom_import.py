@@ -210,6 +210,7 @@ def import_dicom(
     study = scan_dicom_dir(dicom_dir)
     assert study.rtstruct is not None
     ct, ct_geometry, ct_headers = read_ct_series(study.ct)
+    _warn_short_ct(ct_geometry, grid)
     masks, mapping, unmapped, named = _read_masks(study, ct_geometry, rois, map_dict, map_path)
     stated = named | stated | check_prescriptions(prescriptions or {}, rois)
     dose = _read_dose(study)
@@ -316,6 +317,20 @@ def _require_target(patient: Patient, unmapped: list[str], dicom_dir: Path) -> N
         return
     raise MddoseError(f"no target: none of the ROIs maps to the model's targets {', '.join(patient.rois.targets)} "
                       f"(unmapped: {', '.join(unmapped) or 'none'}); {target_fix(unmapped, patient.rois)}", dicom_dir)
+
+
+#: a CT shorter than this fraction of the model field along z is named (a few slices around the target)
+SHORT_CT = 0.25
+
+
+def _warn_short_ct(ct_geometry: VolumeGeometry, grid: ModelGrid) -> None:
+    """One line when the CT covers a small part of the model field along z: the 2.5D model reads each slice's
+    neighbours, and its training patients spanned 90 mm or more (predict checks the model's own range)."""
+    n = ct_geometry.shape[2]
+    extent, field = n * ct_geometry.spacing[2], float(grid.field_mm[2])
+    if extent < SHORT_CT * field:
+        log.warning("the CT has only %d slices (%.0f mm of the model field's %.0f mm along z): the prediction "
+                    "lacks the anatomy above and below; predict says whether the model can take it", n, extent, field)
 
 
 #: a target whose imported dose (median) differs from its prescription by more than this fraction is named
