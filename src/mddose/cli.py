@@ -113,7 +113,8 @@ def evaluate(
     "the body is longer than the field (e.g. over 320 mm head to feet) it is centred on the targets and the rest "
     "is cropped, with a warning.\n\n"
     "ROI names are matched to the model's ignoring case and punctuation, by common TG-263 names (Parotid_L, ...) "
-    "and by PTV dose (PTV_70 -> PTV70); --roi-map adds or overrides names; names left unmapped are listed.\n\n"
+    "and by PTV dose (PTV_70 -> PTV70); --roi-map adds or overrides names; names left unmapped are listed once "
+    "(point ROIs, markers and isocentres, separately: they are not volumes).\n\n"
     "RTDOSE values are read as DoseGridScaling x pixel data, in Gy. dicom_geometry.json in the folder records "
     "where the grid lies in the CT's frame, for export-dicom.",
 )
@@ -138,8 +139,6 @@ def import_dicom_command(
     p = result.patient
     dose = "with dose" if p.dose is not None else "no dose"
     typer.echo(f"wrote {out_dir}: {len(p.structures)} ROIs ({', '.join(p.structures) or 'none'}), {dose}")
-    if result.unmapped:
-        typer.echo(f"unmapped ROI names (not imported): {', '.join(result.unmapped)}")
 
 
 @app.command(
@@ -147,8 +146,14 @@ def import_dicom_command(
     help="Write a predicted dose as an RTDOSE on the original CT's Frame of Reference.\n\n"
     "Typical use: mddose export-dicom preds/pt_1.csv dicom/ RD_mddose.dcm --patient-dir pts/pt_1 "
     "(pts/pt_1 made by import-dicom from dicom/).\n\n"
+    "Refused: a dose named for another patient than --patient-dir (predict names it pt_N.csv) or lying outside its "
+    "possible-dose mask, and an output inside the DICOM folder (it could overwrite an input, and two RTDOSEs there "
+    "confuse import-dicom and qa).\n\n"
     "The dose grid is the model grid placed where dicom_geometry.json says (no resampling), cropped to the CT: "
-    "units GY, type PHYSICAL, summation PLAN, new UIDs, patient and study copied from the CT.",
+    "16-bit with DoseGridScaling, units GY, type PHYSICAL, a new series, patient and study copied from the CT. A "
+    "prediction is labelled 'MD-Dose predicted dose' and references no RT Plan (summation PLAN_OVERVIEW); the "
+    "patient folder's own dose is labelled 'Reference dose from the patient folder' with the source RTDOSE's plan "
+    "reference.",
 )
 def export_dicom_command(
     prediction: Annotated[

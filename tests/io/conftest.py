@@ -12,6 +12,7 @@ from mddose.data.phantom import make_phantom
 from mddose.io.dicom_import import ImportResult, import_dicom
 from mddose.io.dicom_write import export_patient_dicom
 from mddose.io.geometry import ModelGrid, VolumeGeometry, default_geometry, index_map
+from tests.io.real_patient import real_imported  # noqa: F401 - the real patient, imported once (a fixture)
 
 GRID64 = ModelGrid((64, 64, 64), (7.812, 7.812, 5.0))  # the 64-phantom's own grid, for fast imports
 

@@ -143,3 +143,16 @@ def test_a_short_ct_is_named_at_import(tmp_path: Path, dicom64: Path, caplog: py
         except MddoseError:
             pass  # the contours may miss these slices: the warning comes first
     assert "the CT has only 4 slices" in caplog.text
+
+
+def test_export_refuses_a_patient_without_target(imported64, dicom64: Path, tmp_path: Path) -> None:
+    from mddose.io.dicom_export import export_dose_dicom
+
+    folder = tmp_path / "pt_2"
+    folder.mkdir()
+    for path in imported64.patient_dir.iterdir():
+        if not path.name.startswith("PTV"):
+            (folder / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(MddoseError, match="no target"):
+        export_dose_dicom(folder, dicom64, tmp_path / "out" / "RD.dcm")
+    assert not (tmp_path / "out").exists()

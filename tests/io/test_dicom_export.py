@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from mddose.cli import main
 from mddose.data.openkbp import write_dose_csv
 from mddose.io.dicom_export import export_dose_dicom
 from mddose.io.dicom_import import ImportResult, import_dicom
-from mddose.io.geometry import VolumeGeometry
+from mddose.io.dicom_read import read_rtdose_gy
+from mddose.io.geometry import VolumeGeometry, resample
 from tests.io.conftest import GRID64
 
 
@@ -38,7 +40,8 @@ def test_export_reads_back_with_pydicom(tmp_path: Path, dicom64: Path, imported6
     ds = pydicom.dcmread(out)
     ct = pydicom.dcmread(sorted(dicom64.glob("CT_*.dcm"))[0], stop_before_pixels=True)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.2" and ds.Modality == "RTDOSE"
-    assert (ds.DoseUnits, ds.DoseType, ds.DoseSummationType) == ("GY", "PHYSICAL", "PLAN")
+    assert (ds.DoseUnits, ds.DoseType, ds.DoseSummationType) == ("GY", "PHYSICAL", "PLAN_OVERVIEW")
+    assert ds.SeriesDescription == "MD-Dose predicted dose" and "ReferencedRTPlanSequence" not in ds
     assert ds.FrameOfReferenceUID == ct.FrameOfReferenceUID and ds.StudyInstanceUID == ct.StudyInstanceUID
     assert (ds.PatientID, str(ds.PatientName)) == (ct.PatientID, str(ct.PatientName))
     assert ds.SeriesInstanceUID != ct.SeriesInstanceUID and ds.SOPInstanceUID != ct.SOPInstanceUID
@@ -64,17 +67,24 @@ def test_export_reads_back_with_pydicom(tmp_path: Path, dicom64: Path, imported6
     assert np.abs(values - expected).max() <= float(ds.DoseGridScaling) + 1e-5 * expected.max()
 
 
-def test_exported_dose_reimports_with_the_same_values(tmp_path: Path, dicom64: Path, imported64: ImportResult) -> None:
+def test_exported_dose_reads_back_on_the_model_grid_and_is_never_taken_for_the_plan(
+    tmp_path: Path, dicom64: Path, imported64: ImportResult, caplog: pytest.LogCaptureFixture
+) -> None:
     predicted = _prediction(imported64, seed=1)
     csv = tmp_path / "pt_2.csv"
     write_dose_csv(csv, predicted, imported64.patient.possible_dose_mask)
     folder = tmp_path / "with_prediction"
     shutil.copytree(dicom64, folder, ignore=shutil.ignore_patterns("RD.dcm"))
     export_dose_dicom(csv, dicom64, folder / "RD_mddose.dcm", patient_dir=imported64.patient_dir)
-    again = import_dicom(folder, tmp_path / "pt_2", grid=GRID64)
-    step = float(pydicom.dcmread(folder / "RD_mddose.dcm", stop_before_pixels=True).DoseGridScaling)
-    assert again.sidecar["model_geometry"] == imported64.sidecar["model_geometry"]
-    assert np.abs(again.patient.dose - predicted).max() <= step + 1e-5 * predicted.max()
+    model = VolumeGeometry.from_dict(imported64.sidecar["model_geometry"])
+    rd = read_rtdose_gy(folder / "RD_mddose.dcm")  # placed by its own header, resampled onto the model grid
+    back = np.where(imported64.patient.possible_dose_mask, resample(rd.dose, rd.geometry, model), 0.0)
+    assert np.abs(back - predicted).max() <= rd.scaling / 2 + 1e-5 * predicted.max()  # 16 bit: half a step
+    assert rd.scaling == pytest.approx(predicted.max() / 65535, rel=1e-6)
+    with caplog.at_level(logging.WARNING):  # a prediction beside the CT is no plan's dose: not imported as one
+        again = import_dicom(folder, tmp_path / "pt_2", grid=GRID64)
+    assert again.sidecar["model_geometry"] == imported64.sidecar["model_geometry"] and again.patient.dose is None
+    assert "RD_mddose.dcm: a dose MD-Dose predicted, not a plan's: ignored" in caplog.text
 
 
 def test_export_from_a_patient_folder(tmp_path: Path, dicom64: Path, imported64: ImportResult) -> None:

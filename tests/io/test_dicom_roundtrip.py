@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,31 @@ def test_patient_larger_than_field_is_centred_on_targets(
         result = import_dicom(dicom64, tmp_path / "pt_2", grid=grid)
     crop = result.sidecar["crop"]
     assert {c["axis"] for c in crop} >= {1, 2} and all(c["centred_on"] == "targets" for c in crop)
-    assert "larger than the model field" in caplog.text
+    assert "longer than the model field" in caplog.text
+    _check_cut_ends(result.sidecar, dicom64, caplog.text)
     vols = result.sidecar["roi_volumes"]
     for target in (n for n in phantom64.structures if n.startswith("PTV")):  # the targets fit: none is cropped
         assert vols[target]["model_cc"] == pytest.approx(vols[target]["dicom_cc"], rel=1e-6)
     assert result.patient.shape == grid.shape
+
+
+def _check_cut_ends(sidecar: dict, dicom: Path, log_text: str) -> None:
+    """The head-to-feet crop names the ends where the body really is cut: measured here from the CT slices' z
+    (DICOM +z is superior) against the model grid's z extent, independently of the import's own arithmetic."""
+    model = VolumeGeometry.from_dict(sidecar["model_geometry"])
+    body_z = []
+    for path in dicom.glob("CT_*.dcm"):
+        ds = pydicom.dcmread(path)
+        if (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) > -500).any():
+            body_z.append(float(ds.ImagePositionPatient[2]))
+    half = float(pydicom.dcmread(next(dicom.glob("CT_*.dcm")), stop_before_pixels=True).SliceThickness) / 2
+    grid_z = [float(model.index_to_world(np.array([0.0, 0.0, k]))[2]) for k in (0, model.shape[2] - 1)]
+    cut_superior = max(body_z) + half - (max(grid_z) + model.spacing[2] / 2)
+    cut_inferior = (min(grid_z) - model.spacing[2] / 2) - (min(body_z) - half)
+    assert cut_superior > 5 and cut_inferior > 5 and abs(cut_superior - cut_inferior) > 5  # two distinct ends
+    line = next(t for t in log_text.splitlines() if "head to feet" in t)
+    said = re.search(r"(\d+) mm cut off at the superior end and (\d+) mm at the inferior end", line)
+    assert said is not None, line
+    assert abs(float(said[1]) - cut_superior) <= 1 and abs(float(said[2]) - cut_inferior) <= 1, line
+    crop = next(c for c in sidecar["crop"] if c["axis"] == 2)
+    assert crop["cropped_mm_superior"] == pytest.approx(cut_superior, abs=0.5)

@@ -35,7 +35,7 @@ from mddose.data.openkbp import write_patient
 from mddose.data.prescriptions import check_prescriptions, write_prescriptions
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose_gy, read_rtstruct
+from mddose.io.dicom_read import RtDose, read_ct_series, read_rtdose_gy, read_rtstruct, split_point_rois
 from mddose.io.dicom_scan import DicomStudy, scan_dicom_dir
 from mddose.io.geometry import (
     MODEL_DIRECTION,
@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 SIDECAR = "dicom_geometry.json"
 SIDECAR_FORMAT = "mddose-dicom-geometry/1"
 BODY_HU = -500.0  # CT above this is tissue when no EXTERNAL ROI outlines the body
+#: The patient's ends of each model axis (:data:`MODEL_DIRECTION`): (low end, high end, the axis in words).
+AXIS_ENDS = (("anterior", "posterior", "front to back"), ("right", "left", "right to left"),
+             ("superior", "inferior", "head to feet"))
+#: A ROI with more than this share of its volume outside the model field is reported as cut by the field.
+CUT_SHARE = 0.01
 AIR_HU = -1000.0
 
 
@@ -126,13 +131,18 @@ def place_model_grid(
             name = focus_name
             half = field[a] / 2
             centre[a] = float(np.clip((focus[0][a] + focus[1][a]) / 2, lo[a] + half, hi[a] - half))
+        low, high = AXIS_ENDS[a][:2]
+        cut_low = round(float(max(0.0, (centre[a] - field[a] / 2) - lo[a])), 2)
+        cut_high = round(float(max(0.0, hi[a] - (centre[a] + field[a] / 2))), 2)
         crops.append({
             "axis": a,
             "body_extent_mm": round(float(hi[a] - lo[a]), 2),
             "field_mm": round(float(field[a]), 2),
             "centred_on": name,
-            "cropped_mm_low": round(float(max(0.0, (centre[a] - field[a] / 2) - lo[a])), 2),
-            "cropped_mm_high": round(float(max(0.0, hi[a] - (centre[a] + field[a] / 2))), 2),
+            "cropped_mm_low": cut_low,
+            "cropped_mm_high": cut_high,
+            f"cropped_mm_{low}": cut_low,
+            f"cropped_mm_{high}": cut_high,
         })
     geometry = model_geometry(grid, MODEL_DIRECTION @ centre)
     if is_axis_aligned(ct_geometry, geometry):  # snap to the CT lattice: equal spacings then resample exactly
@@ -218,7 +228,7 @@ def import_dicom(
     body_src, body_box = _body_box(masks, mapping, ct, study)
     model, crops = _place(ct_geometry, grid, masks, rois, body_box)
     ct_model = resample(ct, ct_geometry, model, order=1, cval=AIR_HU)
-    structures, volumes = _masks_on_grid(masks, model, grid, crops)
+    structures, volumes = _masks_on_grid(masks, model, grid)
     body = structures.pop(BODY) if BODY in structures else body_mask(ct_model)
     possible = body & inside(ct_geometry, model)
     dose_model = None
@@ -243,7 +253,9 @@ def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig,
                 ) -> tuple[dict[str, _RoiMask], dict[str, list[str]], list[str], dict[str, float]]:
     """The RTSTRUCT's contours, mapped to the model's ROI names and rasterised on the CT, and the prescriptions
     that targets named with another dose state."""
-    roi_list = read_rtstruct(study.rtstruct.ds, study.rtstruct.path)
+    roi_list, points = split_point_rois(read_rtstruct(study.rtstruct.ds, study.rtstruct.path))
+    if points:
+        log.info("point ROIs (markers, isocentres: points, not volumes; not imported): %s", ", ".join(points))
     mapping, unmapped = map_roi_names([(r.name, r.interpreted_type) for r in roi_list], rois, map_dict, map_path)
     mapping, unmapped, named = assign_dosed_targets(mapping, unmapped, rois)
     if unmapped:
@@ -282,24 +294,31 @@ def _place(ct_geometry: VolumeGeometry, grid: ModelGrid, masks: dict[str, _RoiMa
     focus_name = "targets" if focus_names and focus_names[0] in rois.targets else "ROIs"
     model, crops = place_model_grid(ct_geometry, grid, body_box, focus_box, focus_name)
     for c in crops:
+        low, high, words = AXIS_ENDS[c["axis"]]
         log.warning(
-            "patient larger than the model field along axis %d (%.0f mm > %.0f mm): centred on the %s, "
-            "%.0f mm cropped below and %.0f mm above", c["axis"], c["body_extent_mm"], c["field_mm"],
-            c["centred_on"], c["cropped_mm_low"], c["cropped_mm_high"],
+            "patient longer than the model field %s (%.0f mm > %.0f mm): centred on the %s, %.0f mm cut off at "
+            "the %s end and %.0f mm at the %s end", words, c["body_extent_mm"], c["field_mm"], c["centred_on"],
+            c["cropped_mm_low"], low, c["cropped_mm_high"], high,
         )
     return model, crops
 
 
-def _masks_on_grid(masks: dict[str, _RoiMask], model: VolumeGeometry, grid: ModelGrid,
-                   crops: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-    """Every ROI resampled onto the model grid, with its volume in DICOM and on the grid (cc)."""
+def _masks_on_grid(masks: dict[str, _RoiMask], model: VolumeGeometry, grid: ModelGrid
+                   ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Every ROI resampled onto the model grid, with its volume in DICOM, inside the field (both on the CT grid)
+    and on the model grid (cc). A ROI is said to be cut only when part of it lies outside the field: the
+    model-grid volume also differs by resampling, which cuts nothing."""
     structures, volumes = {}, {}
     for name, roi in masks.items():
         mask = resample_mask(roi.mask, roi.geometry, model)
-        inside_cc = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
-        volumes[name] = {"dicom_cc": round(roi.volume_cc, 3), "model_cc": round(inside_cc, 3)}
-        if crops and inside_cc < 0.95 * roi.volume_cc:
-            log.warning("ROI %s is cut by the model field: %.0f of %.0f cc inside", name, inside_cc, roi.volume_cc)
+        voxel_cc = float(np.prod(roi.geometry.spacing)) / 1000.0
+        in_field_cc = float((roi.mask & inside(model, roi.geometry)).sum()) * voxel_cc
+        model_cc = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
+        volumes[name] = {"dicom_cc": round(roi.volume_cc, 3), "in_field_cc": round(in_field_cc, 3),
+                         "model_cc": round(model_cc, 3)}
+        if roi.volume_cc - in_field_cc > CUT_SHARE * roi.volume_cc:
+            log.warning("ROI %s extends beyond the model field: %.1f of its %.1f cc lie inside", name, in_field_cc,
+                        roi.volume_cc)
         structures[name] = mask
     return structures, volumes
 

@@ -27,14 +27,29 @@ log = logging.getLogger(__name__)
 _SPACING_TOLERANCE = 0.01  # relative deviation of slice spacings still called uniform
 
 
+#: RTROIInterpretedTypes of points (a marker, an isocentre), not volumes.
+POINT_TYPES = ("MARKER", "ISOCENTER")
+
+
 @dataclass
 class RoiContours:
-    """One ROI of a structure set: its closed planar contours in LPS mm."""
+    """One ROI of a structure set: its closed planar contours in LPS mm (and how many POINT contours it had)."""
 
     number: int
     name: str
     interpreted_type: str  # RTROIInterpretedType, e.g. PTV, ORGAN, EXTERNAL ('' when absent)
     contours: list[np.ndarray]  # (N, 3) each
+    points: int = 0  # POINT contours (skipped)
+
+    @property
+    def is_point(self) -> bool:
+        """A point (marker, isocentre) rather than a volume: POINT contours or a point type, no closed contour."""
+        return not self.contours and (self.points > 0 or self.interpreted_type.upper() in POINT_TYPES)
+
+
+def split_point_rois(rois: list[RoiContours]) -> tuple[list[RoiContours], list[str]]:
+    """(the ROIs that are volumes, the names of those that are points)."""
+    return [r for r in rois if not r.is_point], [r.name for r in rois if r.is_point]
 
 
 def _floats(value: object, n: int, what: str, path: Path) -> np.ndarray:
@@ -151,9 +166,10 @@ def read_rtstruct(ds: Dataset, path: Path | None = None) -> list[RoiContours]:
     for item in ds.get("ROIContourSequence", []):
         number = int(item.ReferencedROINumber)
         name = names.get(number, f"ROI{number}")
-        contours = []
+        contours, points = [], 0
         for c in item.get("ContourSequence", []):
             kind = str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+            points += kind == "POINT"
             if kind != "CLOSED_PLANAR":
                 log.debug("%s: ROI %s: %s contour skipped", where, name, kind)
                 continue
@@ -167,7 +183,7 @@ def read_rtstruct(ds: Dataset, path: Path | None = None) -> list[RoiContours]:
                 log.debug("%s: ROI %s: contour with fewer than 3 points skipped", where, name)
                 continue
             contours.append(points.reshape(-1, 3))
-        rois.append(RoiContours(number, name, types.get(number, ""), contours))
+        rois.append(RoiContours(number, name, types.get(number, ""), contours, points))
     return rois
 
 

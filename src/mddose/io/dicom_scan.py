@@ -8,7 +8,8 @@ Rules (each failure is one :class:`~mddose.errors.MddoseError` line naming the f
 * the RTSTRUCT must reference that CT (its Frame of Reference and, when given, its series UID); several
   RTSTRUCTs for one CT are ambiguous, so the user keeps one;
 * RTDOSEs on the CT's Frame of Reference are candidates; a plan sum (DoseSummationType PLAN) is preferred;
-  RTDOSEs on another Frame of Reference are ignored with a warning;
+  RTDOSEs on another Frame of Reference are ignored with a warning, and so are doses ``export-dicom`` wrote
+  as predictions (:func:`is_predicted_dose`): a prediction is never taken for the plan's dose;
 * an RTPLAN on the CT's Frame of Reference is noted, so an exported dose can reference it.
 """
 
@@ -33,6 +34,14 @@ RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+#: SeriesDescription of the RTDOSEs ``export-dicom`` writes for a predicted dose.
+PREDICTED_DOSE_DESCRIPTION = "MD-Dose predicted dose"
+
+
+def is_predicted_dose(ds: Dataset) -> bool:
+    """Whether an RTDOSE is a dose mddose predicted (not a dose a planning system calculated for a plan)."""
+    return (str(ds.get("Manufacturer", "")) == "mddose"
+            and str(ds.get("SeriesDescription", "")) == PREDICTED_DOSE_DESCRIPTION)
 
 
 @dataclass
@@ -214,10 +223,12 @@ def _pick_rtstruct(rtstructs: list[DicomFile], series: dict[str, list[DicomFile]
 
 
 def _pick_rtdose(doses: list[DicomFile], frame: str, folder: Path) -> DicomFile | None:
-    """The RTDOSE on the CT's frame (a plan sum where there are several), or None."""
+    """The RTDOSE on the CT's frame (a plan sum where there are several), or None; predicted doses aside."""
     on_frame = []
     for f in doses:
-        if str(f.ds.get("FrameOfReferenceUID", "")) == frame:
+        if is_predicted_dose(f.ds):
+            log.warning("%s: a dose MD-Dose predicted, not a plan's: ignored", f.path)
+        elif str(f.ds.get("FrameOfReferenceUID", "")) == frame:
             on_frame.append(f)
         else:
             log.warning("%s: RTDOSE on another Frame of Reference than the CT: ignored", f.path)
@@ -229,9 +240,9 @@ def _pick_rtdose(doses: list[DicomFile], frame: str, folder: Path) -> DicomFile 
     return candidates[0] if candidates else None
 
 
-def find_ct_series(folder: str | Path, series_uid: str) -> tuple[list[DicomFile], DicomFile | None]:
-    """The slices of CT series ``series_uid`` in ``folder`` and the RTPLAN on its Frame of Reference (if
-    exactly one). Other DICOM objects are ignored; a non-DICOM file is still an error."""
+def find_ct_series(folder: str | Path, series_uid: str) -> tuple[list[DicomFile], list[DicomFile]]:
+    """The slices of CT series ``series_uid`` in ``folder``, and every DICOM file of the folder (headers).
+    A non-DICOM file is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MddoseError("DICOM folder does not exist", folder)
@@ -243,6 +254,16 @@ def find_ct_series(folder: str | Path, series_uid: str) -> tuple[list[DicomFile]
             f"the CT series the patient was imported from ({series_uid}) is not in this folder "
             f"(CT series here: {', '.join(found) or 'none'})", folder,
         )
-    frame = str(ct[0].ds.get("FrameOfReferenceUID", ""))
-    plans = [f for f in files if f.kind == "RTPLAN" and str(f.ds.get("FrameOfReferenceUID", "")) == frame]
-    return ct, plans[0] if len(plans) == 1 else None
+    return ct, files
+
+
+def find_sop_instance(folder: str | Path, sop_uid: str) -> Path | None:
+    """The file of ``folder`` (recursively) whose SOP Instance UID is ``sop_uid``, or None."""
+    for path in _files(Path(folder)):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True)
+        except Exception:  # noqa: BLE001 - anything unreadable is not the file looked for
+            continue
+        if str(ds.get("SOPInstanceUID", "")) == sop_uid:
+            return path
+    return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,12 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from mddose import __version__
 from mddose.atomic import atomic_dir, atomic_path
 from mddose.data.patient import Patient
 from mddose.errors import MddoseError
 from mddose.io.dicom_import import body_mask
-from mddose.io.dicom_scan import CT_STORAGE, RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE
+from mddose.io.dicom_scan import CT_STORAGE, RTDOSE_STORAGE, RTSTRUCT_STORAGE
 from mddose.io.geometry import VolumeGeometry, default_geometry
 from mddose.io.rasterise import mask_to_contours
 
@@ -41,7 +43,22 @@ IDENTITY_TAGS = (
 )
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
           "AccessionNumber", "ReferringPhysicianName")
-DOSE_MAX_PIXEL = 2**32 - 1  # RTDOSE pixels are 32-bit unsigned
+#: RTDOSE pixels are 16-bit unsigned, as planning systems write them (and as validators such as dicom3tools'
+#: dciodvfy read them): the dose step is max / 65535, about 1 mGy for a 70 Gy plan.
+DOSE_MAX_PIXEL = 2**16 - 1
+
+
+@dataclass(frozen=True)
+class DoseLabel:
+    """What an RTDOSE says it is: its series description, DoseSummationType, the RT Plans it is the dose of
+    (ReferencedRTPlanSequence items; the standard requires one for PLAN, FRACTION, BEAM, ...), a DoseComment
+    (≤ 64 characters) and a DerivationDescription (where the values come from)."""
+
+    description: str
+    summation: str = "PLAN"
+    plan_refs: tuple[Dataset, ...] = ()
+    comment: str | None = None
+    derivation: str | None = None
 
 
 def _ds(value: float) -> str:
@@ -67,7 +84,7 @@ def _base(sop_class: str, modality: str, identity: Mapping[str, object], series_
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
     ds.Modality = modality
-    ds.Manufacturer = "mddose"
+    ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "mddose", "mddose", __version__
     ds.SeriesDescription = description
     for tag in _TYPE2:
         setattr(ds, tag, "")
@@ -76,6 +93,7 @@ def _base(sop_class: str, modality: str, identity: Mapping[str, object], series_
     if "StudyInstanceUID" not in identity:
         ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
+    ds.OperatorsName = ""  # type 2 in the RT Series module
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     return ds
@@ -177,26 +195,38 @@ def rtstruct_dataset(structures: Mapping[str, np.ndarray], geometry: VolumeGeome
     return ds
 
 
-def rtdose_dataset(dose: np.ndarray, geometry: VolumeGeometry, identity: Mapping[str, object], frame_uid: str,
-                   rtplan: Dataset | None = None, description: str = "mddose dose") -> Dataset:
-    """An RTDOSE (GY, PHYSICAL, PLAN) of ``dose`` (Gy, (rows, cols, frames)) on ``geometry``; 32-bit pixels
-    with DoseGridScaling = max / (2³² − 1) (as a DS), so values read back within one scaling step."""
-    dose = np.clip(np.nan_to_num(np.asarray(dose, dtype=np.float64)), 0.0, None)
+def _frames_along_normal(dose: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
+    """``dose`` and its geometry with the frames running along the image normal (reversed if needed)."""
     d = np.asarray(geometry.direction)
     normal = np.cross(d[:, 1], d[:, 0])
     along = float(d[:, 2] @ normal)
     if abs(abs(along) - 1) > 1e-4:
         raise ValueError("the dose grid's third axis must be perpendicular to its image planes")
-    if along < 0:  # frames must run along the normal: write the slices in reverse
-        dose = dose[:, :, ::-1]
-        geometry = VolumeGeometry(geometry.shape, geometry.spacing,
-                                  tuple(geometry.index_to_world(np.array([0.0, 0.0, geometry.shape[2] - 1]))),
-                                  np.column_stack([d[:, 0], d[:, 1], -d[:, 2]]))
-    scaling = float(_ds(max(float(dose.max()), 1e-6) / DOSE_MAX_PIXEL))
-    while np.rint(dose.max() / scaling) > DOSE_MAX_PIXEL:  # DS rounding may have made the step too small
+    if along > 0:
+        return dose, geometry
+    last = tuple(geometry.index_to_world(np.array([0.0, 0.0, geometry.shape[2] - 1])))
+    flipped = VolumeGeometry(geometry.shape, geometry.spacing, last, np.column_stack([d[:, 0], d[:, 1], -d[:, 2]]))
+    return dose[:, :, ::-1], flipped
+
+
+def dose_pixels(dose: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16-bit pixels, DoseGridScaling): pixels × scaling is ``dose`` within half a step (max / 65535)."""
+    top = max(float(dose.max()), 1e-6)
+    scaling = float(_ds(top / DOSE_MAX_PIXEL))
+    while np.rint(top / scaling) > DOSE_MAX_PIXEL:  # DS rounding may have made the step too small
         scaling = float(_ds(scaling * (1 + 1e-9)))
-    pixels = np.rint(dose / scaling).astype("<u4")
-    ds = _base(RTDOSE_STORAGE, "RTDOSE", identity, generate_uid(), frame_uid, description, 900)
+    return np.rint(dose / scaling).astype("<u2"), scaling
+
+
+def rtdose_dataset(dose: np.ndarray, geometry: VolumeGeometry, identity: Mapping[str, object], frame_uid: str,
+                   label: DoseLabel | None = None) -> Dataset:
+    """An RTDOSE (GY, PHYSICAL) of ``dose`` (Gy, (rows, cols, frames)) on ``geometry``, described by ``label``
+    (default: a plan dose with no plan referenced); 16-bit pixels with DoseGridScaling = max / 65535 (as a DS)."""
+    label = label or DoseLabel("mddose dose")
+    dose = np.clip(np.nan_to_num(np.asarray(dose, dtype=np.float64)), 0.0, None)
+    dose, geometry = _frames_along_normal(dose, geometry)
+    pixels, scaling = dose_pixels(dose)
+    ds = _base(RTDOSE_STORAGE, "RTDOSE", identity, generate_uid(), frame_uid, label.description, 900)
     ds.InstanceNumber = 1
     ds.ImagePositionPatient = [_ds(v) for v in geometry.origin]
     ds.ImageOrientationPatient, ds.PixelSpacing = _plane(geometry)
@@ -205,14 +235,16 @@ def rtdose_dataset(dose: np.ndarray, geometry: VolumeGeometry, identity: Mapping
     ds.Rows, ds.Columns, ds.NumberOfFrames = dose.shape[0], dose.shape[1], dose.shape[2]
     ds.FrameIncrementPointer = 0x3004000C  # GridFrameOffsetVector
     ds.GridFrameOffsetVector = [_ds(k * geometry.spacing[2]) for k in range(dose.shape[2])]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", label.summation
     ds.DoseGridScaling = _ds(scaling)
     ds.TissueHeterogeneityCorrection = "IMAGE"
-    if rtplan is not None:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = RTPLAN_STORAGE, rtplan.SOPInstanceUID
-        ds.ReferencedRTPlanSequence = DicomSequence([ref])
+    if label.comment:
+        ds.DoseComment = label.comment[:64]
+    if label.derivation:
+        ds.DerivationDescription = label.derivation
+    if label.plan_refs:
+        ds.ReferencedRTPlanSequence = DicomSequence(list(label.plan_refs))
     ds.PixelData = np.ascontiguousarray(np.transpose(pixels, (2, 0, 1))).tobytes()  # (frames, rows, cols)
     return ds
 

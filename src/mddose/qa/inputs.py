@@ -13,6 +13,7 @@ from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.io.dicom_export import load_sidecar
 from mddose.io.dicom_read import read_rtdose_gy
+from mddose.io.dicom_scan import find_sop_instance
 from mddose.io.geometry import ModelGrid, VolumeGeometry, inside, resample
 
 #: An RTDOSE grid must cover this share of the possible-dose mask.
@@ -40,6 +41,18 @@ def read_qa_patient(patient_dir: Path, rois: RoiConfig, work: Path, roi_map: Pat
         raise MddoseError(f"no target ROI of the model ({', '.join(rois.targets)}) in the patient: QA needs at "
                           "least one", patient_dir)
     return patient, patient_dir
+
+
+def plan_source(plan: Path | None, patient_dir: Path, folder: Path) -> Path:
+    """The file the plan dose was read from, as the user knows it: ``plan``, the patient folder's dose.csv, or the
+    RTDOSE of the DICOM folder (not the temporary folder it was imported into); absolute."""
+    if plan is not None:
+        return plan.absolute()
+    if folder == patient_dir:
+        return (find_file(folder, "dose") or folder).absolute()
+    uid = load_sidecar(folder).get("rtdose_sop_instance_uid")
+    found = find_sop_instance(patient_dir, str(uid)) if uid else None
+    return (found or patient_dir).absolute()
 
 
 def read_plan(plan: Path | None, patient: Patient, patient_dir: Path) -> np.ndarray:

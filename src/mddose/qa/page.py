@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from mddose.atomic import write_text
 from mddose.data.patient import Patient
 from mddose.evaluate.dvh import dvh_curve
+from mddose.io.geometry import VolumeGeometry
 from mddose.qa.check import QaResult
 from mddose.viz.figures import comparison_figure, save_png
 from mddose.viz.report_html import card, esc, fmt, image, json_block, page
@@ -62,6 +63,15 @@ def worst_slices(patient: Patient, plan: np.ndarray, result: QaResult, n: int = 
     return picks
 
 
+def slice_label(z: int, geometry: VolumeGeometry | None) -> str:
+    """"axial slice 64 (z = −40.4 mm)": the slice's z in the patient coordinates a planning system shows (DICOM
+    LPS, from the imported geometry); without one (an OpenKBP folder) the index alone."""
+    if geometry is None:
+        return f"axial slice {z}"
+    z_mm = float(geometry.index_to_world(np.array([0.0, 0.0, float(z)]))[2])
+    return f"axial slice {z} (z = {z_mm:.1f} mm)".replace("-", "−")
+
+
 def _table(summary: dict[str, Any]) -> str:
     head = ["ROI", "metric", "plan", "predicted", "achievable", "difference", "tolerance", "spread", "flag"]
     body = []
@@ -91,14 +101,18 @@ def _cards(summary: dict[str, Any], n_rois: int) -> str:
     ])
 
 
-def write_page(out: Path, patient: Patient, plan: np.ndarray, result: QaResult, summary: dict[str, Any]) -> Path:
-    """Write the figures under ``out/figures`` and ``out/qa.html``; returns the page's path."""
+def write_page(out: Path, patient: Patient, plan: np.ndarray, result: QaResult, summary: dict[str, Any],
+               geometry: VolumeGeometry | None = None) -> Path:
+    """Write the figures under ``out/figures`` and ``out/qa.html``; returns the page's path. ``geometry``: where
+    the patient's grid lies in the DICOM frame (slices are then named by their z there)."""
     figures = out / "figures"
     flagged = set(result.flagged)
     dvh = save_png(dvh_band_figure(patient, plan, result, flagged), figures / "dvh.png")
-    washes = [save_png(comparison_figure(patient, result.mean, {"Plan": plan}, slice_index=z,
-                                         reference_label="Predicted", reference_short="predicted"),
-                       figures / f"slice_{z}.png") for z in worst_slices(patient, plan, result)]
+    labels = {z: slice_label(z, geometry) for z in worst_slices(patient, plan, result)}
+    washes = [(save_png(comparison_figure(patient, result.mean, {"Plan": plan}, slice_index=z,
+                                          title=f"{patient.patient_id}: {label}", reference_label="Predicted",
+                                          reference_short="predicted"), figures / f"slice_{z}.png"), label)
+              for z, label in labels.items()]
     warnings = "".join(f'<p class="warning">{esc(w)}</p>' for w in summary["warnings"])
     body = (
         f'{warnings}<div class="cards">{_cards(summary, len(patient.present_rois()))}</div>'
@@ -109,7 +123,8 @@ def write_page(out: Path, patient: Patient, plan: np.ndarray, result: QaResult, 
         f"{_table(summary)}"
         f'<h2 id="dvh">Dose-volume histograms</h2>{image(dvh, "DVHs", "Plan solid, prediction dashed, band: samples.")}'
         '<h2 id="slices">Worst slices</h2>'
-        + "".join(image(p, p.stem, "Top: plan and predicted dose; bottom: plan − predicted.") for p in washes)
+        + "".join(image(p, label, f"{label[0].upper()}{label[1:]}. Top: plan and predicted dose; bottom: plan − "
+                        "predicted.") for p, label in washes)
         + json_block(summary, "qa.json")
     )
     subtitle = (f"{esc(summary['patient'])} · plan {esc(summary['plan'])} · model "

@@ -32,9 +32,10 @@ from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
 from mddose.inference.scope import read_profile, scope_warnings
-from mddose.io.geometry import ModelGrid
+from mddose.io.geometry import ModelGrid, VolumeGeometry
+from mddose.io.nifti import patient_geometry
 from mddose.qa.check import QaResult, QaRow, check_plan
-from mddose.qa.inputs import read_plan, read_qa_patient
+from mddose.qa.inputs import plan_source, read_plan, read_qa_patient
 from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
 
 QA_FORMAT = "mddose-qa/1"
@@ -114,16 +115,18 @@ def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | Non
         samples = predictor.samples(patient) * np.float32(scale)
         result = check_plan(patient, plan_dose, samples, table, z, stated)
         g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
+        imported = folder != Path(patient_dir)  # a DICOM folder, imported into out_dir/patient/ (here: tmp)
         summary = {
-            "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(patient_dir),
-            "plan": str(plan) if plan else str(folder / "dose.csv"), "model": predictor.info,
-            "error_table": {"path": str(table_path), **{k: table.info.get(k) for k in ("patients", "date")}},
-            "z": z, "dose_scale": scale, "stated_prescriptions": stated,
-            "flagged": result.flagged,
+            "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(Path(patient_dir).absolute()),
+            "imported_to": str((out_dir / "patient" / folder.name).absolute()) if imported else None,
+            "plan": str(plan_source(Path(plan) if plan else None, Path(patient_dir), folder)),
+            "model": predictor.info,
+            "error_table": {"path": str(table_path.absolute()), **{k: table.info.get(k) for k in ("patients", "date")}},
+            "z": z, "dose_scale": scale, "stated_prescriptions": stated, "flagged": result.flagged,
             "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate), "reason": g.reason},
             "rows": [r.to_dict() for r in result.rows], "warnings": warnings,
         }
-        _write_outputs(tmp, patient, plan_dose, result, summary)
+        _write_outputs(tmp, patient, plan_dose, result, summary, patient_geometry(folder))
         summary["seconds"] = round(time.perf_counter() - began, 1)
         write_json(tmp / "qa.json", summary)
     return summary
@@ -141,14 +144,15 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_outputs(tmp: Path, patient: Patient, plan: np.ndarray, result: QaResult, summary: dict[str, Any]) -> None:
+def _write_outputs(tmp: Path, patient: Patient, plan: np.ndarray, result: QaResult, summary: dict[str, Any],
+                   geometry: VolumeGeometry | None) -> None:
     from mddose.qa.page import write_page
 
     pid = patient.patient_id
     write_dose_csv(tmp / "prediction" / f"{pid}.csv", result.mean, patient.possible_dose_mask)
     write_dose_csv(tmp / "prediction" / f"{pid}_std.csv", result.spread, patient.possible_dose_mask)
     write_text(tmp / "qa.csv", rows_csv(result.rows))
-    write_page(tmp, patient, plan, result, summary)
+    write_page(tmp, patient, plan, result, summary, geometry)
 
 
 def rows_csv(rows: list[QaRow]) -> str:
