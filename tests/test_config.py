@@ -18,9 +18,10 @@ from mddose.runs.run_config import (METHODS, RunConfig, for_data, load_run_confi
 def test_methods_differ_only_in_the_network() -> None:
     base = run_preset("tiny")
     rows = {m: method_config(m, base) for m in METHODS}
-    assert all(r.train == base.train and r.diffusion == base.diffusion for r in rows.values())
+    assert all(r.train == base.train for r in rows.values())
+    assert all(r.diffusion == base.diffusion for m, r in rows.items() if m != "dosediff")
     # the 3D baselines read volume patches: the same data without 2.5D context or slice crops
-    assert all(r.data == base.data for m, r in rows.items() if not m.endswith("-3d"))
+    assert all(r.data == base.data for m, r in rows.items() if not m.endswith("-3d") and m != "dosediff")
     assert all(r.data == replace(base.data, context_slices=0, crop=0) and r.model.cond_channels == 9
                for m, r in rows.items() if m.endswith("-3d"))
     assert rows["md-dose"].model == base.model
@@ -28,8 +29,8 @@ def test_methods_differ_only_in_the_network() -> None:
     assert (rows["sp-diffdose"].model.denoiser_block, rows["sp-diffdose"].model.encoder_block) == ("swin", "swin")
     assert rows["c3d"].model.arch == "cascade" and rows["hd-unet"].model.arch == "dense"
     assert {m: r.objective for m, r in rows.items()} == {
-        "md-dose": "diffusion", "diffdp": "diffusion", "sp-diffdose": "diffusion", "c3d": "regression",
-        "hd-unet": "regression", "c3d-3d": "regression", "hd-unet-3d": "regression"}
+        "md-dose": "diffusion", "diffdp": "diffusion", "dosediff": "diffusion", "sp-diffdose": "diffusion",
+        "c3d": "regression", "hd-unet": "regression", "c3d-3d": "regression", "hd-unet-3d": "regression"}
     assert (rows["c3d"].model.dims, rows["c3d-3d"].model.dims, rows["hd-unet-3d"].model.patch_size) == (2, 3, (64,) * 3)
     assert method_config("c3d-3d", base, patch_size=(32, 32, 16)).model.patch_size == (32, 32, 16)
     # the baselines train with the recipe's voxel-wise loss (the trainer applies its loss region)
@@ -46,6 +47,23 @@ def test_methods_differ_only_in_the_network() -> None:
         method_config("unet", base)
     with pytest.raises(MddoseError, match="MD-Dose recipe"):
         method_config("c3d", rows["c3d"])
+
+
+def test_the_dosediff_row_is_what_makes_dosediff() -> None:
+    """Distance maps of every target and OAR, two conv encoders fused by windowed attention at MD-Dose's widths,
+    DDIM in 8 steps by default; the recipe otherwise."""
+    base = run_preset("tiny")
+    cfg = method_config("dosediff", base)
+    assert cfg.data == replace(base.data, target_encoding="per_level", structure_encoding="distance")
+    assert cfg.model.cond_channels == cfg.data.cond_channels == base.data.cond_channels + 2  # PTV56, PTV63, PTV70
+    m = cfg.model
+    assert (m.denoiser_block, m.encoder_block, m.fusion, m.enc_widths) == ("conv", "conv", "transformer",
+                                                                          base.model.enc_widths)
+    assert cfg.diffusion == replace(base.diffusion, sampler="ddim", sampler_steps=8)
+    assert cfg.diffusion.sampling() == ("ddim", 8) and cfg.train == base.train
+    context = replace(base.data, target_context=(-4, 4))
+    with pytest.raises(MddoseError, match="takes no target context"):
+        method_config("dosediff", replace(base, data=context, model=for_data(base.model, context)))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -70,7 +88,9 @@ def test_partial_config_file_makes_a_baseline(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{", "cannot read config"), ('{"optimizer": {}}', "unknown config section"),
-     ('{"model": {"arch": "vnet"}}', "invalid config"), ('{"train": {"lr": 1, "nope": 2}}', "invalid config")],
+     ('{"model": {"arch": "vnet"}}', "invalid config"), ('{"train": {"lr": 1, "nope": 2}}', "invalid config"),
+     ('{"data": {"structure_encoding": "sdf"}}', "structure_encoding must be 'mask' or 'distance', not 'sdf'"),
+     ('{"model": {"fusion": "cross"}}', r"fusion 'cross' is not one of \('add', 'transformer'\)")],
 )
 def test_bad_config_files_name_the_file(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"

@@ -25,10 +25,12 @@ def test_rows_differ_only_in_blocks() -> None:
     with pytest.raises(MddoseError, match="unknown table"):
         table_rows("table9", base)
     rows1 = table_rows("table1", base)
-    assert list(rows1) == ["C3D-like", "HD-UNet-like", "DiffDP-like", "SP-DiffDose-like", "MD-Dose"]
-    assert [r.objective for r in rows1.values()] == ["regression"] * 2 + ["diffusion"] * 3
+    assert list(rows1) == ["C3D-like", "HD-UNet-like", "DiffDP-like", "DoseDiff-like", "SP-DiffDose-like", "MD-Dose"]
+    assert [r.objective for r in rows1.values()] == ["regression"] * 2 + ["diffusion"] * 4
     assert rows1["MD-Dose"].model == base.model == rows3["mamba"].model.replace(name=base.model.name)
-    assert all(r.train == base.train and r.data == base.data for r in rows1.values())
+    assert all(r.train == base.train for r in rows1.values())
+    assert all(r.data == base.data for name, r in rows1.items() if name != "DoseDiff-like")  # it reads distances
+    assert rows1["DoseDiff-like"].data.structure_encoding == "distance"
     layout = table_rows("layout", base)
     assert [(r.model.denoiser_block, r.model.encoder_block, r.model.conv_levels) for r in layout.values()] == [
         ("mamba", "mamba", 0), ("mamba", "mamba", base.model.conv_levels), ("conv", "conv", base.model.conv_levels)]
@@ -63,7 +65,8 @@ def test_table_end_to_end_and_resume(tmp_path: Path, table: str) -> None:
                                 device="cpu", progress=False)
         assert runs == {p: p.stat().st_mtime_ns for p in runs} and result["steps"] == 3
         again = {p.parent.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
-        assert again == {"DiffDP-like", "SP-DiffDose-like", "MD-Dose"}
+        assert again == {"DiffDP-like", "DoseDiff-like", "SP-DiffDose-like", "MD-Dose"}
+        assert "conv denoiser, conv encoder, fused by windowed attention, signed distance maps" in md
 
 
 def test_interrupted_method_resumes(tmp_path: Path) -> None:
@@ -93,7 +96,7 @@ def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
     md = (tmp_path / "t2" / "table2.md").read_text()
     assert "| MD-Dose |" in md and "s / patient" in md and "CPU" in md
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "t2" / "timing").glob("*.json")}
-    assert len(stamps) == 5
+    assert len(stamps) == 6
     run_experiment("table2", cache, data, tmp_path / "t2", base=base, steps=2, device="cpu", progress=False,
                    time_patients=1)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
@@ -122,6 +125,7 @@ def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
 def test_only_names_rows_of_the_table() -> None:
     rows = table_rows("table1", micro_config())
     assert list(select_rows("table1", rows, ["HD-UNet-like"])) == ["HD-UNet-like", "MD-Dose"]
+    assert list(select_rows("table1", rows, ["DoseDiff-like"])) == ["DoseDiff-like", "MD-Dose"]
     assert select_rows("table1", rows, None) == rows
     with pytest.raises(MddoseError, match="table1 has no row 'hd-unet': choose from C3D-like, HD-UNet-like"):
         select_rows("table1", rows, ["hd-unet"])
@@ -164,7 +168,8 @@ def test_cli_table2_and_train_a_baseline(tmp_path: Path) -> None:
     proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "bad"), "--method", "unet"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        "error: unknown method 'unet': choose md-dose, diffdp, sp-diffdose, c3d, hd-unet, c3d-3d, hd-unet-3d")
+        "error: unknown method 'unet': choose md-dose, diffdp, dosediff, sp-diffdose, c3d, hd-unet, c3d-3d, "
+        "hd-unet-3d")
 
 
 def test_step_budget_and_budget_mismatch(tmp_path: Path) -> None:

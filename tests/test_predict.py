@@ -105,6 +105,29 @@ def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str)
         bench_sampling(tmp_path / "run", data, tmp_path / "s.json", progress=False)
 
 
+def test_dosediff_trains_and_predicts_from_the_command_line(tmp_path: Path) -> None:
+    """`mddose train --method dosediff` on phantoms, then `mddose predict` with the row's own sampler (DDIM, 8)."""
+    data, cache = phantom_cache(tmp_path, patients=2)
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps(micro_config(val_patients=0).to_dict()))
+    cli = [sys.executable, "-m", "mddose.cli"]
+    proc = subprocess.run([*cli, "train", str(cache), str(tmp_path / "run"), "--config", str(cfg), "--method",
+                           "dosediff", "--max-steps", "3", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["model"]["fusion"], saved["data"]["structure_encoding"]) == ("transformer", "distance")
+    proc = subprocess.run([*cli, "predict", str(tmp_path / "run"), str(data), str(tmp_path / "p"), "--device", "cpu",
+                           "--samples", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "p" / "prediction.json").read_text())
+    assert (summary["sampler"], summary["steps"]) == ("ddim", 8)
+    for folder in list_patients(data):
+        p = read_patient(folder)
+        dose = read_dose_csv(tmp_path / "p" / f"{p.patient_id}.csv", p.shape)
+        assert dose.shape == p.shape and np.isfinite(dose).all() and (dose >= 0).all()
+        assert (dose[~p.possible_dose_mask] == 0).all() and dose[p.possible_dose_mask].max() > 0
+
+
 def test_bad_sampler_settings_are_one_line_before_any_work(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run, data = trained
     with pytest.raises(MddoseError, match="unknown sampler 'foo'"):

@@ -11,6 +11,13 @@ in this order:
    configuration (OpenKBP: PTV70 → 1.0, PTV63 → 0.9, PTV56 → 0.8, 0 outside every PTV), so one channel carries
    every dose level. ``"per_level"``: one binary channel per target of the configuration.
 3. **OARs**, one binary channel each in ``RoiConfig.oars`` order (zeros where not contoured).
+
+   ``structure_encoding="distance"`` (DoseDiff's "distance-aware" inputs; needs ``target_encoding="per_level"``)
+   replaces each binary target and OAR channel by its signed distance map (:mod:`mddose.data.distance`): the
+   in-plane distance to the structure in mm (the patient's own pixel spacing), negative inside, positive outside,
+   divided by ``distance_scale_mm`` (50 mm) and clipped to [-1, 1]. A structure absent from the slice (not
+   contoured, or not on this slice) holds +1 everywhere: far away. Resizing is bilinear for these channels, and
+   the pixels a shift uncovers hold +1 (CT: air; the other channels: 0).
 4. **Target context** (``target_context``, empty by default): the prescription map of the slices at these offsets
    along z, one channel each in the given order, so a 2D network sees where the targets start and end above and
    below the slice (zeros past the patient).
@@ -39,6 +46,7 @@ from torch.utils.data import Dataset
 
 from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, check_angles
 from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient
+from mddose.data.distance import DISTANCE_SCALE_MM, signed_distance
 from mddose.data.patient import RoiConfig
 from mddose.errors import MddoseError
 
@@ -53,6 +61,9 @@ class DataConfig:
     image_size: int = 128  # side of the square network input; 128 is native OpenKBP, the paper used 256
     context_slices: int = 0  # 2.5D: neighbouring CT slices on each side added as channels
     target_encoding: Literal["prescription", "per_level"] = "prescription"
+    # the targets and OARs as binary masks, or as signed distance maps in mm / distance_scale_mm (DoseDiff's)
+    structure_encoding: Literal["mask", "distance"] = "mask"
+    distance_scale_mm: float = DISTANCE_SCALE_MM  # distances from -scale (inside) to +scale map to [-1, 1]
     target_context: tuple[int, ...] = ()  # slice offsets whose prescription map is added, e.g. (-8, -4, 4, 8)
     dose_norm_gy: float = 80.0  # dose / dose_norm_gy is what the model sees
     augment: bool = False  # training only: flips with organ swap, shifts, CT jitter
@@ -75,6 +86,13 @@ class DataConfig:
             raise ValueError(f"crop must be a multiple of 16 up to image_size {self.image_size}, not {self.crop}")
         if self.target_encoding not in ("prescription", "per_level"):
             raise ValueError(f"target_encoding must be 'prescription' or 'per_level', not {self.target_encoding!r}")
+        if self.structure_encoding not in ("mask", "distance"):
+            raise ValueError(f"structure_encoding must be 'mask' or 'distance', not {self.structure_encoding!r}")
+        if self.structure_encoding == "distance" and self.target_encoding != "per_level":
+            raise ValueError("structure_encoding 'distance' gives each target its own distance map: it needs "
+                             "target_encoding 'per_level'")
+        if not self.distance_scale_mm > 0:
+            raise ValueError(f"distance_scale_mm must be positive, not {self.distance_scale_mm}")
         offsets = self.target_context
         if not isinstance(offsets, list | tuple) or any(type(o) is not int for o in offsets):
             raise ValueError(f"target_context holds slice offsets (integers), not {offsets!r}")
@@ -91,6 +109,23 @@ class DataConfig:
     @property
     def n_ct_channels(self) -> int:
         return 2 * self.context_slices + 1
+
+    @property
+    def n_structure_channels(self) -> int:
+        """The target and OAR channels: binary masks or signed distance maps (``structure_encoding``)."""
+        return self.n_target_channels + len(self.rois.oars)
+
+    @property
+    def n_smooth_channels(self) -> int:
+        """The leading channels that hold continuous values (CT, distance maps): resized bilinearly."""
+        return self.n_ct_channels + (self.n_structure_channels if self.structure_encoding == "distance" else 0)
+
+    def shift_fill(self, n_channels: int) -> list[float]:
+        """What each of ``n_channels`` structure channels holds where a shift uncovers pixels: air for the CT,
+        far away (+1) for a distance map, 0 for the rest."""
+        far = self.n_structure_channels if self.structure_encoding == "distance" else 0
+        n_ct = self.n_ct_channels
+        return [CT_CLIP_HU[0] / 1000.0] * n_ct + [1.0] * far + [0.0] * (n_channels - n_ct - far)
 
     @property
     def cond_channels(self) -> int:
@@ -143,12 +178,20 @@ def structure_channels(vol: CachedPatient, z: int, config: DataConfig) -> np.nda
     if config.target_encoding == "prescription":
         channels.append(_prescription_map(vol, z, rois))
     else:
-        channels.extend(_roi_slice(vol, z, t) for t in rois.targets)
-    channels.extend(_roi_slice(vol, z, o) for o in rois.oars)
+        channels.extend(_structure_slice(vol, z, t, config) for t in rois.targets)
+    channels.extend(_structure_slice(vol, z, o, config) for o in rois.oars)
     channels.extend(_prescription_map(vol, z + dz, rois) for dz in config.target_context)
     if config.beam_prior:
         channels.append(_prior_slice(vol, z, config))
     return np.stack(channels)  # (C, X, Y)
+
+
+def _structure_slice(vol: CachedPatient, z: int, name: str, config: DataConfig) -> np.ndarray:
+    """ROI ``name`` on slice ``z`` as the config encodes it: its binary mask or its signed distance map."""
+    mask = _roi_slice(vol, z, name)
+    if config.structure_encoding == "mask":
+        return mask
+    return signed_distance(mask, (vol.spacing[0], vol.spacing[1]), config.distance_scale_mm)
 
 
 def _prior_slice(vol: CachedPatient, z: int, config: DataConfig) -> np.ndarray:
@@ -197,15 +240,16 @@ def slice_mask(vol: CachedPatient, z: int) -> np.ndarray:
 
 def resize_inputs(cond: torch.Tensor, mask: torch.Tensor, config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize a batch of structure images (B, C, H, W) and masks (B, 1, H, W) to ``config.image_size``:
-    bilinear for the CT channels, nearest for the masks and prescription maps. Training and prediction both go
-    through here."""
+    bilinear for the CT channels and distance maps, nearest for the masks and prescription maps. Training and
+    prediction both go through here."""
     size = config.image_size
     if cond.shape[-1] == size and cond.shape[-2] == size:
         return cond, mask
-    n_ct = config.n_ct_channels
-    ct = F.interpolate(cond[:, :n_ct], size=(size, size), mode="bilinear", align_corners=False)
-    masks = F.interpolate(cond[:, n_ct:], size=(size, size), mode="nearest")
-    return torch.cat([ct, masks], dim=1), F.interpolate(mask, size=(size, size), mode="nearest")
+    n_smooth = config.n_smooth_channels
+    parts = [F.interpolate(cond[:, :n_smooth], size=(size, size), mode="bilinear", align_corners=False)]
+    if cond.shape[1] > n_smooth:
+        parts.append(F.interpolate(cond[:, n_smooth:], size=(size, size), mode="nearest"))
+    return torch.cat(parts, dim=1), F.interpolate(mask, size=(size, size), mode="nearest")
 
 
 def resize(cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor, config: DataConfig):
@@ -268,13 +312,12 @@ class SliceDataset(Dataset):
 
     def _augment(self, cond: torch.Tensor, dose: torch.Tensor, mask: torch.Tensor):
         cfg = self.config
-        n_ct = cfg.n_ct_channels
         r = torch.rand(3)
         if r[0] < 0.5:  # mirror the patient left-right: flip columns, swap paired organs
             cond, dose, mask = mirror(cond, dose, mask, self._swap, axis=-1)
         if cfg.max_shift > 0:
             dx, dy = (int(v) for v in torch.randint(-cfg.max_shift, cfg.max_shift + 1, (2,)))
-            cond = _shift(cond, dx, dy, fill=[CT_CLIP_HU[0] / 1000.0] * n_ct + [0.0] * (cond.shape[0] - n_ct))
+            cond = _shift(cond, dx, dy, fill=cfg.shift_fill(cond.shape[0]))
             dose, mask = _shift(dose, dx, dy, [0.0]), _shift(mask, dx, dy, [0.0])
         return jitter_ct(cond, cfg), dose, mask
 

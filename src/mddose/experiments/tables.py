@@ -2,8 +2,9 @@
 OUT_DIR``.
 
 Table I compares MD-Dose with the deterministic baselines (C3D-like cascade, HD-UNet-like dense U-Net, trained
-with a voxel-wise loss) and the diffusion baselines (DiffDP-like conv and SP-DiffDose-like Swin networks,
-trained and sampled exactly as MD-Dose); see :func:`mddose.runs.run_config.method_config`. Table II (parameters and
+with a voxel-wise loss) and the diffusion baselines (DiffDP-like conv and SP-DiffDose-like Swin networks, and the
+DoseDiff-like network on signed distance maps, trained and sampled exactly as MD-Dose); see
+:func:`mddose.runs.run_config.method_config`. Table II (parameters and
 inference time) is :mod:`mddose.experiments.timing`. Table III varies the denoiser's block (conv, Swin, Mamba)
 with a Mamba structure encoder; Table IV keeps the Mamba denoiser and varies the structure encoder (none =
 structures concatenated to x_t, conv, Swin, Mamba): :func:`~mddose.models.config.ablation_configs`.
@@ -130,7 +131,9 @@ def describe(cfg: RunConfig) -> str:
         return f"{'cascade' if m.arch == 'cascade' else 'dense'} U-Net ({where}), {m.loss} loss{region}"
     encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
     where = f" (conv at the {m.conv_levels} finest levels)" if m.conv_levels and m.mamba_widths() else ""
-    return f"{m.denoiser_block} denoiser, {encoder}{where}, {cfg.diffusion.prediction_type} prediction"
+    fused = ", fused by windowed attention" if m.fusion == "transformer" else ""
+    inputs = ", signed distance maps" if cfg.data.structure_encoding == "distance" else ""
+    return f"{m.denoiser_block} denoiser, {encoder}{where}{fused}{inputs}, {cfg.diffusion.prediction_type} prediction"
 
 
 def claim_folder(out_dir: Path, table: str, budget: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Where each box of the paper's Fig. 2 lives: (b) Mamba-UNet -> :mod:`.unet`; (c) structure encoder ->
 :mod:`.encoder`; (d) Mamba block -> :mod:`.mamba` (its stage wrapper with patch and time embedding:
-:mod:`.stage`); the SSM layer's scans (eqs. 4-7) -> :mod:`.ssm`; ablation blocks -> :mod:`.blocks`;
+:mod:`.stage`); the SSM layer's scans (eqs. 4-7) -> :mod:`.ssm`; ablation blocks -> :mod:`.blocks`; how the
+U-Net meets the structure encoder at each level (added, or the DoseDiff-like transformer fusion) -> :mod:`.fusion`;
 the deterministic baselines of Table I (C3D-like cascade, HD-UNet-like dense U-Net) -> :mod:`.baselines`;
 configuration, presets and ablation rows -> :mod:`.config` (a leaf); the network factory -> :mod:`.build`.
 """

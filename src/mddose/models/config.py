@@ -27,6 +27,7 @@ SSM_KINDS = ("s6", "ssd")  # Mamba-1 (the paper's layer), Mamba-2 (chunked, the 
 SCAN_BACKENDS = ("auto", "torch", "reference", "mamba_ssm", "cpu_kernel")
 SCAN_ORDERS = {"rows": 2, "rows+cols": 4}  # scan order -> scan paths (each order forwards and backwards)
 ENCODER_TYPES = ("none", *BLOCK_TYPES)
+FUSION_TYPES = ("add", "transformer")  # how the structure encoder meets the denoiser at each level
 PRESETS = ("paper", "small", "tiny")
 
 
@@ -46,6 +47,9 @@ class ModelConfig:
     dec_depths: tuple[int, ...] = (6, 6, 4, 4)
     denoiser_block: str = "mamba"  # mamba | swin | conv
     encoder_block: str = "mamba"  # none (structures concatenated to x_t) | mamba | swin | conv
+    # add (MD-Dose: the structure features added level by level) | transformer (the DoseDiff-like network:
+    # concatenation, 1×1 conv and a Swin pair per level, models/fusion.py)
+    fusion: str = "add"
     # Mamba where it pays: the finest ``conv_levels`` resolution levels (0 = full size, 1 = half, ...) use residual
     # convolutions in the denoiser and the structure encoder whatever the block types above say (0: none)
     conv_levels: int = 0
@@ -107,6 +111,10 @@ class ModelConfig:
             return f"denoiser_block {self.denoiser_block!r} is not one of {BLOCK_TYPES}"
         if self.encoder_block not in ENCODER_TYPES:
             return f"encoder_block {self.encoder_block!r} is not one of {ENCODER_TYPES}"
+        if self.fusion not in FUSION_TYPES:
+            return f"fusion {self.fusion!r} is not one of {FUSION_TYPES}"
+        if self.fusion != "add" and self.encoder_block == "none":
+            return f"fusion {self.fusion!r} fuses the structure encoder's features: encoder_block must not be 'none'"
         for name, allowed in (("ssm_kind", SSM_KINDS), ("scan_order", tuple(SCAN_ORDERS)),
                               ("scan_backend", SCAN_BACKENDS)):
             if getattr(self, name) not in allowed:

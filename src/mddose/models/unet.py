@@ -4,7 +4,8 @@ Data flow for the ``paper`` config at 128×128 (the published layout; widths in 
 
 * stem: 3×3 conv of x_t (1 -> 24) at 128²; time: Fourier features (96) of t / T;
 * encoder: four stages, each a 2×2 stride-2 patch embedding then blocks: 64² (48), 32² (96), 16² (192), 8² (384);
-  after stage i its output gets the structure encoder's level-i output and the stage's time projection added;
+  after stage i its output gets the structure encoder's level-i output and the stage's time projection added
+  (``fusion="add"``; ``"transformer"`` fuses the two with windowed attention instead: :mod:`.fusion`);
 * decoder: four levels, each up-sampling (3×3 conv + PixelShuffle: size doubles, channels halve), concatenation
   with the skip (encoder levels 3, 2, 1, then the stem), a 1×1 reduction where the channels differ from the
   level's width, and a stage (1×1 patch embedding, blocks, time): 16² (192), 32² (96), 64² (48), 128² (48);
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from mddose.models.config import ModelConfig
 from mddose.models.encoder import StructureEncoder
+from mddose.models.fusion import make_fusion
 from mddose.models.layers import FourierTimeEmbedding, Upsample
 from mddose.models.stage import Stage
 
@@ -47,6 +49,7 @@ class MambaUNet(nn.Module):
             Stage(cfg.block_at(kind, i + 1), widths[i], widths[i + 1], depth, 2, size >> (i + 1), cfg, time=True)
             for i, depth in enumerate(cfg.enc_depths)
         )
+        self.fuse = None if concat else nn.ModuleList(make_fusion(cfg.fusion, w, cfg) for w in cfg.enc_widths)
         self.up, self.reduce, self.dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         channels = widths[-1]
         for j, (width, depth) in enumerate(zip(cfg.dec_widths, cfg.dec_depths)):
@@ -82,10 +85,10 @@ class MambaUNet(nn.Module):
             x_t = torch.cat([x_t, cond], dim=1)  # (B, in + C_struct, H, W)
         h = self.stem(x_t)  # (B, stem, H, W)
         skips = [h]
-        for stage, extra in zip(self.down, structure):
+        for i, (stage, extra) in enumerate(zip(self.down, structure)):
             h = stage(h, temb)
-            if extra is not None:
-                h = h + extra
+            if self.fuse is not None:
+                h = self.fuse[i](h, extra)  # (B, w_i, H/2^(i+1), W/2^(i+1))
             skips.append(h)
         skips.pop()  # the deepest level feeds the decoder directly
         for up, reduce, stage in zip(self.up, self.reduce, self.dec):

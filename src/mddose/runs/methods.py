@@ -6,13 +6,16 @@ from __future__ import annotations
 METHODS: dict[str, str] = {
     "md-dose": "MD-Dose: Mamba denoiser, Mamba structure encoder",
     "diffdp": "DiffDP-like: diffusion with a convolutional denoiser and convolutional structure encoder",
+    "dosediff": "DoseDiff-like: diffusion on signed distance maps, convolutional encoders of the condition and the "
+                "noisy dose fused at every scale by windowed attention, DDIM with 8 steps",
     "sp-diffdose": "SP-DiffDose-like: diffusion with a Swin-transformer denoiser and Swin structure encoder",
     "c3d": "C3D-like: cascade of two 2D U-Nets, voxel-wise loss",
     "hd-unet": "HD-UNet-like: densely connected 2D U-Net, voxel-wise loss",
     "c3d-3d": "C3D-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
     "hd-unet-3d": "HD-UNet-like in 3D, as the original: trained on volume patches, predicted by sliding windows",
 }
-TABLE1_ORDER: tuple[str, ...] = ("c3d", "hd-unet", "diffdp", "sp-diffdose", "md-dose")  # the paper's row order
+# the paper's row order
+TABLE1_ORDER: tuple[str, ...] = ("c3d", "hd-unet", "diffdp", "dosediff", "sp-diffdose", "md-dose")
 
 
 def row_name(method: str) -> str:

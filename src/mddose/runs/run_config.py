@@ -171,11 +171,17 @@ def run_preset(name: str) -> RunConfig:
     raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
 
 
+#: How DoseDiff's authors sample it (their ``pred.py --ddim 8``): the DoseDiff-like row's own sampler
+DOSEDIFF_SAMPLING = ("ddim", 8)
+
+
 def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int] | None = None) -> RunConfig:
-    """Table I's ``method`` on the recipe of ``base``: same data, diffusion and training; only the network differs.
+    """Table I's ``method`` on the recipe of ``base``: same data, diffusion and training; only the network differs
+    (and, for the DoseDiff-like row, what makes DoseDiff: its inputs and its sampler).
 
     The diffusion baselines swap MD-Dose's Mamba blocks for residual convolutions (DiffDP-like) or shifted-window
     attention (SP-DiffDose-like) in both the denoiser and the structure encoder, at the same widths and depths;
+    the DoseDiff-like row is :func:`dosediff_config`;
     the deterministic baselines take the same level widths (:func:`~mddose.models.baselines.baseline_config`),
     in 2D (same input as MD-Dose) or, with the ``-3d`` methods, in 3D on volume patches (``patch_size``, default
     64³). The baselines train with the recipe's loss (``diffusion.loss``, MSE or L1), a 2D one in the recipe's loss
@@ -188,6 +194,8 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
         model: ModelConfig | BaselineConfig = m.replace(denoiser_block="mamba", encoder_block="mamba")
     elif method == "diffdp":
         model = m.replace(name=f"{m.name}-diffdp", denoiser_block="conv", encoder_block="conv")
+    elif method == "dosediff":
+        return dosediff_config(base)
     elif method == "sp-diffdose":
         model = m.replace(name=f"{m.name}-sp-diffdose", denoiser_block="swin", encoder_block="swin")
     elif method in ("c3d", "hd-unet", "c3d-3d", "hd-unet-3d"):
@@ -204,6 +212,23 @@ def method_config(method: str, base: RunConfig, patch_size: tuple[int, int, int]
     else:
         raise MddoseError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
     return replace(base, model=model)
+
+
+def dosediff_config(base: RunConfig) -> RunConfig:
+    """The DoseDiff-like row on the recipe of ``base`` (docs/experiments/dosediff.md): each target and OAR as a
+    signed distance map in mm (targets one channel each), convolutional encoders of the condition and of the noisy
+    dose at MD-Dose's widths and depths, fused at every scale by windowed attention (``fusion="transformer"``),
+    and sampled by default with DDIM in 8 steps, as its authors do. Training is the recipe's."""
+    if base.data.target_context:
+        raise MddoseError("the DoseDiff-like row gives each target its own distance map, which takes no target "
+                          "context: remove data.target_context from the base recipe")
+    m = base.model
+    data = replace(base.data, target_encoding="per_level", structure_encoding="distance")
+    model = for_data(m.replace(name=f"{m.name}-dosediff", denoiser_block="conv", encoder_block="conv",
+                               fusion="transformer"), data)
+    sampler, steps = DOSEDIFF_SAMPLING
+    return replace(base, model=model, data=data, diffusion=replace(base.diffusion, sampler=sampler,
+                                                                     sampler_steps=steps))
 
 
 def load_run_config(path: str | Path) -> RunConfig:
