@@ -88,9 +88,11 @@ def test_export_dicom_refuses_wrong_doses(tmp_path: Path, mddose) -> None:
     patient = tmp_path / "pts" / "pt_2"
     shape = (128, 128, 128)
     dose = read_dose_csv(patient / "dose.csv", shape)
-    write_sparse_csv(tmp_path / "shifted.csv", np.roll(dose, 60, axis=0))
-    write_sparse_csv(tmp_path / "negative.csv", np.where(dose > 0, -dose, 0.0))
-    for name, problem in (("shifted.csv", "not on this patient's grid"), ("negative.csv", "negative dose")):
-        result = mddose("export-dicom", tmp_path / name, dicom, tmp_path / "RD.dcm", "--patient-dir", patient)
+    # named as predict names them (pt_2.csv), so that what is refused is the dose itself, not its name
+    write_sparse_csv(tmp_path / "shifted" / "pt_2.csv", np.roll(dose, 60, axis=0))
+    write_sparse_csv(tmp_path / "negative" / "pt_2.csv", np.where(dose > 0, -dose, 0.0))
+    for name, problem in (("shifted", "lies outside"), ("negative", "negative dose")):
+        result = mddose("export-dicom", tmp_path / name / "pt_2.csv", dicom, tmp_path / "RD.dcm", "--patient-dir",
+                        patient)
         assert_clean_error(result, name, problem)
         assert not (tmp_path / "RD.dcm").exists()
