@@ -130,24 +130,25 @@ def test_unknown_preset() -> None:
 
 def test_the_network_follows_the_data_it_reads(tmp_path: Path) -> None:
     """The data config owns the input size and channels: a partial file that changes them resizes the network;
-    a file that also states the network's own, different values is refused."""
+    a file that also states the network's own, different values is refused (the default recipe reads the beam
+    prior: 5 CT slices, 8 structures and the prior)."""
     follows = tmp_path / "follows.json"
     follows.write_text(json.dumps({"data": {"context_slices": 2, "image_size": 64, "crop": 0}}))
     cfg = load_run_config(follows)
-    assert (cfg.model.cond_channels, cfg.model.image_size) == (cfg.data.cond_channels, 64) == (13, 64)
+    assert (cfg.model.cond_channels, cfg.model.image_size) == (cfg.data.cond_channels, 64) == (14, 64)
     clash = tmp_path / "clash.json"
     clash.write_text(json.dumps({"data": {"context_slices": 2}, "model": {"cond_channels": 11}}))
-    with pytest.raises(MddoseError, match="model expects 11 structure channels, data gives 13"):
+    with pytest.raises(MddoseError, match="model expects 11 structure channels, data gives 14"):
         load_run_config(clash)
 
 
 def test_the_default_recipe_is_the_shipped_models() -> None:
     """`mddose train` without a config trains what `--pretrained openkbp` was trained with (but its learning-rate
-    schedule, which the shipped run restarts between stretches)."""
+    schedule, which the shipped run restarts between stretches, and the step its last warm start began at)."""
     from mddose.inference.pretrained import WEIGHTS_ROOT
 
     shipped = RunConfig.from_dict(json.loads((WEIGHTS_ROOT / "openkbp" / "config.json").read_text()))
     default = run_preset("default")
     assert (default.model, default.data, default.diffusion) == (shipped.model, shipped.data, shipped.diffusion)
-    schedule = ("lr", "warmup_steps", "decay_steps", "max_steps")
+    schedule = ("lr", "warmup_steps", "decay_steps", "max_steps", "restart_step")
     assert replace(shipped.train, **{k: getattr(default.train, k) for k in schedule}) == default.train
