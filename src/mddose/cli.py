@@ -20,6 +20,8 @@ import click
 import typer
 
 from mddose import cli_bench, cli_qa
+from mddose.cli_options import (MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_SEED, MAX_SMOOTH_MM, MAX_STEPS,
+                                finite)
 from mddose.errors import MddoseError
 from mddose.runs.methods import baselines_help
 
@@ -37,22 +39,27 @@ def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log 
         logging.getLogger().setLevel(logging.DEBUG)
 
 pretrained_app = typer.Typer(no_args_is_help=True, help="The models shipped with mddose.")
+#: The --overwrite option of every command that replaces its own earlier output (never anything else).
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace this command's own earlier output there "
+                                                            "(files it did not make are never touched).")]
 app.add_typer(pretrained_app, name="pretrained")
 
 
 @app.command()
 def phantom(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write pt_N/ patient folders into.")],
-    patients: Annotated[int, typer.Option("--patients", "-n", min=1, help="Number of patients.")] = 10,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed: same seed, same files.")] = 0,
+    patients: Annotated[int, typer.Option("--patients", "-n", min=1, max=MAX_PATIENTS, help="Number of "
+                                                                                          "patients.")] = 10,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed: same seed, same files.")] = 0,
     grid: Annotated[int, typer.Option(help="Grid size: 64 or 128 voxels per side.")] = 128,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write synthetic head-and-neck phantoms (anatomy + physically modelled dose) in OpenKBP layout."""
     from mddose.data.phantom import write_phantoms
 
     if grid not in (64, 128):
         raise typer.BadParameter("grid must be 64 or 128", param_hint="--grid")
-    paths = write_phantoms(out_dir, n_patients=patients, seed=seed, grid=grid)
+    paths = write_phantoms(out_dir, n_patients=patients, seed=seed, grid=grid, overwrite=overwrite)
     typer.echo(f"wrote {len(paths)} phantom patients to {out_dir}")
 
 
@@ -89,6 +96,7 @@ def evaluate(
         list[str] | None, typer.Option("--figure-patient", help="Only these patients get figures (repeat).")
     ] = None,
     gamma: Annotated[bool, typer.Option(help="3%/3mm gamma pass rate (needs pymedphys).")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score prediction folders against reference doses: OpenKBP scores, paper metrics, t-tests, figures."""
     from mddose.evaluate.run import evaluate as evaluate_folders
@@ -96,7 +104,7 @@ def evaluate(
 
     summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against,
                                figures=evaluation_figures if figures else None,
-                               figure_patients=figure_patient, gamma=gamma)
+                               figure_patients=figure_patient, gamma=gamma, overwrite=overwrite)
     for method, s in summary["methods"].items():
         openkbp = s["openkbp"]
         missing = f"; MISSING {s['n_missing']}: {', '.join(s['missing'])}" if s["n_missing"] else ""
@@ -124,11 +132,12 @@ def import_dicom_command(
         Path | None,
         typer.Option("--roi-map", help="JSON/YAML {clinical ROI name: model ROI name, BODY or null}."),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder."""
     from mddose.io.dicom_import import import_dicom
 
-    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map)
+    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map, overwrite=overwrite)
     p = result.patient
     dose = "with dose" if p.dose is not None else "no dose"
     typer.echo(f"wrote {out_dir}: {len(p.structures)} ROIs ({', '.join(p.structures) or 'none'}), {dose}")
@@ -156,11 +165,12 @@ def export_dicom_command(
         Path | None,
         typer.Option("--patient-dir", help="The folder import-dicom made for this patient (for a dose file)."),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a predicted dose as an RTDOSE on the original CT's Frame of Reference."""
     from mddose.io.dicom_export import export_dose_dicom
 
-    path = export_dose_dicom(prediction, dicom_dir, out_file, patient_dir=patient_dir)
+    path = export_dose_dicom(prediction, dicom_dir, out_file, patient_dir=patient_dir, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 
@@ -171,11 +181,12 @@ def export_nifti_command(
     prediction: Annotated[
         Path | None, typer.Option("--prediction", help="A predicted dose pt_N.csv to write as dose.nii.gz.")
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a patient (CT, masks, dose or a prediction) as NIfTI, keeping spacing and orientation."""
     from mddose.io.nifti import export_nifti
 
-    path = export_nifti(patient_dir, out_dir, prediction=prediction)
+    path = export_nifti(patient_dir, out_dir, prediction=prediction, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 
@@ -186,8 +197,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
     preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
     method: Annotated[str, typer.Option(help=baselines_help())] = "md-dose",
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop at this total step count.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(min=0.0, callback=finite, help="Stop after this many minutes "
+                                                                                    "of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     decay_steps: Annotated[Optional[int], typer.Option(min=1, help="Stretch the learning-rate schedule to end at "
                                                                    "this step (a resumed run at its floor climbs "
@@ -226,18 +238,20 @@ def predict(
                                                            "openkbp.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own, e.g. "
                                                          "ddim for the shipped model).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: the model's own; ddpm: "
-                                                               "1000 as in the paper).")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: 32 on a GPU, 8 on "
-                                                                    "a CPU).")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the model's "
+                                                                              "own; ddpm: 1000 as in the paper).")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient: mean = prediction, std = "
+                                                                      "uncertainty.")] = 1,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=MAX_BATCH, help="Slices per batch (default: 32 on "
+                                                                                   "a GPU, 8 on a CPU).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     mirror: Annotated[bool, typer.Option(help="Also predict each patient mirrored left-right (paired organs "
                                               "swapped) and average the two: twice the time.")] = False,
-    smooth_mm: Annotated[Optional[float], typer.Option(min=0, help="Gaussian sigma (mm) across slices inside the "
-                                                                   "possible-dose mask (default: the model's; 0: "
-                                                                   "none).")] = None,
+    smooth_mm: Annotated[Optional[float], typer.Option(min=0, max=MAX_SMOOTH_MM, callback=finite,
+                                                       help="Gaussian sigma (mm) across slices inside the "
+                                                            "possible-dose mask (default: the model's; 0: none).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
     from mddose.inference.predict import predict as run_predict
@@ -248,7 +262,7 @@ def predict(
     run_dir = pretrained_folder(pretrained) if pretrained else paths[0]
     data_dir, out_dir = paths[-2:]
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
-                          mirror=mirror, smooth_mm=smooth_mm)
+                          mirror=mirror, smooth_mm=smooth_mm, overwrite=overwrite)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 
@@ -259,7 +273,8 @@ def pretrained_export(
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
     sampler: Annotated[Optional[str], typer.Option(help="Sampler for scoring (default: the model's own).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Sampler steps (default: the model's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Sampler steps (default: the model's "
+                                                                              "own).")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the predictions (pred/) and evaluation (eval/) "
                                                       "here.")] = None,
     note: Annotated[Optional[str], typer.Option(help="A line for the model card about this stretch (e.g. what "
@@ -277,29 +292,34 @@ def pretrained_export(
 def baseline(
     data_dir: Annotated[Path, typer.Argument(help="Folder of patient folders (OpenKBP layout).")],
     out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the trivial baseline (each target filled with its prescription, zero elsewhere) for comparison."""
     from mddose.inference.trivial import predict_trivial
 
-    typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir))} trivial-baseline predictions to {out_dir}")
+    typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir, overwrite=overwrite))} trivial-baseline predictions to {out_dir}")
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (re-running replaces an earlier demo).")] = Path(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (--overwrite replaces an earlier demo).")] = Path(
         "mddose-demo"),
-    minutes: Annotated[float, typer.Option(min=0.5, help="Time budget for everything, in minutes.")] = 5.0,
+    minutes: Annotated[float, typer.Option(min=0.5, max=24 * 60, callback=finite, help="Time budget for "
+                                                                                      "everything, in minutes.")] = 5.0,
     train_patients: Annotated[
-        Optional[int], typer.Option(min=2, help="Training phantoms (default: 16 at 5 minutes, fewer below).")
+        Optional[int], typer.Option(min=2, max=MAX_PATIENTS, help="Training phantoms (default: 16 at 5 minutes, "
+                                                                  "fewer below).")
     ] = None,
-    test_patients: Annotated[Optional[int], typer.Option(min=1, help="Held-out test phantoms (default 3).")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed for phantoms, training and sampling.")] = 0,
+    test_patients: Annotated[Optional[int], typer.Option(min=1, max=MAX_PATIENTS, help="Held-out test phantoms "
+                                                                                        "(default 3).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for phantoms, training and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda, cuda:N.")] = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → report, within --minutes."""
     from mddose.experiments.demo import run_demo
 
-    info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device)
+    info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device, overwrite=overwrite)
     typer.echo(f"\ndemo finished in {info['seconds'] / 60:.1f} min (budget {minutes:g} min)")
     for name, s in info["scores"].items():
         typer.echo(f"  {name:17s} OpenKBP dose score {s['dose_score']:6.2f} Gy   DVH score {s['dvh_score']:6.2f} Gy")
@@ -312,18 +332,20 @@ def demo(
 def report(
     source: Annotated[Path, typer.Argument(help="An evaluation folder (summary.json), a run folder or a demo folder.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: SOURCE/report).")] = None,
-    patients: Annotated[int, typer.Option(min=0, help="Patients shown in figures (best to worst dose score).")] = 3,
+    patients: Annotated[int, typer.Option(min=0, max=100, help="Patients shown in figures (best to worst dose "
+                                                                 "score).")] = 3,
     patient: Annotated[
         Optional[list[str]], typer.Option("--patient", help="Show these patients instead (repeat).")
     ] = None,
     method: Annotated[
         Optional[str], typer.Option(help="Method shown in the patient figures (default: the first).")
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write report.html (+ PNGs): scores, per-ROI errors, dose slices, DVHs, training curve, configuration."""
     from mddose.viz.report import build_report
 
-    typer.echo(f"wrote {build_report(source, out, patients, patient, method)}")
+    typer.echo(f"wrote {build_report(source, out, patients, patient, method, overwrite=overwrite)}")
 
 
 app.command("experiment")(cli_bench.experiment)
@@ -338,12 +360,21 @@ def _configure_logging() -> None:
 INTERRUPTED = 130
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that the error's line is a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main() -> None:
     """Console entry point: one clear line and exit status 1 for bad input."""
     _configure_logging()
     try:
         rv = app(standalone_mode=False)
     except MddoseError as e:
+        _end_progress_bars()
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except (_ClickException, click.exceptions.ClickException) as e:
@@ -351,9 +382,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         rv = INTERRUPTED
-    except OSError as e:  # a full disk, a read-only or missing folder: the file and the system's reason
+    except OSError as e:  # a read-only or missing folder: the file and the system's reason (writes name theirs)
+        _end_progress_bars()
         where = e.filename or "output"
-        typer.echo(f"error: {where}: {e.strerror or e}", err=True)
+        typer.echo(f"error: {where}: {e.strerror or str(e).splitlines()[0]}", err=True)
         sys.exit(1)
     if rv == INTERRUPTED:  # Ctrl-C (typer turns it into this exit status itself)
         typer.echo("interrupted: files already finished are complete, the one being written was not kept",

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mddose.atomic import check_output_dir
-from mddose.data.openkbp import check_dose, check_on_grid, find_file, read_dose_csv, read_sparse_csv
+from mddose.data.openkbp import check_dose_range, check_on_grid, find_file, read_dose_csv, read_sparse_csv
 from mddose.errors import MddoseError
 from mddose.io.dicom_import import SIDECAR, SIDECAR_FORMAT
 from mddose.io.dicom_scan import find_ct_series, read_header
 from mddose.io.dicom_write import identity_from, rtdose_dataset, save_dataset
 from mddose.io.geometry import VolumeGeometry
+from mddose.ownership import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,20 @@ def _load_prediction(prediction: Path, model: VolumeGeometry) -> np.ndarray:
     return read_dose_csv(prediction, model.shape)
 
 
+def _exported_rtdose(path: Path) -> bool:
+    """Whether ``path`` is an RTDOSE this exporter wrote (its Manufacturer is mddose)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - pydicom raises many types for what is not DICOM
+        return False
+    return ds.get("Modality") == "RTDOSE" and ds.get("Manufacturer") == "mddose"
+
+
 def export_dose_dicom(
-    prediction: str | Path, dicom_dir: str | Path, out_file: str | Path, patient_dir: str | Path | None = None
+    prediction: str | Path, dicom_dir: str | Path, out_file: str | Path, patient_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``prediction`` as an RTDOSE file ``out_file`` on the CT of ``dicom_dir``.
 
@@ -78,6 +90,7 @@ def export_dose_dicom(
         out_file: the RTDOSE file to write.
         patient_dir: the folder made by ``import-dicom``; needed when ``prediction`` is a file, defaults to
             ``prediction`` when it is a folder.
+        overwrite: replace an RTDOSE an earlier export wrote at ``out_file`` (any other file is refused).
     """
     prediction, dicom_dir, out_file = Path(prediction), Path(dicom_dir), Path(out_file)
     if patient_dir is None:
@@ -87,11 +100,12 @@ def export_dose_dicom(
         patient_dir = prediction
     if out_file.is_dir():
         raise MddoseError("output is a folder; give a file name such as RD_predicted.dcm", out_file)
-    check_output_dir(out_file.parent)
+    check_output_file(out_file, "mddose export-dicom", [prediction, dicom_dir, patient_dir], _exported_rtdose,
+                      overwrite)
     sidecar = load_sidecar(patient_dir)
     model = VolumeGeometry.from_dict(sidecar["model_geometry"])
     dose = _load_prediction(prediction, model)
-    check_dose(dose, prediction)
+    check_dose_range(dose, prediction)
     mask_path = find_file(Path(patient_dir), "possible_dose_mask")
     if mask_path is not None:
         check_on_grid(dose, read_sparse_csv(mask_path, model.shape, mask=True), prediction)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mddose.atomic import atomic_dir, write_json
+from mddose.atomic import write_json
 from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
@@ -43,6 +43,7 @@ from mddose.io.geometry import (
 )
 from mddose.io.rasterise import rasterise_roi
 from mddose.io.roi_map import BODY, load_roi_map, map_roi_names
+from mddose.ownership import claim
 
 log = logging.getLogger(__name__)
 
@@ -163,29 +164,24 @@ def _rasterise(mapping: dict[str, list[str]], contours: dict[str, list[np.ndarra
     return out
 
 
-def _check_out_dir(out_dir: Path, dicom_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / SIDECAR).is_file())):
-        raise MddoseError("output exists and is not a patient folder made by import-dicom; choose a new folder",
-                          out_dir)
-    if out_dir.resolve().is_relative_to(dicom_dir.resolve()):
-        raise MddoseError("output folder must not be inside the DICOM folder", out_dir)
-
-
 def import_dicom(
     dicom_dir: str | Path,
     out_dir: str | Path,
     roi_map: str | Path | dict[str, str | None] | None = None,
     grid: ModelGrid | None = None,
     rois: RoiConfig | None = None,
+    overwrite: bool = False,
 ) -> ImportResult:
     """Import one patient's DICOM folder into the patient folder ``out_dir`` (its name is the patient id).
 
     Args:
         dicom_dir: folder with the CT series, an RTSTRUCT and optionally an RTDOSE (and RTPLAN).
-        out_dir: patient folder to write (new, or one written by a previous import, which is replaced).
+        out_dir: patient folder to write, claimed (:func:`mddose.ownership.claim`): new or empty, or one written
+            by a previous import, replaced with ``overwrite``; never inside ``dicom_dir``.
         roi_map: ROI-name map: a JSON/YAML file or a dict (see :mod:`mddose.io.roi_map`).
         grid: the model grid; default :class:`ModelGrid` (OpenKBP geometry).
         rois: the model's ROI names; default OpenKBP's.
+        overwrite: replace an earlier import in ``out_dir``.
 
     Raises:
         MddoseError: bad input (see :mod:`mddose.io.dicom_scan` and :mod:`mddose.io.rasterise`); nothing is
@@ -195,7 +191,18 @@ def import_dicom(
     grid, rois = grid or ModelGrid(), rois or RoiConfig()
     map_path = Path(roi_map) if isinstance(roi_map, str | Path) else None
     map_dict = load_roi_map(map_path) if map_path is not None else roi_map
-    _check_out_dir(out_dir, dicom_dir)
+    with claim(out_dir, "mddose import-dicom", [dicom_dir, map_path], overwrite=overwrite, whole=True) as tmp:
+        patient, sidecar = _import(dicom_dir, out_dir.name, grid, rois, map_dict, map_path)
+        write_patient(patient, tmp)
+        write_json(tmp / SIDECAR, sidecar)
+    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(patient.structures),
+             tuple(sidecar["ct_geometry"]["shape"]), grid.shape)
+    return ImportResult(out_dir, patient, sidecar)
+
+
+def _import(dicom_dir: Path, patient_id: str, grid: ModelGrid, rois: RoiConfig, map_dict: Any,
+            map_path: Path | None) -> tuple[Patient, dict[str, Any]]:
+    """The patient on the model grid and its ``dicom_geometry.json``, read from the DICOM folder."""
     # read: CT, contours mapped to the model's ROIs, the dose
     study = scan_dicom_dir(dicom_dir)
     assert study.rtstruct is not None
@@ -214,14 +221,8 @@ def import_dicom(
         possible &= inside(dose.geometry, model)
         dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
     _warn_if_unusable(possible, structures, rois, dose is not None)
-    # write the patient folder and the geometry sidecar, as one folder
-    patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
-    sidecar = _sidecar(study, ct_headers, ct_geometry, model, crops, body_src, mapping, unmapped, volumes, dose)
-    with atomic_dir(out_dir) as tmp:
-        write_patient(patient, tmp)
-        write_json(tmp / SIDECAR, sidecar)
-    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
-    return ImportResult(out_dir, patient, sidecar)
+    patient = Patient(patient_id, ct_model, possible, grid.spacing, structures, dose_model, rois)
+    return patient, _sidecar(study, ct_headers, ct_geometry, model, crops, body_src, mapping, unmapped, volumes, dose)
 
 
 def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig, map_dict: Any,
