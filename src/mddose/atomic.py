@@ -2,9 +2,9 @@
 
 A file is written to a temporary sibling and moved into place with :func:`os.replace`, which is atomic on
 POSIX file systems. A folder is built under a temporary sibling name and renamed when complete. A write that
-fails for the system's reason (a full disk, a read-only folder) is one line naming the file. Inside a folder a
-command claimed (:mod:`mddose.ownership`, the rule of whose output is what), every file written here is recorded
-as that command's, and a subfolder is replaced only when it holds nothing else.
+fails for the system's reason (a full disk, a read-only folder) is one line naming the file. Whoever
+:func:`watch` es is told of every file and folder written here, and asked before a folder is replaced:
+:mod:`mddose.ownership` does, so that a folder a command claimed lists its files and loses only those.
 """
 
 from __future__ import annotations
@@ -17,11 +17,21 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mddose.errors import MddoseError
+
+
+#: (told of a file written, or with True of a folder; asked before a folder is replaced: raises to refuse)
+_watchers: list[tuple[Callable[[Path, bool], None], Callable[[Path], None]]] = []
+
+
+def watch(written: Callable[[Path, bool], None], replacing: Callable[[Path], None]) -> None:
+    """Be told of every file (``written(path, False)``) and folder (``written(path, True)``) written here, and be
+    asked before an existing folder is replaced (``replacing(path)``, which refuses by raising)."""
+    _watchers.append((written, replacing))
 
 
 def _umask() -> int:
@@ -61,8 +71,6 @@ def _one_line(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, on error remove it."""
-    from mddose.ownership import note_written
-
     path = Path(path)
     with _one_line(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +86,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    note_written(path)
+    for written, _ in _watchers:
+        written(path, False)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -106,11 +115,9 @@ def _json_default(obj: Any) -> Any:
 def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
-    Inside a claimed folder an existing ``path`` is replaced only when it holds nothing its claim did not make
-    (:func:`mddose.ownership.check_replace`).
+    An existing ``path`` is replaced only when no watcher refuses (:func:`watch`: inside a claimed folder, when it
+    holds nothing its claim did not make).
     """
-    from mddose.ownership import check_replace, note_written
-
     path = Path(path)
     with _one_line(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,12 +128,17 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             if path.exists():
                 if not overwrite:
                     raise FileExistsError(path)
-                check_replace(path)
+                for _, replacing in _watchers:
+                    replacing(path)
             replace_dir(tmp, path)
+    except MddoseError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise e.moved(tmp, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    note_written(path, tree=True)
+    for written, _ in _watchers:
+        written(path, True)
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

@@ -238,8 +238,8 @@ def predict(
                                                            "openkbp.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own, e.g. "
                                                          "ddim for the shipped model).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the model's "
-                                                                              "own; ddpm: 1000 as in the paper).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the "
+                                                 "model's own; ddpm: 1000 as in the paper).")] = None,
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient: mean = prediction, std = "
                                                                       "uncertainty.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=MAX_BATCH, help="Slices per batch (default: 32 on "
@@ -248,9 +248,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     mirror: Annotated[bool, typer.Option(help="Also predict each patient mirrored left-right (paired organs "
                                               "swapped) and average the two: twice the time.")] = False,
-    smooth_mm: Annotated[Optional[float], typer.Option(min=0, max=MAX_SMOOTH_MM, callback=finite,
-                                                       help="Gaussian sigma (mm) across slices inside the "
-                                                            "possible-dose mask (default: the model's; 0: none).")] = None,
+    smooth_mm: Annotated[Optional[float], typer.Option(
+        min=0, max=MAX_SMOOTH_MM, callback=finite, help="Gaussian sigma (mm) across slices inside the possible-dose "
+                                                        "mask (default: the model's; 0: none).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
@@ -297,7 +297,8 @@ def baseline(
     """Write the trivial baseline (each target filled with its prescription, zero elsewhere) for comparison."""
     from mddose.inference.trivial import predict_trivial
 
-    typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir, overwrite=overwrite))} trivial-baseline predictions to {out_dir}")
+    written = predict_trivial(data_dir, out_dir, overwrite=overwrite)
+    typer.echo(f"wrote {len(written)} trivial-baseline predictions to {out_dir}")
 
 
 @app.command()

@@ -1,25 +1,24 @@
 """Whose output is this folder: the one rule every command's output follows, and one writer at a time.
 
-A command writes only what it owns. The folder it writes carries a marker, ``.mddose-owner`` (JSON: the command
-that made it, the files it made there and the folders of the commands it ran inside), and, while it writes, a
-lock, ``.mddose-lock`` (an ``flock`` recording the writer's pid). :func:`claim` is the one door: every command that
-writes a folder goes through it, and it
+A command writes only what it owns. Its output folder carries a marker, ``.mddose-owner`` (JSON: the command
+that made it, the files it made there, the folders of the commands it ran inside), and while it writes, a lock
+(:func:`mddose.atomic.lock_folder`, naming the writer's pid). :func:`claim` is the one door every command that
+writes a folder goes through. It
 
 * refuses an output that is, holds or lies inside one of the command's inputs;
-* refuses a folder another process is writing, naming that process (a dead process's lock never blocks: the
-  system drops an ``flock`` with its holder);
+* refuses a folder another process is writing, naming it (a dead process's lock never blocks);
 * refuses a folder that holds files the command did not make (no marker, another command's marker, or files its
   own marker does not list), naming them; an empty folder is fine;
-* continues a folder the same command made before where the command resumes (``resume=True``: prepare, train,
-  experiment), else replaces it only when told (``overwrite=True``, the ``--overwrite`` option) or when that run
-  never finished; replacing removes only the files the marker lists;
-* with ``whole=True`` builds the new folder aside and swaps it in at the end (readers see it whole or not at all);
+* continues a folder the same command made before where the command resumes (``resume``: prepare, train,
+  experiment), else replaces it only when told (``overwrite``, the ``--overwrite`` option) or when that run never
+  finished; replacing removes only the files the marker lists;
+* with ``whole`` builds the new folder aside and swaps it in at the end, cleaning what a killed run left there;
 * on failure, removes the folder again when it made it and it holds nothing but its own markers.
 
 Files written through :mod:`mddose.atomic` inside a claimed folder are recorded in its marker as they land, so a
-killed run's files stay its own. Subfolders holding another mddose command's marker (``mddose report`` into an
-evaluation) are left alone: never listed, never removed. Folders made before markers existed are taken over
-when they hold only what the command writes (:data:`LEGACY`).
+killed run's files stay its own. Subfolders another mddose command marked (``report`` in an evaluation) are left
+alone. Folders made before markers existed are taken over when they hold only what the command writes
+(:data:`LEGACY`). :func:`check_output_file` is the same rule for a command that writes one file.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mddose.atomic import (INCOMPLETE, LOCK, check_output_dir, lock_folder, recover_dir, replace_dir, unlock_folder,
-                           write_json, write_text)
+                           watch, write_json, write_text)
 from mddose.errors import MddoseError
 
 OWNER = ".mddose-owner"
@@ -47,10 +46,9 @@ LEGACY: dict[str, tuple[str, tuple[str, ...]]] = {
     "mddose prepare": ("cache.json", ("cache.json", "*.npz.xz")),
     "mddose train": ("config.json", ("config.json", "history.json", "loss.png", "checkpoints/*/*",
                                      "experiment_done.json")),
-    "mddose predict": ("prediction.json", ("*.csv", "*.csv.gz", "*.csv.xz", "prediction.json", "uncertainty/*",
-                                           "nifti/*.nii.gz")),
-    "mddose evaluate": ("summary.json", ("summary.json", "per_patient.csv", "per_roi.csv", "comparison.md",
-                                         "figures/*_dose.png", "figures/*_comparison.png", "figures/*_dvh.png")),
+    "mddose predict": ("prediction.json", ("*.csv*", "prediction.json", "uncertainty/*", "nifti/*.nii.gz")),
+    "mddose evaluate": ("summary.json", ("summary.json", "per_*.csv", "comparison.md", "figures/*_dose.png",
+                                         "figures/*_comparison.png", "figures/*_dvh.png")),
     "mddose experiment": ("table.json", ("table.json", "experiment.json", "*.md", "runs/*", "preds/*", "eval/*",
                                          "timing/*")),
     "mddose demo": ("demo.json", ("demo.json", "data/*", "cache/*", "run/*", "predictions/*", "evaluation/*",
@@ -63,9 +61,8 @@ LEGACY: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def _is_temp(name: str) -> bool:
-    """A temporary of :mod:`mddose.atomic` (``.NAME.XXXXXXXX.tmp``, mkstemp's eight characters)."""
-    parts = name.split(".")
-    return name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4 and len(parts[-2]) == 8
+    """A temporary of :mod:`mddose.atomic` (``.NAME.XXXXXXXX.tmp``) that a killed write left behind."""
+    return name.startswith(".") and name.endswith(".tmp") and len(name.split(".")) >= 4
 
 
 def read_owner(folder: Path) -> dict[str, Any] | None:
@@ -78,47 +75,48 @@ def read_owner(folder: Path) -> dict[str, Any] | None:
     return {"files": [], "dirs": [], **data} if ok else None
 
 
-def _walk(folder: Path, rel: str = "") -> Iterator[tuple[str, bool]]:
+def _walk(folder: Path, rel: str = "", temps: bool = False) -> Iterator[tuple[str, bool]]:
     """(relative path, is a subfolder with its own marker) of every file below ``folder``; marked subfolders are
-    not entered; markers and temporaries are skipped. Links are files: never followed."""
+    not entered; markers are skipped, and temporaries unless ``temps``. Links are files: never followed."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except FileNotFoundError:
         return
     for entry in entries:
         name = f"{rel}{entry.name}"
-        if entry.name in CONTROL or _is_temp(entry.name):
+        if entry.name in CONTROL or (_is_temp(entry.name) and not temps):
             continue
         if entry.is_dir(follow_symlinks=False):
             if (Path(entry.path) / OWNER).is_file():
                 yield name, True
             else:
-                yield from _walk(Path(entry.path), f"{name}/")
+                yield from _walk(Path(entry.path), f"{name}/", temps)
         else:
             yield name, False
 
 
 def _legacy(folder: Path, command: str) -> set[str] | None:
-    """The files of a folder the command wrote before markers existed, or None when it is not one."""
+    """The files the command wrote in a folder made before markers existed (None when it is not one): those its
+    patterns match; any other file there is not its own."""
     sign, patterns = LEGACY.get(command, ("", ()))
-    files = [rel for rel, _ in _walk(folder)]
+    files = [rel for rel, marked in _walk(folder) if not marked]
     if not sign or sign not in files:
         return None
-    return set(files) if all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in files) else None
+    return {f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns)}
 
 
 def foreign_files(folder: Path, command: str, whole: bool = False) -> list[str]:
     """What ``folder`` holds that ``command`` did not make (relative paths); [] when everything is its own.
 
-    Subfolders marked by another mddose command are other outputs, left alone, except for a ``whole`` swap,
-    which would take them along."""
+    Subfolders marked by another mddose command are other outputs, left alone, and temporaries a killed write
+    left are its own, except for a ``whole`` swap, which would take them along."""
     owner = read_owner(folder)
     if owner is None or owner["command"] != command:
         legacy = _legacy(folder, command) if owner is None else None
         owner = {"files": sorted(legacy), "dirs": []} if legacy is not None else {"files": [], "dirs": []}
     files, dirs = set(owner["files"]), set(owner["dirs"])
     alien = []
-    for rel, marked in _walk(folder):
+    for rel, marked in _walk(folder, temps=whole):
         if marked and rel in dirs:
             sub = read_owner(folder / rel)
             alien += [f"{rel}/{f}" for f in foreign_files(folder / rel, sub["command"] if sub else "", whole)]
@@ -186,11 +184,9 @@ def json_with(key: str, value: str) -> Callable[[Path], bool]:
 def _refusal(folder: Path, command: str, alien: list[str]) -> MddoseError:
     owner = read_owner(folder)
     shown = ", ".join(alien[:3]) + (f" and {len(alien) - 3} more" if len(alien) > 3 else "")
-    if owner is not None and owner["command"] != command:
-        return MddoseError(f"was made by {owner['command']} and holds its files ({shown}): choose a new or empty "
-                           f"folder for {command}", folder)
-    return MddoseError(f"holds files that {command} did not make ({shown}): move them away or choose a new or "
-                       "empty folder", folder)
+    maker = f"; {owner['command']} made this folder" if owner is not None and owner["command"] != command else ""
+    return MddoseError(f"holds files that {command} did not make ({shown}){maker}: move them away or choose a new "
+                       "or empty folder", folder)
 
 
 @dataclass
@@ -212,7 +208,7 @@ _ACTIVE: list[Claim] = []  # this process's claims, outermost first
 
 def _write_owner(folder: Path, command: str, files: Iterable[str], dirs: Iterable[str]) -> None:
     write_json(folder / OWNER, {"format": OWNER_FORMAT, "command": command, "pid": os.getpid(),
-                                      "files": sorted(files), "dirs": sorted(dirs)})
+                                "files": sorted(files), "dirs": sorted(dirs)})
 
 
 def _inside(path: Path) -> tuple[Claim, str] | None:
@@ -275,27 +271,22 @@ def _remove_made(folder: Path, owner: dict[str, Any]) -> None:
 
 
 def _clean_stale(folder: Path, command: str) -> None:
-    """Remove what a killed ``whole`` run of this command left beside ``folder``: its temporary build (marked by
-    it, its process gone), or its old folder set aside mid-swap (put back when the folder itself is missing)."""
-    parent = folder.parent
-    for tmp in parent.glob(f".{folder.name}.*.tmp"):
+    """Remove the temporary build a killed ``whole`` run of this command left beside ``folder`` (marked by it,
+    its process gone); nothing else of that name."""
+    for tmp in folder.parent.glob(f".{folder.name}.*.tmp"):
         owner = read_owner(tmp) if tmp.is_dir() and _is_temp(tmp.name) else None
         if owner is not None and owner["command"] == command and not _alive(owner.get("pid")):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0) if isinstance(pid, int) and pid > 0 else None
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    except PermissionError:  # someone else's live process
+        pass
+    return isinstance(pid, int) and pid > 0
 
 
 def _make_dirs(folder: Path) -> list[Path]:
@@ -350,11 +341,17 @@ def filling(folder: str | Path, command: str, inputs: Iterable[str | Path | None
             resume: bool = False) -> Iterator[Path]:
     """:func:`claim` ``folder`` and mark it unfinished (:data:`~mddose.atomic.INCOMPLETE`) while ``command`` fills
     it file by file (predict, baseline, prepare); the mark goes on success only, and readers refuse it meanwhile."""
-    with claim(folder, command, inputs, overwrite=overwrite, resume=resume) as out:
-        marker = out / INCOMPLETE
-        write_text(marker, f"{command} did not finish writing this folder; run it again to complete it\n")
+    with claim(folder, command, inputs, overwrite=overwrite, resume=resume) as out, unfinished(out, command):
         yield out
-        marker.unlink()
+
+
+@contextlib.contextmanager
+def unfinished(folder: Path, command: str) -> Iterator[None]:
+    """Mark a claimed ``folder`` unfinished while the block fills it; the mark goes on success only."""
+    marker = folder / INCOMPLETE
+    write_text(marker, f"{command} did not finish writing this folder; run it again to complete it\n")
+    yield
+    marker.unlink()
 
 
 def _start(folder: Path, command: str, overwrite: bool, resume: bool, whole: bool) -> Claim:
@@ -362,12 +359,13 @@ def _start(folder: Path, command: str, overwrite: bool, resume: bool, whole: boo
     alien = foreign_files(folder, command, whole)
     if alien:
         raise _refusal(folder, command, alien)
-    earlier = made_files(folder, command)
-    unfinished = (folder / INCOMPLETE).is_file()
-    if earlier and not (resume or overwrite or unfinished):
+    earlier, never_ended = made_files(folder, command), (folder / INCOMPLETE).is_file()
+    if earlier and not (resume or overwrite or never_ended):
         raise MddoseError(f"holds the output of an earlier {command}: pass --overwrite to replace it, or choose a "
                           "new folder", folder)
-    owner = read_owner(folder) or {"files": sorted(_legacy(folder, command) or ()), "dirs": []}
+    owner = read_owner(folder)
+    if owner is None or owner["command"] != command:  # new, or an empty folder another command had marked
+        owner = {"files": sorted(_legacy(folder, command) or ()) if owner is None else [], "dirs": []}
     if earlier and not resume and not whole:
         _remove_made(folder, owner)
     keep = resume or whole
@@ -398,6 +396,12 @@ def _built_aside(current: Claim) -> Iterator[Path]:
         if alien:  # written there while we worked: refuse rather than take it along
             raise _refusal(folder, current.command, alien)
         replace_dir(tmp, folder)
+    except MddoseError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise e.moved(tmp, folder) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+watch(note_written, check_replace)  # every atomic write tells the claim holding it

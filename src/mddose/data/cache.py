@@ -53,7 +53,7 @@ from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, beam_prior, check_angles
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
-from mddose.ownership import filling
+from mddose.ownership import claim, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +289,11 @@ def prepare_cache(
     folders = list_patients(data_dir)
     rois = rois or RoiConfig()
     beam_angles = None if beam_angles is None else check_angles(beam_angles)
-    with filling(cache_dir, "mddose prepare", inputs=[data_dir], resume=True):  # refused by Cache until complete
-        return _fill_cache(folders, data_dir, cache_dir, rois, progress, beam_angles)
+    with claim(cache_dir, "mddose prepare", [data_dir], resume=True) as cache_dir:
+        old = _existing_index(cache_dir, rois, beam_angles)
+        entries, todo = _to_encode(folders, data_dir, cache_dir, old, beam_angles)  # checked before any change
+        with unfinished(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in
+            return _fill_cache(todo, entries, old, data_dir, cache_dir, rois, progress, beam_angles)
 
 
 def source_of(folder: Path) -> dict[str, str]:
@@ -341,10 +344,9 @@ def _to_encode(folders: list[Path], data_dir: Path, cache_dir: Path, old: dict[s
     return entries, todo
 
 
-def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiConfig,
-                progress: bool, beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
-    old = _existing_index(cache_dir, rois, beam_angles)
-    entries, todo = _to_encode(folders, data_dir, cache_dir, old, beam_angles)
+def _fill_cache(todo: list[tuple[Path, dict[str, str]]], entries: dict[str, dict], old: dict[str, Any],
+                data_dir: Path, cache_dir: Path, rois: RoiConfig, progress: bool,
+                beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
     sources = old.get("sources") or ([old["source"]] if old.get("source") else [])
     if todo and str(data_dir) not in sources:
         sources.append(str(data_dir))

@@ -59,7 +59,7 @@ class ModelPredictor:
                  samples: int = DEFAULT_SAMPLES,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
         from mddose.diffusion.sampling import check_sampling
-        from mddose.inference.bounds import check_samples
+        from mddose.inference.bounds import check_samples, training_voxel_mm
         from mddose.inference.predict import load_model
         from mddose.inference.smoothing import default_smoothing
 
@@ -78,9 +78,13 @@ class ModelPredictor:
         self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
         self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
                      "smooth_mm": default_smoothing(self.cfg.volumetric), "seed": seed, "device": str(self.device)}
+        self.trained_voxel = training_voxel_mm(self.folder, self.cfg.data)
 
     def samples(self, patient: Patient) -> np.ndarray:
+        from mddose.inference.bounds import check_voxel
         from mddose.inference.predict import predict_volume
+
+        check_voxel(patient.spacing, patient.shape, self.trained_voxel, self.cfg.data, patient.patient_id)
 
         vol = CachedPatient.from_patient(patient, self.cfg.data.prior_angles)
         draws = [predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps,
