@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mddose.errors import MddoseError
 from mddose.atomic import write_json
 from mddose.data.phantom import write_phantoms
-from mddose.experiments.demo import DemoPlan, default_patients, demo_config, plan_budget, run_demo
+from mddose.errors import MddoseError
+from mddose.experiments.demo import (
+    DemoPlan,
+    default_patients,
+    demo_config,
+    plan_budget,
+    run_demo,
+)
 from mddose.ownership import claim
 
 
@@ -39,7 +45,7 @@ def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     assert info["train"]["steps"] >= 1
     run_cfg = json.loads((out / "run" / "config.json").read_text())
     assert run_cfg["train"]["decay_steps"] == info["train"]["planned_steps"]  # the cosine ends with the time
-    assert [p.name for p in sorted((out / "data" / "test").iterdir())] == ["pt_1"]
+    assert [p.name for p in sorted((out / "data" / "test").glob("pt_*"))] == ["pt_1"]
     assert (out / "predictions" / "mddose" / "pt_1.csv").is_file()
     assert (out / "predictions" / "trivial" / "pt_1.csv").is_file()
     history = json.loads((out / "run" / "history.json").read_text())["history"]

@@ -15,7 +15,14 @@ from mddose.atomic import LOCK, atomic_dir, write_text
 from mddose.data.cache import prepare_cache
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
-from mddose.ownership import OWNER, check_inputs, check_output_file, claim, json_with, read_owner
+from mddose.ownership import (
+    OWNER,
+    check_inputs,
+    check_output_file,
+    claim,
+    json_with,
+    read_owner,
+)
 
 
 def test_a_claim_records_what_it_writes_and_replaces_only_that(tmp_path: Path) -> None:
@@ -25,16 +32,15 @@ def test_a_claim_records_what_it_writes_and_replaces_only_that(tmp_path: Path) -
         with atomic_dir(folder / "sub") as tmp:
             (tmp / "b.txt").write_text("2")
     assert read_owner(out)["files"] == ["a.txt", "sub/b.txt"] and not (out / LOCK).exists()
-    with pytest.raises(MddoseError, match="earlier mddose x: pass --overwrite"):
-        with claim(out, "mddose x"):
-            pass
-    with pytest.raises(MddoseError, match="mddose y did not make .a.txt, sub/b.txt.; mddose x made this folder"):
-        with claim(out, "mddose y"):
-            pass
+    with pytest.raises(MddoseError, match="earlier mddose x: pass --overwrite"), claim(out, "mddose x"):
+        pass
+    made_by_x = "mddose y did not make .a.txt, sub/b.txt.; mddose x made this folder"
+    with pytest.raises(MddoseError, match=made_by_x), claim(out, "mddose y"):
+        pass
     (out / "sub" / "mine.txt").write_text("user")
-    with pytest.raises(MddoseError, match="mddose x did not make .sub/mine.txt"):
-        with claim(out, "mddose x", overwrite=True):
-            pass
+    with (pytest.raises(MddoseError, match="mddose x did not make .sub/mine.txt"),
+          claim(out, "mddose x", overwrite=True)):
+        pass
     (out / "sub" / "mine.txt").unlink()
     with claim(out, "mddose x", resume=True) as folder, pytest.raises(MddoseError, match="sub/mine.txt"):
         (out / "sub" / "mine.txt").write_text("user")  # added while the command runs
@@ -53,11 +59,17 @@ def test_nested_commands_and_other_outputs_inside(tmp_path: Path) -> None:
     assert read_owner(out)["dirs"] == ["data"] and read_owner(out / "data")["command"] == "mddose phantom"
     with claim(out / "report", "mddose report", whole=True) as tmp:  # another command's output, added later
         write_text(tmp / "report.html", "<html>")
+    # a command building its folder aside inside
+    with (claim(out, "mddose demo", resume=True) as folder,
+          claim(folder / "report2", "mddose report", whole=True) as tmp):
+        write_text(tmp / "report.html", "<html>")
+    assert read_owner(out)["files"] == [] and read_owner(out)["dirs"] == ["data", "report2"]
     with claim(out, "mddose demo", overwrite=True):
-        assert not (out / "data").exists() and (out / "report" / "report.html").is_file()
-    with pytest.raises(MddoseError, match="report/"):  # a swap as a whole would take it along
-        with claim(out, "mddose demo", whole=True, overwrite=True):
-            pass
+        assert not (out / "data").exists() and not (out / "report2").exists()
+        assert (out / "report" / "report.html").is_file()
+    # a swap as a whole would take it along
+    with pytest.raises(MddoseError, match="report/"), claim(out, "mddose demo", whole=True, overwrite=True):
+        pass
 
 
 def test_a_failed_claim_leaves_nothing_and_a_whole_one_appears_at_once(tmp_path: Path) -> None:
@@ -107,9 +119,9 @@ def test_one_writer_and_a_dead_ones_lock_does_not_block(tmp_path: Path) -> None:
         "    print('ready', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(MddoseError, match=rf"mddose predict \(pid {holder.pid}\) is writing into this folder"):
-            with claim(out, "mddose predict"):
-                pass
+        busy = rf"mddose predict \(pid {holder.pid}\) is writing into this folder"
+        with pytest.raises(MddoseError, match=busy), claim(out, "mddose predict"):
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -23,7 +23,6 @@ from typing import Any
 
 from mddose.errors import MddoseError
 
-
 #: (told of a file written, or with True of a folder; asked before a folder is replaced: raises to refuse)
 _watchers: list[tuple[Callable[[Path, bool], None], Callable[[Path], None]]] = []
 

@@ -20,8 +20,15 @@ import click
 import typer
 
 from mddose import cli_bench, cli_qa
-from mddose.cli_options import (MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_SEED, MAX_SMOOTH_MM, MAX_STEPS,
-                                finite)
+from mddose.cli_options import (
+    MAX_BATCH,
+    MAX_PATIENTS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SMOOTH_MM,
+    MAX_STEPS,
+    finite,
+)
 from mddose.errors import MddoseError
 from mddose.runs.methods import baselines_help
 

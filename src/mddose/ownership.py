@@ -34,8 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mddose.atomic import (INCOMPLETE, LOCK, check_output_dir, lock_folder, recover_dir, replace_dir, unlock_folder,
-                           watch, write_json, write_text)
+from mddose.atomic import (
+    INCOMPLETE,
+    LOCK,
+    check_output_dir,
+    lock_folder,
+    recover_dir,
+    replace_dir,
+    unlock_folder,
+    watch,
+    write_json,
+    write_text,
+)
 from mddose.errors import MddoseError
 
 OWNER = ".mddose-owner"
@@ -227,6 +237,8 @@ def note_written(path: str | Path, tree: bool = False) -> None:
     if found is None or path.name in CONTROL:
         return
     claim, rel = found
+    if any(_is_temp(part) for part in rel.split("/")):
+        return  # built aside, by a command that records it where it lands
     names = [f"{rel}/{f}" for f, marked in _walk(path) if not marked] if tree else [rel]
     for d in sorted(claim.dirs, key=len, reverse=True):
         if rel.startswith(f"{d}/") and (owner := read_owner(claim.folder / d)) is not None:

@@ -16,7 +16,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mddose.atomic import write_json
-from mddose.ownership import check_output_file, json_with
 from mddose.bench.timing import machine_info
 from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
@@ -25,6 +24,7 @@ from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.inference.predict import load_model, predict_volume
+from mddose.ownership import check_output_file, json_with
 
 log = logging.getLogger(__name__)
 

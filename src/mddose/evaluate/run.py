@@ -206,11 +206,11 @@ def evaluate(
     if gamma_reason is not None:
         log.info("gamma pass rate not computed: %s", gamma_reason)
     drawn = set(figure_patients) if figure_patients else set(ids)
-    with claim(out_dir, "mddose evaluate", inputs=[reference_dir, *folders], overwrite=overwrite) as out_dir:
+    with claim(out_dir, "mddose evaluate", inputs=[reference_dir, *folders], overwrite=overwrite) as out:
         results, figure_files = _score_all(patient_folders, methods, rois or RoiConfig(), gamma_reason is None,
-                                           figures, drawn, out_dir, progress)
-        summary = _write_outputs(out_dir, reference_dir, ids, methods, results, against, gamma_reason,
-                                 figure_files, start)
+                                           figures, drawn, out, progress)
+        summary = _write_outputs(out, reference_dir, ids, methods, results, against, gamma_reason, figure_files,
+                                 start)
     log.info("evaluated %d methods on %d reference patients in %.1f s -> %s", len(methods), len(ids),
              summary["elapsed_s"], out_dir)
     return summary

@@ -218,7 +218,7 @@ def predict(
     warnings = check_voxels(folders, training_voxel_mm(folder, cfg.data), cfg.data)
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
-    with filling(out_dir, "mddose predict", inputs=[run, data_dir], overwrite=overwrite) as out_dir:
+    with filling(out_dir, "mddose predict", inputs=[run, data_dir], overwrite=overwrite) as out:
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             start = time.perf_counter()
@@ -227,7 +227,7 @@ def predict(
                                        batch_size=batch_size, seed=seed, device=dev, progress=progress, tuner=tuner,
                                        mirror=mirror, smooth_mm=smooth_mm)
             times[patient.patient_id] = round(time.perf_counter() - start, 3)
-            _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
+            _write_patient(out, patient_folder, patient, dose, std if samples > 1 else None, nifti)
         tuner.restore()
         summary = {
             "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
@@ -238,7 +238,7 @@ def predict(
             "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
             "warnings": warnings,
         }
-        write_json(out_dir / "prediction.json", summary)
+        write_json(out / "prediction.json", summary)
     return summary
 
 

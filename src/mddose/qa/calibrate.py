@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.errors import MddoseError
+from mddose.ownership import check_output_file, json_with
 from mddose.qa.metrics import patient_qa_metrics
 from mddose.qa.run import Predictor
-from mddose.ownership import check_output_file, json_with
 from mddose.qa.tolerance import ERROR_TABLE, TABLE_FORMAT, ErrorTable, table_info
 
 

@@ -317,8 +317,8 @@ def train(
     inputs = [cache_dir, init_from]
     owner = (claim(run_dir, "mddose train", inputs, resume=True) if int(os.environ.get("RANK", "0")) == 0
              else contextlib.nullcontext(Path(run_dir)))  # under torchrun, rank 0 writes the run folder
-    with owner as run_dir:
-        t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps,
+    with owner as folder:
+        t = Trainer(cache_dir, folder, config, resume, device, decay_steps,
                     None if init_from is None else Path(init_from))
         return _loop(t, max_steps, minutes, progress, planned_steps)
 
