@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from mddose.atomic import write_json
+from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
-from mddose.experiments.demo import DemoPlan, _prepare_out_dir, default_patients, demo_config, plan_budget, run_demo
+from mddose.experiments.demo import (
+    DemoPlan,
+    default_patients,
+    demo_config,
+    plan_budget,
+    run_demo,
+)
+from mddose.ownership import claim
 
 
 def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
@@ -36,7 +45,7 @@ def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     assert info["train"]["steps"] >= 1
     run_cfg = json.loads((out / "run" / "config.json").read_text())
     assert run_cfg["train"]["decay_steps"] == info["train"]["planned_steps"]  # the cosine ends with the time
-    assert [p.name for p in sorted((out / "data" / "test").iterdir())] == ["pt_1"]
+    assert [p.name for p in sorted((out / "data" / "test").glob("pt_*"))] == ["pt_1"]
     assert (out / "predictions" / "mddose" / "pt_1.csv").is_file()
     assert (out / "predictions" / "trivial" / "pt_1.csv").is_file()
     history = json.loads((out / "run" / "history.json").read_text())["history"]
@@ -82,14 +91,19 @@ def test_out_dir_rules(tmp_path: Path) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
-    with pytest.raises(MddoseError, match="not empty and holds no earlier demo"):
-        _prepare_out_dir(foreign)
-    assert (foreign / "thesis.tex").is_file()
+    with pytest.raises(MddoseError, match="mddose demo did not make .thesis.tex"):
+        run_demo(foreign, minutes=0.5, progress=False)
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
     earlier = tmp_path / "demo"
-    (earlier / "data" / "train").mkdir(parents=True)
-    (earlier / "demo.json").write_text("{}")
+    with claim(earlier, "mddose demo"):  # an earlier demo: its own file, and a stage's folder inside
+        write_json(earlier / "demo.json", {})
+        write_phantoms(earlier / "data" / "test", n_patients=1, seed=0, grid=64, progress=False)
+    with pytest.raises(MddoseError, match="--overwrite"):
+        run_demo(earlier, minutes=0.5, progress=False)
     (earlier / "notes.txt").write_text("kept")
-    _prepare_out_dir(earlier)
-    assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]  # only what a demo writes is replaced
-    _prepare_out_dir(tmp_path / "new" / "deeper")
-    assert (tmp_path / "new" / "deeper").is_dir()
+    with pytest.raises(MddoseError, match="notes.txt"):
+        run_demo(earlier, minutes=0.5, progress=False, overwrite=True)
+    assert (earlier / "notes.txt").read_text() == "kept" and (earlier / "data" / "test" / "pt_1").is_dir()
+    (earlier / "notes.txt").unlink()
+    with claim(earlier, "mddose demo", overwrite=True):  # what --overwrite does first: only its own files go
+        assert sorted(p.name for p in earlier.iterdir()) == [".mddose-lock", ".mddose-owner"]

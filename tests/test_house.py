@@ -11,13 +11,13 @@ import mddose
 PACKAGE = Path(mddose.__file__).parent
 # Lower floors first: a folder (or a top-level module) imports its own floor or lower ones, never a higher one.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("errors", "atomic", "typecheck", "device", "__init__"),  # infrastructure every stage uses
+    ("errors", "atomic", "ownership", "typecheck", "device", "__init__"),  # infrastructure every stage uses
     ("data", "models", "diffusion"),
     ("io", "evaluate", "runs"),
     ("inference", "viz"),
     ("training", "qa", "bench"),
     ("experiments",),
-    ("cli_bench", "cli_qa"),
+    ("cli_options", "cli_bench", "cli_dicom", "cli_qa"),
     ("cli",),  # the entry point registers the other command files
 )
 FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}

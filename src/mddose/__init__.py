@@ -20,8 +20,10 @@ Package map, by pipeline stage (each box of the paper's Fig. 2 lives in one file
 - ``viz/``         dose washes, DVH figures, reports.
 - ``experiments/`` the paper's tables, their timing and the demo (``experiment``, ``demo``).
 - ``bench/``       benchmarks that write JSON (``bench networks``, ``bench sampling``).
-- ``cli.py``, ``cli_qa.py``, ``cli_bench.py`` the command line; ``atomic.py`` atomic writes and unfinished-folder markers;
-  ``device.py``, ``errors.py``, ``typecheck.py`` the infrastructure every stage uses.
+- ``cli.py``, ``cli_qa.py``, ``cli_dicom.py``, ``cli_bench.py``, ``cli_options.py`` the command line;
+  ``atomic.py`` atomic writes, unfinished-folder markers and the writer's lock; ``ownership.py`` the rule of whose
+  output a folder is (every command claims its output there); ``device.py``, ``errors.py``, ``typecheck.py`` the
+  infrastructure every stage uses.
 """
 
 from mddose.errors import MddoseError

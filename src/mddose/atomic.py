@@ -1,21 +1,36 @@
-"""Atomic file writing: readers never see a half-written file or folder.
+"""Atomic file writing: readers never see a half-written file or folder; and the lock of one writer per folder.
 
 A file is written to a temporary sibling and moved into place with :func:`os.replace`, which is atomic on
-POSIX file systems. A folder is built under a temporary sibling name and renamed when complete.
+POSIX file systems. A folder is built under a temporary sibling name and renamed when complete. A write that
+fails for the system's reason (a full disk, a read-only folder) is one line naming the file. Whoever
+:func:`watch` es is told of every file and folder written here, and asked before a folder is replaced:
+:mod:`mddose.ownership` does, so that a folder a command claimed lists its files and loses only those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mddose.errors import MddoseError
+
+#: (told of a file written, or with True of a folder; asked before a folder is replaced: raises to refuse)
+_watchers: list[tuple[Callable[[Path, bool], None], Callable[[Path], None]]] = []
+
+
+def watch(written: Callable[[Path, bool], None], replacing: Callable[[Path], None]) -> None:
+    """Be told of every file (``written(path, False)``) and folder (``written(path, True)``) written here, and be
+    asked before an existing folder is replaced (``replacing(path)``, which refuses by raising)."""
+    _watchers.append((written, replacing))
 
 
 def _umask() -> int:
@@ -24,22 +39,54 @@ def _umask() -> int:
     return mask
 
 
+def io_failure(error: BaseException) -> str | None:
+    """The system's reason when ``error`` is a failed read or write: an OSError, or a library's wrapper of one
+    (pydicom re-raises it with a traceback in the message, safetensors names only ``os error N``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        found = re.search(r"os error (\d+)", str(seen))
+        if found:
+            return os.strerror(int(found.group(1)))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _one_line(path: Path) -> Iterator[None]:
+    """A write that fails for the system's reason becomes one line naming ``path``."""
+    try:
+        yield
+    except MddoseError:
+        raise
+    except Exception as e:
+        reason = io_failure(e)
+        if reason is None:
+            raise
+        raise MddoseError(f"cannot write ({reason})", path) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, on error remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with _one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual permissions
-        os.replace(tmp_path, path)
+        with _one_line(path):
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual permissions
+            os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    for written, _ in _watchers:
+        written(path, False)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -67,27 +114,46 @@ def _json_default(obj: Any) -> Any:
 def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
-    Replacing an existing folder takes two renames (old aside, new in place); a process killed between them
-    leaves ``.<name>.old-<pid>``, which :func:`recover_dir` puts back.
+    An existing ``path`` is replaced only when no watcher refuses (:func:`watch`: inside a claimed folder, when it
+    holds nothing its claim did not make).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 → the usual permissions
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with _one_line(path):
+            yield tmp
+            if path.exists():
+                if not overwrite:
+                    raise FileExistsError(path)
+                for _, replacing in _watchers:
+                    replacing(path)
+            replace_dir(tmp, path)
+    except MddoseError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise e.moved(tmp, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for written, _ in _watchers:
+        written(path, True)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move the folder ``tmp`` onto ``path``, replacing what is there as a whole.
+
+    Replacing an existing folder takes two renames (old aside, new in place); a process killed between them
+    leaves ``.<name>.old-<pid>``, which :func:`recover_dir` puts back.
+    """
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 → the usual permissions
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def recover_dir(path: str | Path) -> Path:
@@ -120,19 +186,61 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def filling(folder: str | Path, command: str) -> Iterator[Path]:
-    """Mark ``folder`` unfinished (:data:`INCOMPLETE`) while ``command`` writes into it; unmark on success only."""
-    folder = check_output_dir(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / INCOMPLETE
-    write_text(marker, f"{command} did not finish writing this folder; run it again to complete it\n")
-    yield folder
-    marker.unlink()
-
-
 def check_finished(folder: str | Path) -> None:
     """Refuse a folder a command did not finish (:func:`filling` left its marker)."""
     marker = Path(folder) / INCOMPLETE
     if marker.is_file():
         raise MddoseError(f"unfinished: {marker.read_text(encoding='utf-8').strip()}", folder)
+
+
+#: The lock of the one process writing a folder (an ``flock`` the system drops when its holder dies); its text
+#: names the holder.
+LOCK = ".mddose-lock"
+
+
+def lock_folder(folder: Path, command: str) -> int:
+    """Take ``folder``'s writer lock for ``command`` (a file descriptor to :func:`unlock_folder`); refuse in one
+    line, naming the process, when another holds it."""
+    path = folder / LOCK
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise MddoseError(f"cannot write into the folder ({e.strerror})", folder) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = _read_holder(path)
+            raise MddoseError(f"{holder} is writing into this folder: wait until it ends, or choose another "
+                              "folder", folder) from None
+        if _same_file(fd, path):  # not a file its last holder removed while we waited
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {command}\n".encode())
+            return fd
+        os.close(fd)
+    raise MddoseError("cannot take the folder's lock (it keeps being replaced)", folder)
+
+
+def unlock_folder(folder: Path, fd: int) -> None:
+    """Release the lock and remove its file (when it is still ours)."""
+    if _same_file(fd, folder / LOCK):
+        (folder / LOCK).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        pid, _, command = path.read_text(encoding="utf-8").strip().partition(" ")
+    except OSError:
+        pid, command = "", ""
+    return f"{command or 'another mddose command'} (pid {pid})" if pid.isdigit() else "another mddose command"

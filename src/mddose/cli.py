@@ -4,7 +4,8 @@ Commands by stage (like nnU-Net's): data (``phantom``, ``prepare``, ``import-dic
 ``predict``, ``baseline``, ``pretrained export``), judging (``evaluate``, ``report``, ``experiment``, ``bench
 networks``, ``bench sampling``), clinic (``qa``, ``qa-calibrate``, ``export-dicom``, ``export-nifti``) and
 ``demo``; the benchmark and experiment commands are in :mod:`mddose.cli_bench`, the QA ones in
-:mod:`mddose.cli_qa`. ``mddose --verbose COMMAND`` logs at debug level.
+:mod:`mddose.cli_qa`, the DICOM and NIfTI ones in :mod:`mddose.cli_dicom`. ``mddose --verbose COMMAND`` logs at
+debug level.
 Errors in user input print one line (``error: <file>: <what is wrong>``) and exit with status 1; usage errors
 exit with 2, ``qa --fail-on-flag`` with 3 when it flags a ROI, Ctrl-C with 130.
 """
@@ -19,7 +20,17 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from mddose import cli_bench, cli_qa
+from mddose import cli_bench, cli_dicom, cli_qa
+from mddose.cli_options import (
+    MAX_BATCH,
+    MAX_PATIENTS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SMOOTH_MM,
+    MAX_STEPS,
+    Overwrite,
+    finite,
+)
 from mddose.errors import MddoseError
 from mddose.runs.methods import baselines_help
 
@@ -43,16 +54,18 @@ app.add_typer(pretrained_app, name="pretrained")
 @app.command()
 def phantom(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write pt_N/ patient folders into.")],
-    patients: Annotated[int, typer.Option("--patients", "-n", min=1, help="Number of patients.")] = 10,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed: same seed, same files.")] = 0,
+    patients: Annotated[int, typer.Option("--patients", "-n", min=1, max=MAX_PATIENTS, help="Number of "
+                                                                                          "patients.")] = 10,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed: same seed, same files.")] = 0,
     grid: Annotated[int, typer.Option(help="Grid size: 64 or 128 voxels per side.")] = 128,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write synthetic head-and-neck phantoms (anatomy + physically modelled dose) in OpenKBP layout."""
     from mddose.data.phantom import write_phantoms
 
     if grid not in (64, 128):
         raise typer.BadParameter("grid must be 64 or 128", param_hint="--grid")
-    paths = write_phantoms(out_dir, n_patients=patients, seed=seed, grid=grid)
+    paths = write_phantoms(out_dir, n_patients=patients, seed=seed, grid=grid, overwrite=overwrite)
     typer.echo(f"wrote {len(paths)} phantom patients to {out_dir}")
 
 
@@ -89,6 +102,7 @@ def evaluate(
         list[str] | None, typer.Option("--figure-patient", help="Only these patients get figures (repeat).")
     ] = None,
     gamma: Annotated[bool, typer.Option(help="3%/3mm gamma pass rate (needs pymedphys).")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score prediction folders against reference doses: OpenKBP scores, paper metrics, t-tests, figures."""
     from mddose.evaluate.run import evaluate as evaluate_folders
@@ -96,7 +110,7 @@ def evaluate(
 
     summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against,
                                figures=evaluation_figures if figures else None,
-                               figure_patients=figure_patient, gamma=gamma)
+                               figure_patients=figure_patient, gamma=gamma, overwrite=overwrite)
     for method, s in summary["methods"].items():
         openkbp = s["openkbp"]
         missing = f"; MISSING {s['n_missing']}: {', '.join(s['missing'])}" if s["n_missing"] else ""
@@ -106,90 +120,6 @@ def evaluate(
     typer.echo(f"wrote {out / 'summary.json'} ({summary['elapsed_s']:.1f} s)")
 
 
-@app.command(
-    "import-dicom",
-    help="Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder.\n\n"
-    "The grid (128x128x128 voxels of 3.906x3.906x2.5 mm, OpenKBP's) is centred on the body; along an axis where "
-    "the body is longer than the field (e.g. over 320 mm head to feet) it is centred on the targets and the rest "
-    "is cropped, with a warning.\n\n"
-    "ROI names are matched to the model's ignoring case and punctuation, by common TG-263 names (Parotid_L, ...) "
-    "and by PTV dose (PTV_70 -> PTV70); --roi-map adds or overrides names; names left unmapped are listed once "
-    "(point ROIs, markers and isocentres, separately: they are not volumes).\n\n"
-    "RTDOSE values are read as DoseGridScaling x pixel data, in Gy. dicom_geometry.json in the folder records "
-    "where the grid lies in the CT's frame, for export-dicom.",
-)
-def import_dicom_command(
-    dicom_dir: Annotated[Path, typer.Argument(help="One patient's DICOM folder: CT series, RTSTRUCT, optional RTDOSE.")],
-    out_dir: Annotated[Path, typer.Argument(help="Patient folder to write; its name is the patient id (e.g. pts/pt_1).")],
-    roi_map: Annotated[
-        Path | None,
-        typer.Option("--roi-map", help="JSON/YAML {clinical ROI name: model ROI name, BODY, null, or {\"roi\": "
-                                       "TARGET, \"prescription_gy\": GY}}."),
-    ] = None,
-    prescription: Annotated[Optional[list[str]], typer.Option(
-        "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: written to "
-                               "prescriptions.json.")] = None,
-) -> None:
-    """Import a CT + RTSTRUCT (+ RTDOSE) onto the model grid as an OpenKBP-layout patient folder."""
-    from mddose.data.prescriptions import parse_prescription_options
-    from mddose.io.dicom_import import import_dicom
-
-    stated = parse_prescription_options(prescription)
-    result = import_dicom(dicom_dir, out_dir, roi_map=roi_map, prescriptions=stated)
-    p = result.patient
-    dose = "with dose" if p.dose is not None else "no dose"
-    typer.echo(f"wrote {out_dir}: {len(p.structures)} ROIs ({', '.join(p.structures) or 'none'}), {dose}")
-
-
-@app.command(
-    "export-dicom",
-    help="Write a predicted dose as an RTDOSE on the original CT's Frame of Reference.\n\n"
-    "Typical use: mddose export-dicom preds/pt_1.csv dicom/ RD_mddose.dcm --patient-dir pts/pt_1 "
-    "(pts/pt_1 made by import-dicom from dicom/).\n\n"
-    "Refused: a dose named for another patient than --patient-dir (predict names it pt_N.csv) or lying outside its "
-    "possible-dose mask, and an output inside the DICOM folder (it could overwrite an input, and two RTDOSEs there "
-    "confuse import-dicom and qa).\n\n"
-    "The dose grid is the model grid placed where dicom_geometry.json says (no resampling), cropped to the CT: "
-    "16-bit with DoseGridScaling, units GY, type PHYSICAL, a new series, patient and study copied from the CT. A "
-    "prediction is labelled 'MD-Dose predicted dose' and references no RT Plan (summation PLAN_OVERVIEW); the "
-    "patient folder's own dose is labelled 'Reference dose from the patient folder' with the source RTDOSE's plan "
-    "reference.",
-)
-def export_dicom_command(
-    prediction: Annotated[
-        Path,
-        typer.Argument(help="A patient folder made by import-dicom (its dose.csv is exported), or a dose on its "
-                       "grid: pt_N.csv from predict or a .nii.gz (then also give --patient-dir)."),
-    ],
-    dicom_dir: Annotated[Path, typer.Argument(help="The DICOM folder the patient was imported from.")],
-    out_file: Annotated[Path, typer.Argument(help="RTDOSE file to write, e.g. RD_mddose.dcm.")],
-    patient_dir: Annotated[
-        Path | None,
-        typer.Option("--patient-dir", help="The folder import-dicom made for this patient (for a dose file)."),
-    ] = None,
-) -> None:
-    """Write a predicted dose as an RTDOSE on the original CT's Frame of Reference."""
-    from mddose.io.dicom_export import export_dose_dicom
-
-    path = export_dose_dicom(prediction, dicom_dir, out_file, patient_dir=patient_dir)
-    typer.echo(f"wrote {path}")
-
-
-@app.command("export-nifti")
-def export_nifti_command(
-    patient_dir: Annotated[Path, typer.Argument(help="An OpenKBP-layout patient folder (e.g. from import-dicom).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write ct/dose/mask .nii.gz files into.")],
-    prediction: Annotated[
-        Path | None, typer.Option("--prediction", help="A predicted dose pt_N.csv to write as dose.nii.gz.")
-    ] = None,
-) -> None:
-    """Write a patient (CT, masks, dose or a prediction) as NIfTI, keeping spacing and orientation."""
-    from mddose.io.nifti import export_nifti
-
-    path = export_nifti(patient_dir, out_dir, prediction=prediction)
-    typer.echo(f"wrote {path}")
-
-
 @app.command()
 def train(
     cache_dir: Annotated[Path, typer.Argument(help="Cache made by 'mddose prepare'.")],
@@ -197,8 +127,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
     preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
     method: Annotated[str, typer.Option(help=baselines_help())] = "md-dose",
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop at this total step count.")] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop at this total step count.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(min=0.0, callback=finite, help="Stop after this many minutes "
+                                                                                    "of this invocation.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     decay_steps: Annotated[Optional[int], typer.Option(min=1, help="Stretch the learning-rate schedule to end at "
                                                                    "this step (a resumed run at its floor climbs "
@@ -237,21 +168,23 @@ def predict(
                                                            "openkbp.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own, e.g. "
                                                          "ddim for the shipped model).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: the model's own; ddpm: "
-                                                               "1000 as in the paper).")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Draws per patient: mean = prediction, std = uncertainty.")] = 1,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: 32 on a GPU, 8 on "
-                                                                    "a CPU).")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the "
+                                                 "model's own; ddpm: 1000 as in the paper).")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient: mean = prediction, std = "
+                                                                      "uncertainty.")] = 1,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=MAX_BATCH, help="Slices per batch (default: 32 on "
+                                                                                   "a GPU, 8 on a CPU).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     mirror: Annotated[bool, typer.Option(help="Also predict each patient mirrored left-right (paired organs "
                                               "swapped) and average the two: twice the time.")] = False,
-    smooth_mm: Annotated[Optional[float], typer.Option(min=0, help="Gaussian sigma (mm) across slices inside the "
-                                                                   "possible-dose mask (default: the model's; 0: "
-                                                                   "none).")] = None,
+    smooth_mm: Annotated[Optional[float], typer.Option(
+        min=0, max=MAX_SMOOTH_MM, callback=finite, help="Gaussian sigma (mm) across slices inside the possible-dose "
+                                                        "mask (default: the model's; 0: none).")] = None,
     prescription: Annotated[Optional[list[str]], typer.Option(
         "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: the model's "
                                "dose is scaled from its trained levels.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
     from mddose.data.prescriptions import parse_prescription_options
@@ -264,7 +197,7 @@ def predict(
     data_dir, out_dir = paths[-2:]
     stated = parse_prescription_options(prescription)
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
-                          mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated)
+                          mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated, overwrite=overwrite)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 
@@ -275,7 +208,8 @@ def pretrained_export(
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
     sampler: Annotated[Optional[str], typer.Option(help="Sampler for scoring (default: the model's own).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Sampler steps (default: the model's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Sampler steps (default: the model's "
+                                                                              "own).")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the predictions (pred/) and evaluation (eval/) "
                                                       "here.")] = None,
     note: Annotated[Optional[str], typer.Option(help="A line for the model card about this stretch (e.g. what "
@@ -293,29 +227,35 @@ def pretrained_export(
 def baseline(
     data_dir: Annotated[Path, typer.Argument(help="Folder of patient folders (OpenKBP layout).")],
     out_dir: Annotated[Path, typer.Argument(help="Where pt_N.csv predictions are written.")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the trivial baseline (each target filled with its prescription, zero elsewhere) for comparison."""
     from mddose.inference.trivial import predict_trivial
 
-    typer.echo(f"wrote {len(predict_trivial(data_dir, out_dir))} trivial-baseline predictions to {out_dir}")
+    written = predict_trivial(data_dir, out_dir, overwrite=overwrite)
+    typer.echo(f"wrote {len(written)} trivial-baseline predictions to {out_dir}")
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (re-running replaces an earlier demo).")] = Path(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the demo (--overwrite replaces an earlier demo).")] = Path(
         "mddose-demo"),
-    minutes: Annotated[float, typer.Option(min=0.5, help="Time budget for everything, in minutes.")] = 5.0,
+    minutes: Annotated[float, typer.Option(min=0.5, max=24 * 60, callback=finite, help="Time budget for "
+                                                                                      "everything, in minutes.")] = 5.0,
     train_patients: Annotated[
-        Optional[int], typer.Option(min=2, help="Training phantoms (default: 16 at 5 minutes, fewer below).")
+        Optional[int], typer.Option(min=2, max=MAX_PATIENTS, help="Training phantoms (default: 16 at 5 minutes, "
+                                                                  "fewer below).")
     ] = None,
-    test_patients: Annotated[Optional[int], typer.Option(min=1, help="Held-out test phantoms (default 3).")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed for phantoms, training and sampling.")] = 0,
+    test_patients: Annotated[Optional[int], typer.Option(min=1, max=MAX_PATIENTS, help="Held-out test phantoms "
+                                                                                        "(default 3).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for phantoms, training and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda, cuda:N.")] = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Phantoms → train a small MD-Dose → predict held-out phantoms → evaluate → report, within --minutes."""
     from mddose.experiments.demo import run_demo
 
-    info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device)
+    info = run_demo(out_dir, minutes, train_patients, test_patients, seed, device, overwrite=overwrite)
     typer.echo(f"\ndemo finished in {info['seconds'] / 60:.1f} min (budget {minutes:g} min)")
     for name, s in info["scores"].items():
         typer.echo(f"  {name:17s} OpenKBP dose score {s['dose_score']:6.2f} Gy   DVH score {s['dvh_score']:6.2f} Gy")
@@ -328,24 +268,29 @@ def demo(
 def report(
     source: Annotated[Path, typer.Argument(help="An evaluation folder (summary.json), a run folder or a demo folder.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: SOURCE/report).")] = None,
-    patients: Annotated[int, typer.Option(min=0, help="Patients shown in figures (best to worst dose score).")] = 3,
+    patients: Annotated[int, typer.Option(min=0, max=100, help="Patients shown in figures (best to worst dose "
+                                                                 "score).")] = 3,
     patient: Annotated[
         Optional[list[str]], typer.Option("--patient", help="Show these patients instead (repeat).")
     ] = None,
     method: Annotated[
         Optional[str], typer.Option(help="Method shown in the patient figures (default: the first).")
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write report.html (+ PNGs): scores, per-ROI errors, dose slices, DVHs, training curve, configuration."""
     from mddose.viz.report import build_report
 
-    typer.echo(f"wrote {build_report(source, out, patients, patient, method)}")
+    typer.echo(f"wrote {build_report(source, out, patients, patient, method, overwrite=overwrite)}")
 
 
 app.command("experiment")(cli_bench.experiment)
 app.command("qa", help=cli_qa.QA_HELP)(cli_qa.qa_command)
 app.command("qa-calibrate")(cli_qa.qa_calibrate_command)
 app.command("finetune")(cli_qa.finetune_command)
+app.command("import-dicom", help=cli_dicom.IMPORT_HELP)(cli_dicom.import_dicom_command)
+app.command("export-dicom", help=cli_dicom.EXPORT_HELP)(cli_dicom.export_dicom_command)
+app.command("export-nifti")(cli_dicom.export_nifti_command)
 
 
 def _configure_logging() -> None:
@@ -355,12 +300,21 @@ def _configure_logging() -> None:
 INTERRUPTED = 130
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that the error's line is a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main() -> None:
     """Console entry point: one clear line and exit status 1 for bad input."""
     _configure_logging()
     try:
         rv = app(standalone_mode=False)
     except MddoseError as e:
+        _end_progress_bars()
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except (_ClickException, click.exceptions.ClickException) as e:
@@ -368,9 +322,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         rv = INTERRUPTED
-    except OSError as e:  # a full disk, a read-only or missing folder: the file and the system's reason
+    except OSError as e:  # a read-only or missing folder: the file and the system's reason (writes name theirs)
+        _end_progress_bars()
         where = e.filename or "output"
-        typer.echo(f"error: {where}: {e.strerror or e}", err=True)
+        typer.echo(f"error: {where}: {e.strerror or str(e).splitlines()[0]}", err=True)
         sys.exit(1)
     if rv == INTERRUPTED:  # Ctrl-C (typer turns it into this exit status itself)
         typer.echo("interrupted: files already finished are complete, the one being written was not kept",

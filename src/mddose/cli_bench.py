@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mddose.cli_options import MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_STEPS, finite
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 
 
@@ -15,15 +17,17 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON."
 def bench_networks_command(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the benchmark JSON.")],
     sizes: Annotated[str, typer.Option(help="Comma-separated image sizes (multiples of 16).")] = "64,128,256",
-    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per measurement (after one warm-up).")] = 3,
+    repeats: Annotated[int, typer.Option(min=1, max=1000, help="Timed calls per measurement (after one "
+                                                                "warm-up).")] = 3,
     preset: Annotated[str, typer.Option(help="Skeleton for the block-type comparison: paper, small or tiny.")] = "small",
-    batch: Annotated[int, typer.Option(min=1, help="Images per call (times are per image).")] = 1,
+    batch: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per call (times are per image).")] = 1,
     paper: Annotated[bool, typer.Option(help="Also time the paper config per 128x128 slice.")] = True,
     layouts: Annotated[bool, typer.Option(help="Also time training steps of the Mamba / hybrid / conv layouts "
                                                "(batch 8, 128²) and their per-stage split.")] = True,
     scans: Annotated[bool, typer.Option(help="Also time the bare s6 and ssd scans.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="CPU threads for torch (default: "
+                                                                          "torch's).")] = None,
 ) -> None:
     """Parameters and time per image of each block type at each size, with log-log slopes (JSON)."""
     from mddose.bench.networks import bench_networks
@@ -53,8 +57,8 @@ def bench_sampling_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (or checkpoint folder).")],
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the results.")],
-    patients: Annotated[Optional[int], typer.Option(help="Use only the first N patients.")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Draws per patient.")] = 1,
+    patients: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N patients.")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Time per patient and dose score for DDPM-1000 against DDIM and DPM-Solver++ at 50, 20 and 10 steps."""
@@ -74,15 +78,18 @@ def experiment(
     cache_dir: Annotated[Path, typer.Argument(help="Training cache made by 'mddose prepare' (table2: unused).")],
     data_dir: Annotated[Path, typer.Argument(help="Held-out patient folders with reference dose.")],
     out_dir: Annotated[Path, typer.Argument(help="Experiment folder, one per table (re-running resumes it).")],
-    budget_minutes: Annotated[float, typer.Option(min=0.01, help="Training minutes per method (table2: unused).")] = 10.0,
+    budget_minutes: Annotated[float, typer.Option(min=0.01, callback=finite, help="Training minutes per method "
+                                                                                  "(table2: unused).")] = 10.0,
     budget_steps: Annotated[Optional[int], typer.Option(min=1, help="Train every method to this step count "
                                                                     "instead of for --budget-minutes.")] = None,
     preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
     config: Annotated[Optional[Path], typer.Option(help="Base RunConfig JSON instead of --preset.")] = None,
     sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm, for every diffusion model.")] = "dpm++",
-    steps: Annotated[int, typer.Option(min=1, help="Sampler steps for every diffusion model.")] = 10,
-    samples: Annotated[int, typer.Option(min=1, help="Draws averaged per patient (diffusion models).")] = 1,
-    time_patients: Annotated[int, typer.Option(min=1, help="table2: patients of DATA_DIR to time.")] = 2,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Sampler steps for every diffusion model.")] = 10,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws averaged per patient (diffusion "
+                                                                      "models).")] = 1,
+    time_patients: Annotated[int, typer.Option(min=1, max=MAX_PATIENTS, help="table2: patients of DATA_DIR to "
+                                                                             "time.")] = 2,
     baselines_3d: Annotated[bool, typer.Option("--baselines-3d", help="table1/table2: C3D-like and HD-UNet-like "
                                                                       "in 3D instead of 2D.")] = False,
     patch_3d: Annotated[Optional[str], typer.Option(help="With --baselines-3d: training patch and sliding window, "

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mddose.cli_options import MAX_SAMPLES, MAX_SEED, MAX_STEPS, finite
 from mddose.errors import MddoseError
 
 QA_HELP = (
@@ -37,20 +38,22 @@ def qa_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (qa.json, qa.csv, qa.html).")],
     pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
     errors: Annotated[Optional[Path], typer.Option(help="Error table (default: the model's qa_errors.json).")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Predicted samples: mean and spread.")] = 4,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Predicted samples: mean and spread.")] = 4,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps per sample (default: the model's "
-                                                               "own).")] = None,
-    z: Annotated[float, typer.Option(min=0.0, help="Tolerance in standard deviations (1.645: one-sided "
-                                                   "95 %).")] = 1.645,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps per sample (default: "
+                                                                              "the model's own).")] = None,
+    z: Annotated[float, typer.Option(min=0.0, max=10.0, callback=finite, help="Tolerance in standard deviations "
+                                                                              "(1.645: one-sided 95 %).")] = 1.645,
     gamma: Annotated[bool, typer.Option(help="3%/3mm gamma of the plan against the prediction (pymedphys).")] = True,
     roi_map: Annotated[Optional[Path], typer.Option("--roi-map", help="ROI-name map for a DICOM folder.")] = None,
     fail_on_flag: Annotated[bool, typer.Option("--fail-on-flag", help="Exit 3 when a ROI is flagged.")] = False,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     prescription: Annotated[Optional[list[str]], typer.Option(
         "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: the prediction "
                                "is scaled from the model's trained levels, V95 counts it.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier qa's output there (files it "
+                                                                "did not make are never touched).")] = False,
 ) -> None:
     from mddose.data.prescriptions import parse_prescription_options
     from mddose.qa.run import FLAGGED_EXIT, ModelPredictor, run_qa, summary_lines
@@ -58,7 +61,7 @@ def qa_command(
     model, patient_dir, plan = _model_and_paths(paths, pretrained)
     predictor = ModelPredictor(model, sampler, steps, samples, seed, device)
     summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
-                     prescriptions=parse_prescription_options(prescription))
+                     prescriptions=parse_prescription_options(prescription), overwrite=overwrite)
     for line in summary_lines(summary, out):
         typer.echo(line)
     if fail_on_flag and summary["flagged"]:
@@ -73,10 +76,11 @@ def qa_calibrate_command(
                                                              "(mddose predict): not predicted again.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Table to write (default: qa_errors.json "
                                                                      "beside the weights).")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Predicted samples per patient (their mean is scored).")] = 4,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Predicted samples per patient (their mean "
+                                                                      "is scored).")] = 4,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps per sample (default: the model's "
-                                                               "own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps per sample (default: "
+                                                                              "the model's own).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Measure the model's error per ROI and metric on validation patients: the table qa's tolerances use."""

@@ -17,3 +17,11 @@ class MddoseError(Exception):
         message = " ".join(str(message).split())  # always one line
         super().__init__(f"{path}: {message}" if path is not None else message)
         self.path = Path(path) if path is not None else None
+        self.reason = message
+
+    def moved(self, tmp: Path, final: Path) -> MddoseError:
+        """The same error naming the file where it was to land, when it names one in the temporary folder ``tmp``
+        that was to become ``final`` (the user never sees that name)."""
+        if self.path is None or not self.path.is_relative_to(tmp):
+            return self
+        return MddoseError(self.reason, final / self.path.relative_to(tmp))

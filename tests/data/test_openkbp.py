@@ -167,9 +167,12 @@ def test_compressed_write_is_readable_by_stdlib(tmp_path: Path) -> None:
 
 def test_cli_bad_input_one_line_nonzero(patient_dir: Path, tmp_path: Path) -> None:
     _bad(patient_dir, "ct.csv", ",data\n1,1.0\n999999999,2\n")
+    split = tmp_path / "split"  # the cache beside the data folder: never inside an input
+    split.mkdir()
+    shutil.move(patient_dir, split / patient_dir.name)
     out = tmp_path / "cache"
     proc = subprocess.run(
-        [sys.executable, "-m", "mddose.cli", "prepare", str(patient_dir.parent), str(out)],
+        [sys.executable, "-m", "mddose.cli", "prepare", str(split), str(out)],
         capture_output=True, text=True,
     )
     assert proc.returncode == 1

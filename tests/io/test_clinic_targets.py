@@ -17,6 +17,7 @@ from mddose.data.openkbp import read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.prescriptions import FILE, dose_scale, parse_prescription_options
 from mddose.errors import MddoseError
+from mddose.inference.bounds import check_voxel, training_voxel_mm
 from mddose.inference.predict import predict
 from mddose.inference.pretrained import pretrained_folder
 from mddose.inference.scope import profile_of, require_target, scope_warnings
@@ -126,8 +127,10 @@ def test_scope_warnings_name_what_lies_outside_the_training_set() -> None:
     assert any("only 2 axial slices: fewer than the 3" in w for w in few)
     assert any("only 2 of the model's 7 OARs" in w for w in few)
     assert any("dose region along z 5 mm (training set 150–300 mm)" in w for w in few)
-    fine = scope_warnings(_patient(80, (1.0, 1.0, 2.5)), data, profile)  # 1 mm voxels on a 2.7-3.9 mm model
-    assert any("voxels 1 × 1 × 2.5 mm" in w for w in fine) and all(w.startswith("pt_9: out of") for w in fine)
+    fine = scope_warnings(_patient(80, (1.0, 1.0, 2.5)), data, profile)  # 1 mm voxels: inference/bounds refuses
+    assert all(w.startswith("pt_9: out of") and "voxels" not in w for w in fine)
+    with pytest.raises(MddoseError, match="another scale than its training patients"):
+        check_voxel((1.0, 1.0, 2.5), (96, 96, 96), training_voxel_mm(Path("no-run"), data), data, "pt_9")
 
 
 def test_a_short_ct_is_named_at_import(tmp_path: Path, dicom64: Path, caplog: pytest.LogCaptureFixture) -> None:

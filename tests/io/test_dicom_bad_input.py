@@ -109,7 +109,7 @@ def test_output_folder_that_is_not_an_import_is_refused(tmp_path: Path, dicom64:
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("x")
-    with pytest.raises(MddoseError, match="not a patient folder made by import-dicom"):
+    with pytest.raises(MddoseError, match="mddose import-dicom did not make .thesis.tex"):
         import_dicom(dicom64, out)
     assert (out / "thesis.tex").read_text() == "x"
 

@@ -100,8 +100,8 @@ def test_output_over_an_input_or_in_the_dicom_folder_is_refused(where: str, two:
     out, message = {
         "a CT slice": (dicom / "CT_0001.dcm", "is a file of the DICOM folder"),
         "new file in the DICOM folder": (dicom / "RD_mddose.dcm", "a second RTDOSE beside the planning system's"),
-        "the prediction": (prediction, "is an input of this export"),
-        "the patient folder's dose": (next(imp.glob("dose.csv*")), "is an input of this export"),
+        "the prediction": (prediction, "is also an input of this command"),
+        "the patient folder's dose": (next(imp.glob("dose.csv*")), "lies inside an input of this command"),
     }[where]
     before = _digest(tmp_path)
     proc = _cli("export-dicom", prediction, dicom, out, "--patient-dir", imp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mddose import cli
+from mddose.ownership import OWNER
 from mddose.training.loop import train
 from tests.helpers import micro_config, phantom_cache
 
@@ -55,6 +57,21 @@ def assert_clean_error(result: Outcome, *words: str, code: int = 1) -> None:
         assert word in result.message, (word, result.message)
 
 
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file below ``roots`` (hidden ones and links included, links not followed) with a SHA-256 of its bytes
+    (of its target for a link): equal snapshots before and after mean the user's files are byte-identical."""
+    files = {}
+    for root in roots:
+        for path in sorted([root, *root.rglob("*")] if root.is_dir() else [root]):
+            if path.is_symlink():
+                files[str(path)] = "link -> " + str(path.readlink())
+            elif path.is_file():
+                files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_dir():
+                files[str(path)] = "folder"
+    return files
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two 64³ phantoms, their cache and a micro run trained 2 steps; tests copy what they edit."""
@@ -66,5 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def data_copy(world: dict[str, Path], tmp_path: Path) -> Path:
-    """A private copy of the phantom split, to break."""
-    return Path(shutil.copytree(world["data"], tmp_path / "data"))
+    """A private copy of the phantom split, to break; as a user's own data, without mddose's marker."""
+    copy = Path(shutil.copytree(world["data"], tmp_path / "data"))
+    (copy / OWNER).unlink()
+    return copy

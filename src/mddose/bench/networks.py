@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mddose.atomic import write_json
+from mddose.ownership import check_output_file, json_with
 from mddose.bench.timing import loglog_slope, machine_info, time_call
 from mddose.device import bf16_pays, resolve_device
 from mddose.models.build import build_model, count_parameters
@@ -57,6 +58,7 @@ def bench_networks(
     ``threads`` sets torch's CPU threads for the run (on a CPU shared with other jobs, 1 thread gives steady
     numbers; more threads than free cores can be many times slower).
     """
+    check_output_file(out_json, "mddose bench networks", (), json_with("benchmark", "networks"), overwrite=True)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

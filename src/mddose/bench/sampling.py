@@ -24,6 +24,7 @@ from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.inference.predict import load_model, predict_volume
+from mddose.ownership import check_output_file, json_with
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def bench_sampling(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark every (sampler, steps) of ``grid`` on the patients of ``data_dir`` (with reference dose)."""
+    """Benchmark every (sampler, steps) of ``grid`` on the patients of ``data_dir`` (with reference dose); an
+    existing ``out_json`` is replaced only when it is an earlier benchmark of this kind."""
+    check_output_file(out_json, "mddose bench sampling", [run, data_dir], json_with("benchmark", "sampling"),
+                      overwrite=True)
     dev = resolve_device(device)
     batch_size = prediction_batch(dev, batch_size)
     cfg, model, folder = load_model(run, dev)

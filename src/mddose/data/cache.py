@@ -26,10 +26,16 @@ Each uint16/int16 array is stored as two byte planes (low bytes, then high bytes
 ~10 % better than interleaved bytes. Float16 dose does not fit the 50 MiB budget for the 169 OpenKBP training patients; these integers plus LZMA
 do. Re-running on an existing cache only adds the patients that are missing; every file is written
 atomically, so an interrupted run leaves no broken file.
+
+Each patient's entry records its ``source``: the folder it was read from and a SHA-256 of that folder's files.
+A patient of the same id from another folder with other files is refused (the cache holds another patient of
+that name); from the same folder with changed files, it is encoded again. ``cache.json``'s ``source`` stays the
+first data folder, ``sources`` lists every one the cache was filled from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -42,11 +48,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_finished, filling, write_bytes, write_json
+from mddose.atomic import check_finished, write_bytes, write_json
 from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, beam_prior, check_angles
 from mddose.data.openkbp import list_patients, natural_key, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
+from mddose.ownership import claim, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -275,18 +282,34 @@ def prepare_cache(
     """Build or complete the cache of every patient folder in ``data_dir``; returns a summary.
 
     ``beam_angles``: the gantry angles of the beam prior stored with every patient (None: no prior). Re-run on a
-    cache that lacks the prior, it adds it; a cache made with other angles is refused.
+    cache that lacks the prior, it adds it; a cache made with other angles is refused, and so is a cache that
+    holds another patient of the same id (see the module doc), before anything is written.
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     folders = list_patients(data_dir)
     rois = rois or RoiConfig()
     beam_angles = None if beam_angles is None else check_angles(beam_angles)
-    with filling(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in
-        return _fill_cache(folders, data_dir, cache_dir, rois, progress, beam_angles)
+    with claim(cache_dir, "mddose prepare", [data_dir], resume=True) as cache_dir:
+        old = _existing_index(cache_dir, rois, beam_angles)
+        entries, todo = _to_encode(folders, data_dir, cache_dir, old, beam_angles)  # checked before any change
+        with unfinished(cache_dir, "mddose prepare"):  # the Cache refuses it until every patient is in
+            return _fill_cache(todo, entries, old, data_dir, cache_dir, rois, progress, beam_angles)
 
 
-def _kept_entries(cache_dir: Path, rois: RoiConfig, beam_angles: tuple[float, ...] | None) -> dict[str, dict]:
-    """The patients an existing cache already holds as asked (those without the asked prior are redone)."""
+def source_of(folder: Path) -> dict[str, str]:
+    """Where a patient comes from: its folder and a SHA-256 of the names and bytes of the files in it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return {"folder": str(folder.absolute()), "sha256": digest.hexdigest()}
+
+
+def _existing_index(cache_dir: Path, rois: RoiConfig, beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
+    """The index of the cache being completed ({} for a new one), checked against the ROIs and angles asked."""
     if not (cache_dir / INDEX).is_file():
         return {}
     old = load_index(cache_dir)
@@ -295,24 +318,46 @@ def _kept_entries(cache_dir: Path, rois: RoiConfig, beam_angles: tuple[float, ..
     old_angles = old.get("beam_angles")
     if beam_angles is not None and old_angles is not None and tuple(old_angles) != beam_angles:
         raise MddoseError(f"existing cache holds beam priors for other gantry angles ({old_angles})", cache_dir / INDEX)
-    return {e["id"]: e for e in old["patients"] if (cache_dir / f"{e['id']}{SUFFIX}").is_file()
-            and (beam_angles is None or e.get("beam_prior"))}
+    return old
 
 
-def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiConfig,
-                progress: bool, beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
-    entries = _kept_entries(cache_dir, rois, beam_angles)
-    start, added = time.perf_counter(), 0
-    bar = tqdm(folders, desc="prepare", unit="pt", disable=not progress)
-    for folder in bar:
-        if folder.name in entries:
-            continue
+def _to_encode(folders: list[Path], data_dir: Path, cache_dir: Path, old: dict[str, Any],
+               beam_angles: tuple[float, ...] | None) -> tuple[dict[str, dict], list[tuple[Path, dict[str, str]]]]:
+    """(the entries kept, the folders to encode with their sources); refuses a cache holding another patient of
+    the same id. An entry made before sources were recorded belongs to the cache's own source folder."""
+    entries = {e["id"]: e for e in old.get("patients", []) if (cache_dir / f"{e['id']}{SUFFIX}").is_file()}
+    legacy_source = old.get("source")
+    legacy_here = legacy_source is not None and (legacy_source == str(data_dir)
+                                                 or Path(legacy_source).absolute() == data_dir.absolute())
+    todo = []
+    for folder in folders:
+        source, entry = source_of(folder), entries.get(folder.name)
+        if entry is not None and "source" not in entry and legacy_here:
+            entry["source"] = source  # the cache's own patient, as it was read then
+        held = None if entry is None else entry.get("source", {"folder": legacy_source, "sha256": None})
+        if held is not None and held["sha256"] != source["sha256"] and held["folder"] != source["folder"]:
+            raise MddoseError(f"the cache holds another {folder.name} (from {held['folder']}) than {folder}: prepare "
+                              f"{data_dir} into a new cache folder", cache_dir / f"{folder.name}{SUFFIX}")
+        if held is None or held["sha256"] != source["sha256"] or (beam_angles is not None
+                                                                   and not entry.get("beam_prior")):
+            todo.append((folder, source))
+    return entries, todo
+
+
+def _fill_cache(todo: list[tuple[Path, dict[str, str]]], entries: dict[str, dict], old: dict[str, Any],
+                data_dir: Path, cache_dir: Path, rois: RoiConfig, progress: bool,
+                beam_angles: tuple[float, ...] | None) -> dict[str, Any]:
+    sources = old.get("sources") or ([old["source"]] if old.get("source") else [])
+    if todo and str(data_dir) not in sources:
+        sources.append(str(data_dir))
+    start, added = time.perf_counter(), len(todo)  # new, changed or lacking the asked prior
+    bar = tqdm(todo, desc="prepare", unit="pt", disable=not progress)
+    for folder, source in bar:
         data, entry = encode_patient(read_patient(folder, rois), beam_angles)
         write_bytes(cache_dir / f"{folder.name}{SUFFIX}", data)
-        entries[folder.name] = entry
-        added += 1
-        _write_index(cache_dir, rois, entries, data_dir, beam_angles)  # after every patient: resumable
-    index = _write_index(cache_dir, rois, entries, data_dir, beam_angles)
+        entries[folder.name] = {**entry, "source": source}
+        _write_index(cache_dir, rois, entries, sources, beam_angles)  # after every patient: resumable
+    index = _write_index(cache_dir, rois, entries, sources or [str(data_dir)], beam_angles)
     summary = {k: index[k] for k in ("n_patients", "n_slices", "size_mib", "dose_score_vs_original_max")}
     summary.update(added=added, seconds=round(time.perf_counter() - start, 1))
     log.info("cache %s: %s", cache_dir, summary)
@@ -320,14 +365,15 @@ def _fill_cache(folders: list[Path], data_dir: Path, cache_dir: Path, rois: RoiC
 
 
 def _write_index(
-    cache_dir: Path, rois: RoiConfig, entries: dict[str, dict[str, Any]], data_dir: Path,
+    cache_dir: Path, rois: RoiConfig, entries: dict[str, dict[str, Any]], sources: list[str],
     beam_angles: tuple[float, ...] | None,
 ) -> dict[str, Any]:
     ordered = sorted(entries.values(), key=lambda e: natural_key(e["id"]))
     scores = [e["dose_score_vs_original"] for e in ordered if "dose_score_vs_original" in e]
     index = {
         "format_version": FORMAT_VERSION,
-        "source": str(data_dir),
+        "source": sources[0] if sources else None,
+        "sources": sources,
         "rois": rois.to_dict(),
         "precision": {"ct": "int16 HU (1 HU)", "dose": f"uint16, {DOSE_STEP_GY} Gy steps", "rois": "uint16 bitmask"},
         "dose_step_gy": DOSE_STEP_GY,
@@ -340,4 +386,3 @@ def _write_index(
     }
     write_json(cache_dir / INDEX, index)
     return index
-

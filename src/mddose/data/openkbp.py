@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import logging
 import lzma
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mddose.atomic import atomic_dir, atomic_path
-from mddose.data.patient import OPENKBP_SHAPE, Patient, RoiConfig
+from mddose.data.patient import OPENKBP_SHAPE, Patient, RoiConfig, grid_problem
 from mddose.errors import MddoseError
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,32 @@ MAX_DOSE_GY = 200.0
 MIN_CT_HU = -3100.0
 
 
+def link_problem(path: Path) -> str | None:
+    """Why ``path``, when it is a link, cannot be followed (it loops, or leads nowhere); None otherwise."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"is a link to nothing ({os.readlink(path)})"
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13's "Symlink loop"
+        return "is a link that loops"
+    return None
+
+
+def _exists(path: Path) -> bool:
+    """Whether the file ``path`` is there; a link that cannot be followed or a folder in its place is an error."""
+    if not os.path.lexists(path):
+        return False
+    problem = link_problem(path) or ("is a folder, not a file" if path.is_dir() else None)
+    if problem is not None:
+        raise MddoseError(problem, path)
+    return True
+
+
 def find_file(folder: Path, stem: str) -> Path | None:
     """The file ``stem.csv[.gz|.xz]`` in ``folder``, or None; two of them (say .csv and .csv.xz) are an error."""
-    found = [folder / f"{stem}{suffix}" for suffix in SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    found = [folder / f"{stem}{suffix}" for suffix in SUFFIXES if _exists(folder / f"{stem}{suffix}")]
     if len(found) > 1:
         raise MddoseError(f"both {' and '.join(p.name for p in found)}: keep one", folder)
     return found[0] if found else None
@@ -206,8 +230,9 @@ def read_grid_shape(folder: Path) -> tuple[int, int, int]:
         values = [int(v) for v in _read_text(path).replace(",", " ").split()]
     except ValueError:
         raise MddoseError("grid shape must be 3 integers", path) from None
-    if len(values) != 3 or min(values) < 1:
-        raise MddoseError(f"grid shape must be 3 positive integers, got {values}", path)
+    problem = grid_problem(tuple(values))
+    if problem is not None:
+        raise MddoseError(problem, path)
     return (values[0], values[1], values[2])
 
 
@@ -228,10 +253,11 @@ def check_dose(dose: np.ndarray, path: Path) -> np.ndarray:
     return dose
 
 
-def _reference_dose(dose: np.ndarray, path: Path) -> np.ndarray:
-    """A patient's own dose.csv: :func:`check_dose`, and no higher than any radiotherapy dose."""
+def check_dose_range(dose: np.ndarray, path: Path) -> np.ndarray:
+    """:func:`check_dose`, and no higher than any radiotherapy dose (:data:`MAX_DOSE_GY`): what a reference or a
+    predicted dose must be to be scored or exported."""
     check_dose(dose, path)
-    if dose.max() > MAX_DOSE_GY:
+    if dose.size and dose.max() > MAX_DOSE_GY:
         raise MddoseError(f"dose of {dose.max():.4g} Gy (index {int(np.argmax(dose))}) is above {MAX_DOSE_GY:.0f} Gy: "
                           "not a dose in Gy", path)
     return dose
@@ -277,7 +303,7 @@ def read_patient(
         if path is not None:
             structures[name] = read_sparse_csv(path, shape, mask=True)
     dose_path = find_file(folder, "dose") if read_dose else None
-    dose = _reference_dose(read_sparse_csv(dose_path, shape), dose_path).astype(dose_dtype) if dose_path else None
+    dose = check_dose_range(read_sparse_csv(dose_path, shape), dose_path).astype(dose_dtype) if dose_path else None
     return Patient(folder.name, ct_hu, possible, spacing, structures, dose, rois)
 
 
@@ -359,7 +385,11 @@ def list_patients(split_dir: str | Path) -> list[Path]:
         raise MddoseError("is a file; expected a folder of patient folders (pt_N/) or one patient folder", split_dir)
     if not split_dir.is_dir():
         raise MddoseError("folder does not exist", split_dir)
-    folders = [p for p in split_dir.iterdir() if p.is_dir() and _is_patient(p)]
+    entries = sorted(split_dir.iterdir())
+    broken = next(((p, problem) for p in entries if (problem := link_problem(p)) is not None), None)
+    if broken is not None:
+        raise MddoseError(broken[1], broken[0])
+    folders = [p for p in entries if p.is_dir() and _is_patient(p)]
     if not folders and _is_patient(split_dir):
         return [split_dir]  # a single patient folder given directly
     if not folders:

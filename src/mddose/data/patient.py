@@ -23,6 +23,20 @@ OPENKBP_OARS: tuple[str, ...] = (
 )
 OPENKBP_TARGETS: tuple[str, ...] = ("PTV56", "PTV63", "PTV70")
 OPENKBP_SHAPE: tuple[int, int, int] = (128, 128, 128)
+#: The largest grid mddose reads, per side and in all (512³ float32 voxels are 0.5 GiB): beyond it a file is
+#: corrupt, not a patient, and is refused before anything is allocated.
+MAX_GRID_SIDE, MAX_GRID_VOXELS = 1024, 512**3
+
+
+def grid_problem(shape: tuple[int, ...]) -> str | None:
+    """Why ``shape`` is not a grid mddose reads (three sides from 1 to MAX_GRID_SIDE, at most MAX_GRID_VOXELS), or
+    None when it is one."""
+    if len(shape) != 3 or min(shape) < 1:
+        return f"grid shape must be 3 positive integers, got {list(shape)}"
+    if max(shape) > MAX_GRID_SIDE or shape[0] * shape[1] * shape[2] > MAX_GRID_VOXELS:
+        return (f"grid shape {'×'.join(map(str, shape))} is larger than mddose reads (at most {MAX_GRID_SIDE} voxels "
+                f"per side and {MAX_GRID_VOXELS:,} in all)")
+    return None
 
 _PRESCRIPTION = re.compile(r"^(?:PTV|CTV|GTV)[ _-]?(\d+(?:[.p]\d+)?)", re.IGNORECASE)
 

@@ -49,7 +49,7 @@ from mddose.data.openkbp import write_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.phantom_anatomy import draw_anatomy, draw_frame
 from mddose.data.phantom_dose import compute_dose
-from mddose.errors import MddoseError
+from mddose.ownership import claim
 
 log = logging.getLogger(__name__)
 
@@ -128,27 +128,22 @@ def patient_seed(seed: int, index: int) -> int:
 
 
 def write_phantoms(
-    out_dir: str | Path, n_patients: int, seed: int, grid: int = 128, progress: bool = True
+    out_dir: str | Path, n_patients: int, seed: int, grid: int = 128, progress: bool = True, overwrite: bool = False
 ) -> list[Path]:
     """Write phantoms ``pt_1 … pt_N`` (plain ``.csv``, OpenKBP layout) into ``out_dir``; returns the folders.
 
-    Each folder is written atomically (an existing ``pt_k`` is replaced). Bad arguments raise ValueError;
-    an ``out_dir`` that cannot be written raises :class:`MddoseError` naming it.
+    Each folder is written atomically. ``out_dir`` is claimed (:func:`mddose.ownership.claim`): a folder holding
+    anything else (real patients) is refused, earlier phantoms are replaced only with ``overwrite``. Bad
+    arguments raise ValueError; an ``out_dir`` that cannot be written raises :class:`MddoseError` naming it.
     """
     grid_spacing(grid)  # validates the grid before anything is written
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, not {n_patients}")
     patient_seed(seed, 0)  # validates the seed
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MddoseError("output path exists and is not a folder", out_dir)
     paths = []
-    for k in tqdm(range(n_patients), desc="phantoms", unit="pt", disable=not progress):
-        patient = make_phantom(patient_seed(seed, k), grid=grid, patient_id=f"pt_{k + 1}")
-        folder = out_dir / patient.patient_id
-        try:
-            paths.append(write_patient(patient, folder))
-        except OSError as e:
-            raise MddoseError(f"cannot write phantom ({e.strerror or e})", folder) from None
+    with claim(out_dir, "mddose phantom", overwrite=overwrite) as folder:
+        for k in tqdm(range(n_patients), desc="phantoms", unit="pt", disable=not progress):
+            patient = make_phantom(patient_seed(seed, k), grid=grid, patient_id=f"pt_{k + 1}")
+            paths.append(Path(out_dir) / write_patient(patient, folder / patient.patient_id).name)
     log.info("wrote %d phantoms (grid %d, seed %d) to %s", n_patients, grid, seed, out_dir)
     return paths

@@ -61,9 +61,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.atomic import atomic_dir, check_finished, check_output_dir, write_json, write_text
+from mddose.atomic import atomic_dir, check_finished, write_json, write_text
 from mddose.data.openkbp import (
     SUFFIXES,
+    check_dose_range,
     check_on_grid,
     find_file,
     list_patients,
@@ -76,6 +77,7 @@ from mddose.evaluate.clinical import GAMMA_CRITERIA, gamma_unavailable_reason
 from mddose.evaluate.compare import comparison_markdown, mean_std, ttests
 from mddose.evaluate.openkbp import dvh_score
 from mddose.evaluate.score import PATIENT_METRICS, PatientResult, dose_metrics, score_patient
+from mddose.ownership import claim
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +140,10 @@ def index_predictions(name: str, folder: Path, patient_ids: Sequence[str]) -> Me
 
 
 def read_prediction(path: Path, patient: Patient) -> np.ndarray:
-    """A prediction in float64 Gy on the patient's grid; MddoseError when it cannot be on that grid."""
+    """A prediction in float64 Gy on the patient's grid; MddoseError when it cannot be on that grid or holds a
+    dose no plan has (negative, or above :data:`~mddose.data.openkbp.MAX_DOSE_GY`)."""
     dose = read_sparse_csv(path, patient.shape)  # indices outside the grid raise MddoseError naming the file
+    check_dose_range(dose, path)
     check_on_grid(dose, patient.possible_dose_mask, path, "predicted dose")
     return dose
 
@@ -167,13 +171,15 @@ def evaluate(
     gamma: bool = True,
     rois: RoiConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score prediction folders against a reference split and write the outputs described in the module doc.
 
     Args:
         reference_dir: OpenKBP split with reference doses.
         prediction_dirs: one folder per method, submission format.
-        out_dir: output folder (created; files in it are replaced).
+        out_dir: output folder, claimed (:func:`~mddose.ownership.claim`): new or empty, or an earlier
+            evaluation replaced with ``overwrite``.
         names: method names, one per folder (default: the folder names).
         against: the method the paired t-tests compare with (default: the first).
         figures: draws the figures of one patient into a folder (e.g. :func:`mddose.viz.figures.evaluation_figures`),
@@ -181,12 +187,13 @@ def evaluate(
         gamma: compute the 3 %/3 mm gamma pass rate when pymedphys is installed.
         rois: ROI configuration (default: OpenKBP's).
         progress: show a progress bar over patients.
+        overwrite: replace an earlier evaluation in ``out_dir``.
 
     Returns:
         The summary dictionary also written to ``summary.json``.
     """
     start = time.perf_counter()
-    out_dir, reference_dir = check_output_dir(out_dir), Path(reference_dir)
+    reference_dir = Path(reference_dir)
     folders = [Path(p) for p in prediction_dirs]
     names, against = _method_names(folders, names, against)
     patient_folders = list_patients(reference_dir)
@@ -199,10 +206,11 @@ def evaluate(
     if gamma_reason is not None:
         log.info("gamma pass rate not computed: %s", gamma_reason)
     drawn = set(figure_patients) if figure_patients else set(ids)
-    results, figure_files = _score_all(patient_folders, methods, rois or RoiConfig(), gamma_reason is None,
-                                       figures, drawn, out_dir, progress)
-    summary = _write_outputs(out_dir, reference_dir, ids, methods, results, against, gamma_reason, figure_files,
-                             start)
+    with claim(out_dir, "mddose evaluate", inputs=[reference_dir, *folders], overwrite=overwrite) as out:
+        results, figure_files = _score_all(patient_folders, methods, rois or RoiConfig(), gamma_reason is None,
+                                           figures, drawn, out, progress)
+        summary = _write_outputs(out, reference_dir, ids, methods, results, against, gamma_reason, figure_files,
+                                 start)
     log.info("evaluated %d methods on %d reference patients in %.1f s -> %s", len(methods), len(ids),
              summary["elapsed_s"], out_dir)
     return summary

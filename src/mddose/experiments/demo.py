@@ -18,8 +18,8 @@ The demo network is the Mamba-UNet skeleton with narrow widths at 64×64 (the 12
 to predict x₀ rather than ε: in a budget of minutes it learns several times faster (docs/measurements.md), and
 a few sampler steps suffice. It uses a GPU when one is present (``device="auto"``).
 
-Output folder (re-running the demo into it replaces what an earlier demo wrote; any other non-empty folder is
-refused)::
+Output folder (claimed, :func:`mddose.ownership.claim`: an earlier demo there is replaced with ``overwrite``,
+removing only what it wrote; any other non-empty folder is refused)::
 
     OUT_DIR/
       demo.json                 budget, plan, stage times, scores
@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,12 +53,12 @@ from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.models.build import build_model
 from mddose.models.config import preset
+from mddose.ownership import claim
 from mddose.runs.run_config import RunConfig, TrainConfig, for_data, new_horizon
 
 log = logging.getLogger(__name__)
 
 DEMO_SCHEMA = "mddose.demo/1"
-OWNED = ("data", "cache", "run", "predictions", "evaluation", "report", "demo.json")
 MODEL_NAME, BASELINE_NAME = "MD-Dose", "Trivial baseline"
 CALIBRATION_BATCH = 16
 MIN_MINUTES = 0.5
@@ -106,23 +105,6 @@ class DemoPlan:
 def default_patients(minutes: float) -> tuple[int, int]:
     """(training, test) phantom counts for a budget: 16 and 3 at 5 minutes, fewer below ~4 minutes."""
     return int(np.clip(round(minutes * 3.2), 2, 16)), 3 if minutes >= 2 else 1
-
-
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``, or clear what an earlier demo wrote there; refuse any other non-empty folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MddoseError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not (out_dir / "demo.json").is_file():
-            raise MddoseError("folder is not empty and holds no earlier demo: choose a new or empty folder", out_dir)
-        log.info("replacing the earlier demo in %s", out_dir)
-        for name in OWNED:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _count_slices(data_dir: Path) -> int:
@@ -248,51 +230,61 @@ def run_demo(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir`` within ``minutes`` (all stages included); returns what ``demo.json`` holds."""
+    """Run the demo into ``out_dir`` within ``minutes`` (all stages included); returns what ``demo.json`` holds.
+    An earlier demo in ``out_dir`` is replaced only with ``overwrite``."""
     start = time.monotonic()
     if not math.isfinite(minutes) or minutes < MIN_MINUTES:
         raise MddoseError(f"--minutes must be at least {MIN_MINUTES} (phantoms, prediction and report alone take "
                           f"about 20 s), not {minutes}")
     out_dir = Path(out_dir).absolute()  # summary.json and prediction.json then name folders from anywhere
-    _prepare_out_dir(out_dir)
-    n_train, n_test = default_patients(minutes)
-    plan = DemoPlan(budget_s=60.0 * minutes, train_patients=train_patients or n_train,
-                    test_patients=test_patients or n_test)
-    clock = _Clock()
-    info: dict[str, Any] = {"schema": DEMO_SCHEMA, "status": "running", "minutes": minutes, "seed": seed,
-                            "model": MODEL_NAME, "baseline": BASELINE_NAME}
-    write_json(out_dir / "demo.json", info)
-    threads_before = torch.get_num_threads()
-    try:
-        with clock.stage("data"):
-            test = _data_stage(out_dir, plan, seed, progress)
-        with clock.stage("plan"):
-            cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
-        with clock.stage("train"):
-            if dev.type == "cpu":
-                torch.set_num_threads(threads_before)
-            trained = _train_stage(out_dir, cfg, plan, device, steps_expected, progress)
-        with clock.stage("predict"):
-            left = plan.budget_s - (time.monotonic() - start) - plan.finish_s - plan.margin_s / 2
-            predicted = _predict_stage(out_dir, test, plan, dev, left, seed, device, progress)
-        with clock.stage("evaluate"):
-            scores = _evaluate_stage(out_dir, test, progress)
-        info.update(status="reported", plan=asdict(plan), stages=clock.stages, scores=scores,
-                    train={"steps": trained["step"], "planned_steps": steps_expected, "seconds": trained["seconds"],
-                           "threads": trained["threads"], "last_loss": trained["last_loss"],
-                           "warning": trained["warning"]},
-                    predict={"device": predicted["device"],
-                             "mean_seconds_per_patient": predicted["mean_seconds_per_patient"]},
-                    seconds=round(time.monotonic() - start, 2))
+    with claim(out_dir, "mddose demo", overwrite=overwrite):
+        n_train, n_test = default_patients(minutes)
+        plan = DemoPlan(budget_s=60.0 * minutes, train_patients=train_patients or n_train,
+                        test_patients=test_patients or n_test)
+        info: dict[str, Any] = {"schema": DEMO_SCHEMA, "status": "running", "minutes": minutes, "seed": seed,
+                                "model": MODEL_NAME, "baseline": BASELINE_NAME}
         write_json(out_dir / "demo.json", info)
-        with clock.stage("report"):
-            report = _report_stage(out_dir, progress)
-    finally:
-        torch.set_num_threads(threads_before)
-    info.update(status="done", stages=clock.stages, seconds=round(time.monotonic() - start, 2), report=str(report))
-    write_json(out_dir / "demo.json", info)
+        threads_before = torch.get_num_threads()
+        try:
+            report = _stages(out_dir, plan, info, seed, device, progress, start)
+        finally:
+            torch.set_num_threads(threads_before)
+        info.update(seconds=round(time.monotonic() - start, 2), report=str(report))
+        write_json(out_dir / "demo.json", info)
     return info
+
+
+def _stages(out_dir: Path, plan: DemoPlan, info: dict[str, Any], seed: int, device: str, progress: bool,
+            start: float) -> Path:
+    """The six stages, timed; ``info`` gathers what demo.json says of them. Returns the report's path."""
+    clock, threads_before = _Clock(), torch.get_num_threads()
+    with clock.stage("data"):
+        test = _data_stage(out_dir, plan, seed, progress)
+    with clock.stage("plan"):
+        cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
+    with clock.stage("train"):
+        if dev.type == "cpu":
+            torch.set_num_threads(threads_before)
+        trained = _train_stage(out_dir, cfg, plan, device, steps_expected, progress)
+    with clock.stage("predict"):
+        left = plan.budget_s - (time.monotonic() - start) - plan.finish_s - plan.margin_s / 2
+        predicted = _predict_stage(out_dir, test, plan, dev, left, seed, device, progress)
+    with clock.stage("evaluate"):
+        scores = _evaluate_stage(out_dir, test, progress)
+    info.update(status="reported", plan=asdict(plan), stages=clock.stages, scores=scores,
+                train={"steps": trained["step"], "planned_steps": steps_expected, "seconds": trained["seconds"],
+                       "threads": trained["threads"], "last_loss": trained["last_loss"],
+                       "warning": trained["warning"]},
+                predict={"device": predicted["device"],
+                         "mean_seconds_per_patient": predicted["mean_seconds_per_patient"]},
+                seconds=round(time.monotonic() - start, 2))
+    write_json(out_dir / "demo.json", info)
+    with clock.stage("report"):
+        report = _report_stage(out_dir, progress)
+    info.update(status="done", stages=clock.stages)
+    return report
 
 
 class _Clock:

@@ -26,7 +26,9 @@ in ``OUT_RUN/finetune/``::
         eval/  report/         mddose evaluate (before against after, paired t-tests) and its report page
 
 Interrupted, it resumes: a re-run with the same PATIENTS and OUT_RUN continues from the last stage done, and
-training from its last checkpoint with the minutes left.
+training from its last checkpoint with the minutes left. OUT_RUN is claimed as ``train`` claims a run
+(:func:`mddose.ownership.claim`: new, empty, or this fine-tuning's own), before any work; ``finetune/`` is the
+fine-tuning's own folder inside it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mddose.atomic import check_output_dir, write_json
+from mddose.atomic import write_json
 from mddose.data.cache import prepare_cache
 from mddose.data.openkbp import find_file, natural_key
 from mddose.errors import MddoseError
@@ -45,6 +47,7 @@ from mddose.evaluate.run import evaluate
 from mddose.inference.predict import checkpoint_folder, predict
 from mddose.inference.scope import require_target
 from mddose.io.dicom_import import import_dicom
+from mddose.ownership import claim, note_written
 from mddose.qa.calibrate import calibrate
 from mddose.qa.inputs import is_openkbp_folder
 from mddose.qa.run import ModelPredictor
@@ -70,13 +73,21 @@ def finetune(model: str | Path, patients_dir: str | Path, out_run: str | Path, m
     """Fine-tune ``model`` on the patients of ``patients_dir`` into ``out_run``; returns ``finetune.json``."""
     if not minutes > 0:
         raise MddoseError(f"--minutes must be positive, not {minutes}")
-    out_run = check_output_dir(out_run)
-    work = out_run / "finetune"
-    start = checkpoint_folder(model)
+    start, out_run = checkpoint_folder(model), Path(out_run)
+    inputs = [start, patients_dir, roi_map]
+    # the run folder, claimed as train claims it (train fills it below), and the fine-tuning's own folder in it
+    with (claim(out_run, "mddose train", inputs, resume=True) as run,
+          claim(run / "finetune", "mddose finetune", inputs, resume=True) as work):
+        return _stages(start, Path(patients_dir), run, work, minutes, val_patients, roi_map, device, progress)
+
+
+def _stages(start: Path, patients_dir: Path, out_run: Path, work: Path, minutes: float, val_patients: int | None,
+            roi_map: str | Path | None, device: str, progress: bool) -> dict[str, Any]:
+    """Split, score before, train, score after, compare and calibrate: each stage once (see the module doc)."""
     state = _load_state(work, patients_dir, start, minutes)
     cfg = checkpoint_run_config(start)
     if "split" not in state:
-        state["split"] = _split(_patient_folders(Path(patients_dir), work, cfg, roi_map), val_patients)
+        state["split"] = _split(_patient_folders(patients_dir, work, cfg, roi_map), val_patients)
         _save(work, state)
     heldout = _link_split(work, state["split"])
     if "before" not in state:
@@ -84,7 +95,7 @@ def finetune(model: str | Path, patients_dir: str | Path, out_run: str | Path, m
         _save(work, state)
     _train(start, cfg, work, out_run, state, minutes, device, progress)
     if "after" not in state:
-        state["after"] = _score(out_run, heldout, work / "after", device, progress)
+        state["after"] = _score(checkpoint_folder(out_run), heldout, work / "after", device, progress)
         _finish(work, out_run, heldout, device, progress)
         _save(work, state)
     return state
@@ -148,6 +159,7 @@ def _link_split(work: Path, split: dict[str, list[str]]) -> Path:
             link = work / part / Path(folder).name
             if not link.is_symlink():
                 link.symlink_to(folder, target_is_directory=True)
+                note_written(link)  # the fine-tuning's own (its claim's marker lists it)
     return work / "heldout"
 
 

@@ -6,6 +6,7 @@ above all three.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import tempfile
@@ -17,6 +18,7 @@ from mddose.evaluate.run import evaluate
 from mddose.inference.predict import checkpoint_folder, predict
 from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
 from mddose.inference.scope import read_profile, write_profile
+from mddose.ownership import claim
 from mddose.qa.calibrate import calibrate
 from mddose.qa.run import ModelPredictor
 from mddose.runs.layout import TRAINER, RunFolder
@@ -46,10 +48,9 @@ def export_run(
     target = target or WEIGHTS_ROOT / name
     trainer = json.loads((folder / TRAINER).read_text()) if (folder / TRAINER).is_file() else {}
     log_rows = training_log(target)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(keep) if keep else Path(tmp)
-        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False)
-        scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False)
+    with tempfile.TemporaryDirectory() as tmp, _kept(keep, Path(tmp), [run, val_dir]) as out:
+        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False, overwrite=True)
+        scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False, overwrite=True)
         method = scores["methods"]["md-dose"]
         seconds, step = float(trainer.get("seconds", 0.0)), int(trainer.get("step", 0))
         before, continues = _logged_seconds(log_rows, seconds, step)
@@ -76,6 +77,12 @@ def export_run(
     write_json(target / LOG_FILE, [*log_rows, row])
     write_card(target, name)
     return row
+
+
+def _kept(keep: Path | None, tmp: Path, inputs: list[str | Path]) -> contextlib.AbstractContextManager[Path]:
+    """Where the predictions and the evaluation go: ``keep``, claimed (its own earlier ones are replaced), or a
+    temporary folder."""
+    return claim(keep, "mddose pretrained export", inputs, resume=True) if keep else contextlib.nullcontext(tmp)
 
 
 def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -> tuple[float, bool]:

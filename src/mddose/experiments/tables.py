@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from mddose.inference.predict import predict
 from mddose.models.baselines import BaselineConfig
 from mddose.models.build import build_model, count_parameters
 from mddose.models.config import ablation_configs, layout_configs
+from mddose.ownership import claim
 from mddose.runs.layout import RunFolder
 from mddose.runs.methods import TABLE1_ORDER, in_3d, row_name
 from mddose.runs.run_config import RunConfig, for_data, method_config, run_preset
@@ -187,10 +189,9 @@ def train_row(cfg: RunConfig, cache_dir: str | Path, run_dir: Path, budget: dict
     elif done is None:
         log.info("training %s for %.1f min", run_dir.name, budget["minutes"])
         train(cache_dir, run_dir, cfg, minutes=budget["minutes"], device=device, progress=progress)
-    else:
-        left = max(budget["minutes"] * 60.0 - done, 0.0) / 60
-        log.info("resuming %s for the remaining %.1f min", run_dir.name, left)
-        train(cache_dir, run_dir, minutes=left, resume=True, device=device, progress=progress)
+    elif (left := budget["minutes"] * 60.0 - done) > 0:
+        log.info("resuming %s for the remaining %.1f min", run_dir.name, left / 60)
+        train(cache_dir, run_dir, minutes=left / 60, resume=True, device=device, progress=progress)
     write_json(finished, {"budget_minutes": budget["minutes"], "budget_steps": budget["steps"]})
 
 
@@ -229,18 +230,31 @@ def run_experiment(
     rows = select_rows(table, table_rows(table, base, baselines_3d, patch_3d), only)
     check_sampling(base.diffusion, sampler, steps)  # before hours of training, not after
     budget = {"minutes": None if budget_steps is not None else budget_minutes, "steps": budget_steps}
-    claim_folder(out_dir, table, {} if table == "table2" else budget)
-    if table == "table2":
-        from mddose.experiments.timing import run_timing
+    if budget_steps is None and not (math.isfinite(budget_minutes) and budget_minutes > 0):
+        raise MddoseError(f"--budget-minutes must be a positive number of minutes, not {budget_minutes}")
+    with claim(out_dir, "mddose experiment", [cache_dir, data_dir], resume=True) as out_dir:
+        claim_folder(out_dir, table, {} if table == "table2" else budget)
+        if table == "table2":
+            from mddose.experiments.timing import run_timing
 
-        return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
-    methods = {name: _train_and_predict(name, cfg, cache_dir, data_dir, out_dir, budget, sampler, steps, samples,
-                                        device, progress) for name, cfg in rows.items()}
+            return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
+        methods = {name: _train_and_predict(name, cfg, cache_dir, data_dir, out_dir, budget, sampler, steps, samples,
+                                            device, progress) for name, cfg in rows.items()}
+        return _tabulate(table, rows, methods, base, cache_dir, data_dir, out_dir, budget, sampler, steps, samples,
+                         baselines_3d, progress)
+
+
+def _tabulate(table: str, rows: dict[str, RunConfig], methods: dict[str, Any], base: RunConfig,
+              cache_dir: str | Path, data_dir: str | Path, out_dir: Path, budget: dict[str, Any], sampler: str,
+              steps: int, samples: int, baselines_3d: bool, progress: bool) -> dict[str, Any]:
+    """Evaluate every row's predictions (the experiment's own evaluation, redone each time), write the table and
+    experiment.json."""
+    budget_minutes, budget_steps = budget["minutes"], budget["steps"]
     names = list(rows)
     shown = list_patients(data_dir)[0].name  # the paper's Figs. 3 and 4 for one patient: every method side by side
     summary = evaluate(data_dir, [out_dir / "preds" / n for n in names], out_dir / "eval", names=names,
                        against=reference_row(table), gamma=False, figures=evaluation_figures, figure_patients=[shown],
-                       progress=progress)
+                       progress=progress, overwrite=True)
     sampling = f"{sampler} with {steps} steps and {samples} sample(s)"
     if table == "table1":
         sampling += (" for the diffusion models, one forward pass for the deterministic ones"
@@ -262,9 +276,9 @@ def _train_and_predict(name: str, cfg: RunConfig, cache_dir: str | Path, data_di
     """One row: trained to the budget (resumed where it stopped), predicted unless already done, described."""
     run_dir, pred_dir = out_dir / "runs" / name, out_dir / "preds" / name
     train_row(cfg, cache_dir, run_dir, budget, device, progress)
-    if not _predicted_with(pred_dir, cfg, sampler, steps, samples):
+    if not _predicted_with(pred_dir, cfg, sampler, steps, samples):  # the experiment's own: replaced
         predict(run_dir, data_dir, pred_dir, sampler=sampler, steps=steps, samples=samples, device=device,
-                nifti=False, progress=progress)
+                nifti=False, progress=progress, overwrite=True)
     trainer = RunFolder(run_dir).trainer_state() or {}
     timing = json.loads((pred_dir / "prediction.json").read_text())
     return {

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_output_dir, filling, write_json
+from mddose.atomic import write_json
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import (mirror_swaps, patient_window, resize_inputs, slice_mask, structure_channels,
                                  swapped_order)
@@ -31,10 +31,13 @@ from mddose.data.prescriptions import check_prescriptions, dose_scale, read_pres
 from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling, sample_many
 from mddose.errors import MddoseError
+from mddose.inference.bounds import (check_predicted, check_samples, check_smoothing, check_voxels,
+                                    training_voxel_mm)
 from mddose.inference.regression import predict_volume_3d, regress
 from mddose.inference.scope import read_profile, require_target, scope_warnings
 from mddose.inference.smoothing import default_smoothing, smooth_across_slices
 from mddose.models.build import build_model
+from mddose.ownership import filling
 from mddose.runs.checkpoint import load_weights
 from mddose.runs.layout import CONFIG, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config
@@ -125,6 +128,7 @@ def predict_volume(
     dose = smooth_across_slices(dose, vol.full_mask(), sigma, vol.spacing[2], keep=targets)
     if not (np.isfinite(dose).all() and np.isfinite(std).all()):  # never written: no prediction may hold a NaN
         raise MddoseError(f"{vol.patient_id}: the network produced non-finite doses")
+    check_predicted(dose, cfg.data, vol.patient_id)  # nor a dose no plan reaches (an edited dose_norm_gy)
     return dose, std
 
 
@@ -191,6 +195,7 @@ def predict(
     mirror: bool = False,
     smooth_mm: float | None = None,
     prescriptions: dict[str, float] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
 
@@ -202,10 +207,12 @@ def predict(
     ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`).
 
     While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.atomic.INCOMPLETE`) that ``evaluate``
-    refuses; it goes only once every patient and ``prediction.json`` are written.
+    refuses; it goes only once every patient and ``prediction.json`` are written. ``out_dir`` is claimed
+    (:func:`~mddose.ownership.claim`): an earlier finished prediction there is replaced only with ``overwrite``.
+    Patients the network would see at another scale than in training are refused (:mod:`~mddose.inference.bounds`).
     """
-    out_dir = check_output_dir(out_dir)
     folders = list_patients(data_dir)
+    check_samples(samples)
     dev = resolve_device(device)
     batch_size = prediction_batch(dev, batch_size)
     cfg, model, folder = load_model(run, dev)
@@ -214,16 +221,15 @@ def predict(
     else:
         sampler, steps = cfg.diffusion.sampling(sampler, steps)
         check_sampling(cfg.diffusion, sampler, steps)
-    smooth_mm = default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm
-    if smooth_mm < 0:
-        raise MddoseError(f"the smoothing across slices must be ≥ 0 mm, not {smooth_mm}")
+    smooth_mm = check_smoothing(default_smoothing(cfg.volumetric) if smooth_mm is None else smooth_mm)
     prescriptions = check_prescriptions(prescriptions or {}, cfg.data.rois)
     for patient_folder in folders:  # before any work: every patient has a target
         require_target(patient_folder, cfg.data.rois)
+    warnings = check_voxels(folders, training_voxel_mm(folder, cfg.data), cfg.data)
     profile, notes = read_profile(folder), {}
     times: dict[str, float] = {}
     tuner = ThreadTuner(dev, probe=2, every=40)  # across patients: a busy machine is noticed within a patient
-    with filling(out_dir, "mddose predict"):
+    with filling(out_dir, "mddose predict", inputs=[run, data_dir], overwrite=overwrite) as out:
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             scale, notes[patient.patient_id] = _checked(patient, patient_folder, cfg, profile, prescriptions)
@@ -234,7 +240,7 @@ def predict(
                                        mirror=mirror, smooth_mm=smooth_mm)
             dose, std = dose * np.float32(scale), std * np.float32(scale)
             times[patient.patient_id] = round(time.perf_counter() - start, 3)
-            _write_patient(out_dir, patient_folder, patient, dose, std if samples > 1 else None, nifti)
+            _write_patient(out, patient_folder, patient, dose, std if samples > 1 else None, nifti)
         tuner.restore()
         summary = {
             "checkpoint": str(folder), "data_dir": str(data_dir), "objective": cfg.objective, "sampler": sampler,
@@ -243,8 +249,9 @@ def predict(
             "device": str(dev),
             "n_patients": len(times), "seconds_per_patient": times, "patients": notes,
             "mean_seconds_per_patient": round(float(np.mean(list(times.values()))), 3) if times else None,
+            "warnings": warnings,
         }
-        write_json(out_dir / "prediction.json", summary)
+        write_json(out / "prediction.json", summary)
     return summary
 
 

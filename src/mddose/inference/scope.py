@@ -6,8 +6,8 @@
 - **Out of scope, said in one line.** ``train`` writes the training set's profile (``training_set.json`` in the
   run folder, shipped with the weights): the extent of the patients' possible-dose masks along z and in-plane,
   their voxel size and the OARs contoured. A patient far outside it (a lung CT's 300 mm against head-and-neck
-  slabs, a 4-slice CT, 1 mm voxels on a 3.9 mm model), or one with few of the model's OARs, or fewer slices than
-  the network's context reads, is predicted with a warning (:func:`scope_warnings`).
+  slabs, a 4-slice CT), or one with few of the model's OARs, or fewer slices than the network's context reads, is
+  predicted with a warning (:func:`scope_warnings`). Voxel sizes are :mod:`mddose.inference.bounds`'s to check.
 """
 
 from __future__ import annotations
@@ -106,8 +106,4 @@ def _outside_profile(patient: Patient, zs: np.ndarray, profile: dict[str, Any]) 
         lo, hi = profile[key]["min"], profile[key]["max"]
         if not lo / SLACK <= value <= hi * SLACK:
             lines.append(f"{words[key]} {value:.0f} mm (training set {lo:.0f}–{hi:.0f} mm)")
-    lo, hi = (np.asarray(profile["spacing_mm"][k]) for k in ("min", "max"))
-    if np.any(np.asarray(patient.spacing) < lo / SLACK) or np.any(np.asarray(patient.spacing) > hi * SLACK):
-        lines.append(f"voxels {' × '.join(f'{s:.2g}' for s in patient.spacing)} mm (training set "
-                     f"{' × '.join(f'{s:.2g}' for s in lo)} to {' × '.join(f'{s:.2g}' for s in hi)} mm)")
-    return lines
+    return lines  # the voxel size is inference/bounds.py's to check

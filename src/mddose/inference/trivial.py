@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mddose.atomic import filling
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.data.patient import Patient
+from mddose.ownership import filling
 
 
 def trivial_dose(patient: Patient) -> np.ndarray:
@@ -25,10 +25,12 @@ def trivial_dose(patient: Patient) -> np.ndarray:
     return dose * patient.possible_dose_mask
 
 
-def predict_trivial(data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> list[Path]:
-    """Write the trivial baseline of every patient in ``data_dir`` as ``OUT_DIR/pt_N.csv``."""
+def predict_trivial(data_dir: str | Path, out_dir: str | Path, progress: bool = True,
+                    overwrite: bool = False) -> list[Path]:
+    """Write the trivial baseline of every patient in ``data_dir`` as ``OUT_DIR/pt_N.csv`` (an earlier finished
+    baseline there is replaced only with ``overwrite``)."""
     folders, written = list_patients(data_dir), []
-    with filling(out_dir, "mddose baseline") as out:  # refused by evaluate until every patient is written
+    with filling(out_dir, "mddose baseline", inputs=[data_dir], overwrite=overwrite) as out:  # refused by evaluate until every patient is written
         for folder in tqdm(folders, desc="trivial", unit="pt", disable=not progress):
             patient = read_patient(folder, read_ct=False, read_dose=False)  # targets and mask are all it needs
             path = out / f"{patient.patient_id}.csv"

@@ -36,15 +36,14 @@ from typing import Any
 import numpy as np
 
 from mddose import __version__
-from mddose.atomic import check_output_dir
-from mddose.data.openkbp import check_dose, find_file, read_dose_csv, read_sparse_csv
+from mddose.data.openkbp import check_dose_range, find_file, read_dose_csv, read_sparse_csv
 from mddose.errors import MddoseError
 from mddose.io.dicom_import import SIDECAR, SIDECAR_FORMAT
 from mddose.io.dicom_scan import PREDICTED_DOSE_DESCRIPTION, DicomFile, find_ct_series, read_header
 from mddose.io.dicom_write import DoseLabel, identity_from, rtdose_dataset, save_dataset
-from mddose.io.export_checks import (check_belongs, check_has_target, check_inside_mask, check_not_an_input,
-                                     check_output_place)
+from mddose.io.export_checks import check_belongs, check_has_target, check_inside_mask, check_output_place
 from mddose.io.geometry import VolumeGeometry
+from mddose.ownership import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,20 @@ def _is_own_dose(prediction: Path, dose: np.ndarray, patient_dir: Path, shape: t
     return own is not None and np.array_equal(read_dose_csv(own, shape), dose)
 
 
+def _exported_rtdose(path: Path) -> bool:
+    """Whether ``path`` is an RTDOSE this exporter wrote (its Manufacturer is mddose)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - pydicom raises many types for what is not DICOM
+        return False
+    return ds.get("Modality") == "RTDOSE" and ds.get("Manufacturer") == "mddose"
+
+
 def export_dose_dicom(
-    prediction: str | Path, dicom_dir: str | Path, out_file: str | Path, patient_dir: str | Path | None = None
+    prediction: str | Path, dicom_dir: str | Path, out_file: str | Path, patient_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``prediction`` as an RTDOSE file ``out_file`` on the CT of ``dicom_dir``.
 
@@ -136,25 +147,25 @@ def export_dose_dicom(
         out_file: the RTDOSE file to write (not inside ``dicom_dir``).
         patient_dir: the folder made by ``import-dicom``; needed when ``prediction`` is a file, defaults to
             ``prediction`` when it is a folder.
+        overwrite: replace an RTDOSE an earlier export wrote at ``out_file`` (any other file is refused).
     """
     prediction, dicom_dir, out_file = Path(prediction), Path(dicom_dir), Path(out_file)
     patient_dir = _patient_dir(prediction, patient_dir)
     if out_file.is_dir():
         raise MddoseError("output is a folder; give a file name such as RD_predicted.dcm", out_file)
     check_output_place(out_file, dicom_dir)
-    check_not_an_input(out_file, [prediction, *sorted(patient_dir.iterdir())] if patient_dir.is_dir() else [])
-    check_output_dir(out_file.parent)
+    check_output_file(out_file, "mddose export-dicom", [prediction, dicom_dir, patient_dir], _exported_rtdose,
+                      overwrite)
     sidecar = load_sidecar(patient_dir)
     check_has_target(patient_dir, sidecar)
     check_belongs(prediction, patient_dir, sidecar)
     model = VolumeGeometry.from_dict(sidecar["model_geometry"])
     dose = _load_prediction(prediction, model)
-    check_dose(dose, prediction)
+    check_dose_range(dose, prediction)
     mask_path = find_file(patient_dir, "possible_dose_mask")
     if mask_path is not None:
         check_inside_mask(dose, read_sparse_csv(mask_path, model.shape, mask=True), prediction, patient_dir)
     ct, files = find_ct_series(dicom_dir, str(sidecar["ct_series_instance_uid"]))
-    check_not_an_input(out_file, [f.path for f in files])
     first = _check_ct(ct, sidecar)
     own = _is_own_dose(prediction, dose, patient_dir, model.shape)
     label = reference_label(files, sidecar) if own else predicted_label()

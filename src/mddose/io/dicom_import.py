@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mddose.atomic import atomic_dir, write_json
+from mddose.atomic import write_json
 from mddose.data.openkbp import write_patient
 from mddose.data.prescriptions import check_prescriptions, write_prescriptions
 from mddose.data.patient import Patient, RoiConfig
@@ -50,6 +50,7 @@ from mddose.io.geometry import (
 from mddose.io.rasterise import rasterise_roi
 from mddose.io.roi_map import (BODY, assign_dosed_targets, load_roi_map, map_roi_names, split_roi_map,
                               target_fix)
+from mddose.ownership import claim
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +181,6 @@ def _rasterise(mapping: dict[str, list[str]], contours: dict[str, list[np.ndarra
     return out
 
 
-def _check_out_dir(out_dir: Path, dicom_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / SIDECAR).is_file())):
-        raise MddoseError("output exists and is not a patient folder made by import-dicom; choose a new folder",
-                          out_dir)
-    if out_dir.resolve().is_relative_to(dicom_dir.resolve()):
-        raise MddoseError("output folder must not be inside the DICOM folder", out_dir)
-
-
 def import_dicom(
     dicom_dir: str | Path,
     out_dir: str | Path,
@@ -195,16 +188,19 @@ def import_dicom(
     grid: ModelGrid | None = None,
     rois: RoiConfig | None = None,
     prescriptions: dict[str, float] | None = None,
+    overwrite: bool = False,
 ) -> ImportResult:
     """Import one patient's DICOM folder into the patient folder ``out_dir`` (its name is the patient id).
 
     Args:
         dicom_dir: folder with the CT series, an RTSTRUCT and optionally an RTDOSE (and RTPLAN).
-        out_dir: patient folder to write (new, or one written by a previous import, which is replaced).
+        out_dir: patient folder to write, claimed (:func:`mddose.ownership.claim`): new or empty, or one written
+            by a previous import, replaced with ``overwrite``; never inside ``dicom_dir``.
         roi_map: ROI-name map: a JSON/YAML file or a dict (see :mod:`mddose.io.roi_map`).
         grid: the model grid; default :class:`ModelGrid` (OpenKBP geometry).
         rois: the model's ROI names; default OpenKBP's.
         prescriptions: stated prescriptions (model target → Gy), over those of the ROI map and the names.
+        overwrite: replace an earlier import in ``out_dir``.
 
     Raises:
         MddoseError: bad input (see :mod:`mddose.io.dicom_scan` and :mod:`mddose.io.rasterise`); nothing is
@@ -215,14 +211,28 @@ def import_dicom(
     map_path = Path(roi_map) if isinstance(roi_map, str | Path) else None
     map_dict, stated = split_roi_map(load_roi_map(map_path) if map_path is not None else roi_map or {}, rois,
                                      map_path)
-    _check_out_dir(out_dir, dicom_dir)
+    stated |= check_prescriptions(prescriptions or {}, rois)
+    with claim(out_dir, "mddose import-dicom", [dicom_dir, map_path], overwrite=overwrite, whole=True) as tmp:
+        patient, sidecar, stated = _import(dicom_dir, out_dir.name, grid, rois, map_dict, map_path, stated)
+        write_patient(patient, tmp)
+        write_prescriptions(tmp, stated)
+        write_json(tmp / SIDECAR, sidecar)
+    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(patient.structures),
+             tuple(sidecar["ct_geometry"]["shape"]), grid.shape)
+    return ImportResult(out_dir, patient, sidecar)
+
+
+def _import(dicom_dir: Path, patient_id: str, grid: ModelGrid, rois: RoiConfig, map_dict: Any,
+            map_path: Path | None, stated: dict[str, float]) -> tuple[Patient, dict[str, Any], dict[str, float]]:
+    """The patient on the model grid, its ``dicom_geometry.json`` and its prescriptions (those the targets' names
+    state, under ``stated``: the ROI map's and the user's), read from the DICOM folder."""
     # read: CT, contours mapped to the model's ROIs, the dose
     study = scan_dicom_dir(dicom_dir)
     assert study.rtstruct is not None
     ct, ct_geometry, ct_headers = read_ct_series(study.ct)
     _warn_short_ct(ct_geometry, grid)
     masks, mapping, unmapped, named = _read_masks(study, ct_geometry, rois, map_dict, map_path)
-    stated = named | stated | check_prescriptions(prescriptions or {}, rois)
+    stated = named | stated
     dose = _read_dose(study)
     # place the model grid on the body (centred on the targets where the body is too long) and resample
     body_src, body_box = _body_box(masks, mapping, ct, study)
@@ -236,17 +246,11 @@ def import_dicom(
         possible &= inside(dose.geometry, model)
         dose_model = np.where(possible, resample(dose.dose, dose.geometry, model, order=1, cval=0.0), 0.0)
     _warn_if_unusable(possible, structures, rois, dose is not None)
-    patient = Patient(out_dir.name, ct_model, possible, grid.spacing, structures, dose_model, rois)
+    patient = Patient(patient_id, ct_model, possible, grid.spacing, structures, dose_model, rois)
     _require_target(patient, unmapped, dicom_dir)
     _warn_off_prescription(patient, stated)
-    # write the patient folder and the geometry sidecar, as one folder
     sidecar = _sidecar(study, ct_headers, ct_geometry, model, crops, body_src, mapping, unmapped, volumes, dose)
-    with atomic_dir(out_dir) as tmp:
-        write_patient(patient, tmp)
-        write_prescriptions(tmp, stated)
-        write_json(tmp / SIDECAR, sidecar)
-    log.info("imported %s: %d ROIs, CT %s → model %s", dicom_dir, len(structures), ct_geometry.shape, grid.shape)
-    return ImportResult(out_dir, patient, sidecar)
+    return patient, sidecar, stated
 
 
 def _read_masks(study: DicomStudy, ct_geometry: VolumeGeometry, rois: RoiConfig, map_dict: Any, map_path: Path | None

@@ -15,8 +15,6 @@ Each refusal is one :class:`~mddose.errors.MddoseError` line; nothing is written
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +90,3 @@ def check_output_place(out_file: Path, dicom_dir: Path) -> None:
     raise MddoseError(f"the output lies inside the DICOM folder {dicom_dir}: a second RTDOSE beside the planning "
                       "system's makes the folder ambiguous for import-dicom and qa; write it outside that folder",
                       out_file)
-
-
-def check_not_an_input(out_file: Path, inputs: Iterable[Path]) -> None:
-    """Refuse an output that is (the same file as) one of ``inputs``."""
-    if not out_file.exists():
-        return
-    for path in inputs:
-        if path.is_file() and os.path.samefile(out_file, path):
-            raise MddoseError(f"the output is an input of this export ({path}): refusing to write over it",
-                              out_file)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mddose.data.patient import OPENKBP_SHAPE
+from mddose.data.patient import OPENKBP_SHAPE, grid_problem
 
 OPENKBP_SPACING: tuple[float, float, float] = (3.906, 3.906, 2.5)
 # Columns: world (LPS) direction of array axes 0 (posterior), 1 (left) and 2 (inferior).
@@ -104,6 +104,10 @@ class VolumeGeometry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VolumeGeometry:
+        """From :meth:`to_dict`'s JSON; ValueError for a shape no grid has (see :func:`grid_problem`)."""
+        problem = grid_problem(tuple(int(n) for n in d["shape"]))
+        if problem is not None:
+            raise ValueError(problem)
         return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(map(tuple, d["direction"])))
 
 

@@ -17,17 +17,19 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from mddose.atomic import atomic_dir, check_output_dir, write_bytes
+from mddose.atomic import check_output_dir, write_bytes
 from mddose.data.openkbp import check_on_grid, find_file, read_dose_csv, read_patient
 from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.io.geometry import VolumeGeometry, default_geometry
+from mddose.ownership import check_inputs, claim
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +82,23 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, VolumeGeometry]:
 
 
 def write_patient_nifti(patient: Patient, out_dir: str | Path, geometry: VolumeGeometry | None = None,
-                        dose: np.ndarray | None = None) -> Path:
-    """Write a patient as NIfTI files into the folder ``out_dir`` (new, or a NIfTI patient folder, which is
-    replaced as a whole, atomically).
+                        dose: np.ndarray | None = None, inputs: Sequence[str | Path | None] = (),
+                        overwrite: bool = False) -> Path:
+    """Write a patient as NIfTI files into the folder ``out_dir``, as a whole, atomically; ``out_dir`` is claimed
+    (:func:`mddose.ownership.claim`): new or empty, or an earlier export replaced with ``overwrite``.
 
     ``dose`` (e.g. a prediction) replaces the patient's own dose in ``dose.nii.gz``.
     """
     geometry = geometry or default_geometry(patient.shape, patient.spacing)
     dose = patient.dose if dose is None else dose
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and _find(out_dir, "ct") is None)):
-        raise MddoseError("output exists and is not a NIfTI patient folder; choose a new folder", out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with claim(out_dir, "mddose export-nifti", inputs, overwrite=overwrite, whole=True) as tmp:
         save_volume(tmp / f"ct{SUFFIX}", patient.ct, geometry)
         save_volume(tmp / f"possible_dose_mask{SUFFIX}", patient.possible_dose_mask, geometry)
         for name, mask in patient.structures.items():
             save_volume(tmp / f"{name}{SUFFIX}", mask, geometry)
         if dose is not None:
             save_volume(tmp / f"dose{SUFFIX}", np.asarray(dose, dtype=np.float32), geometry)
-    return out_dir
+    return Path(out_dir)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -163,13 +163,15 @@ def patient_geometry(patient_dir: str | Path) -> VolumeGeometry | None:
         raise MddoseError(f"bad geometry sidecar ({type(e).__name__}: {e})", path) from None
 
 
-def export_nifti(patient_dir: str | Path, out_dir: str | Path, prediction: str | Path | None = None) -> Path:
+def export_nifti(patient_dir: str | Path, out_dir: str | Path, prediction: str | Path | None = None,
+                 overwrite: bool = False) -> Path:
     """Write an OpenKBP-layout patient folder (and optionally a predicted dose CSV ``pt_N.csv``) as NIfTI.
 
     The grid is placed where ``dicom_geometry.json`` says (folders made by ``import-dicom``), else in our
     orientation centred at 0.
     """
     patient_dir, out_dir = Path(patient_dir), check_output_dir(out_dir)
+    check_inputs(out_dir, [patient_dir, prediction])
     geometry = patient_geometry(patient_dir)
     shape = geometry.shape if geometry is not None else None
     patient = read_patient(patient_dir, shape=shape) if shape else read_patient(patient_dir)
@@ -183,6 +185,6 @@ def export_nifti(patient_dir: str | Path, out_dir: str | Path, prediction: str |
             prediction = found
         dose = read_dose_csv(prediction, patient.shape)
         check_on_grid(dose, patient.possible_dose_mask, prediction)
-    out = write_patient_nifti(patient, out_dir, geometry, dose)
+    out = write_patient_nifti(patient, out_dir, geometry, dose, inputs=[patient_dir, prediction], overwrite=overwrite)
     log.info("wrote %s as NIfTI to %s", patient.patient_id, out)
     return out

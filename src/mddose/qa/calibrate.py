@@ -11,9 +11,10 @@ from tqdm.auto import tqdm
 
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.errors import MddoseError
+from mddose.ownership import check_output_file, json_with
 from mddose.qa.metrics import patient_qa_metrics
 from mddose.qa.run import Predictor
-from mddose.qa.tolerance import ERROR_TABLE, ErrorTable, table_info
+from mddose.qa.tolerance import ERROR_TABLE, TABLE_FORMAT, ErrorTable, table_info
 
 
 def calibrate(predictor: Predictor, val_dir: str | Path, out: str | Path | None = None,
@@ -24,6 +25,9 @@ def calibrate(predictor: Predictor, val_dir: str | Path, out: str | Path | None 
     ``predictions``: a folder of ``pt_N.csv`` already predicted by this model (``mddose predict``); its
     ``prediction.json`` then says how they were sampled. Without it every patient is predicted here.
     """
+    path = Path(out) if out else predictor.weights.parent / ERROR_TABLE
+    check_output_file(path, "mddose qa-calibrate", [val_dir, predictions], json_with("format", TABLE_FORMAT),
+                      overwrite=True)  # an earlier table is refreshed; any other file is refused
     diffs: dict[str, dict[str, list[float]]] = {}
     folders = list_patients(val_dir)
     for folder in tqdm(folders, desc="qa-calibrate", unit="pt", disable=not progress):
@@ -46,7 +50,6 @@ def calibrate(predictor: Predictor, val_dir: str | Path, out: str | Path | None 
     sampling = _sampling(predictor, predictions)
     info = table_info(predictor.weights, len(folders), source=str(val_dir), **sampling)
     table = ErrorTable.from_differences(list(predictor.rois.all), diffs, **info)
-    path = Path(out) if out else predictor.weights.parent / ERROR_TABLE
     return table, table.save(path)
 
 

@@ -1,6 +1,7 @@
 """``mddose qa``: predict the achievable dose for a patient, compare the clinical plan with it, write the results.
 
-Output folder (written as a whole: an interrupted or failed run leaves nothing)::
+Output folder (written as a whole: an interrupted or failed run leaves nothing; an earlier QA there is replaced
+only with ``overwrite``, a folder holding anything else is refused: :func:`mddose.ownership.claim`)::
 
     OUT_DIR/
       qa.json            everything below, machine-readable (schema: docs/qa.md)
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mddose.atomic import atomic_dir, check_output_dir, write_json, write_text
+from mddose.atomic import write_json, write_text
 from mddose.data.cache import CachedPatient
 from mddose.data.dataset import DataConfig
 from mddose.data.prescriptions import check_prescriptions, dose_scale, read_prescriptions
@@ -34,6 +35,7 @@ from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rat
 from mddose.inference.scope import read_profile, scope_warnings
 from mddose.io.geometry import ModelGrid, VolumeGeometry
 from mddose.io.nifti import patient_geometry
+from mddose.ownership import claim
 from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import plan_source, read_plan, read_qa_patient
 from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
@@ -62,10 +64,12 @@ class ModelPredictor:
                  samples: int = DEFAULT_SAMPLES,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
         from mddose.diffusion.sampling import check_sampling
+        from mddose.inference.bounds import check_samples, training_voxel_mm
         from mddose.inference.predict import load_model
         from mddose.inference.smoothing import default_smoothing
 
         self.device = resolve_device(device)
+        check_samples(samples)
         self.cfg, self.model, self.folder = load_model(model, self.device)
         if self.cfg.objective == "regression":
             sampler, steps, samples = "none", 0, 1
@@ -79,9 +83,13 @@ class ModelPredictor:
         self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
         self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
                      "smooth_mm": default_smoothing(self.cfg.volumetric), "seed": seed, "device": str(self.device)}
+        self.trained_voxel = training_voxel_mm(self.folder, self.cfg.data)
 
     def samples(self, patient: Patient) -> np.ndarray:
+        from mddose.inference.bounds import check_voxel
         from mddose.inference.predict import predict_volume
+
+        check_voxel(patient.spacing, patient.shape, self.trained_voxel, self.cfg.data, patient.patient_id)
 
         vol = CachedPatient.from_patient(patient, self.cfg.data.prior_angles)
         draws = [predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps,
@@ -93,42 +101,51 @@ class ModelPredictor:
 def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | None, out_dir: str | Path,
            errors: str | Path | None = None, z: float = DEFAULT_Z, gamma: bool = True,
            roi_map: str | Path | None = None, grid: ModelGrid | None = None,
-           prescriptions: dict[str, float] | None = None) -> dict[str, Any]:
+           prescriptions: dict[str, float] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Check one plan; returns what ``qa.json`` holds. ``errors`` defaults to the model's ``qa_errors.json``.
-    ``prescriptions``: stated ones (over the patient folder's), which scale the prediction as ``predict`` does."""
+    ``prescriptions``: stated ones (over the patient folder's), which scale the prediction as ``predict`` does.
+    ``overwrite``: replace an earlier qa's output in ``out_dir`` (a folder holding anything else is refused)."""
     began = time.perf_counter()
-    out_dir = check_output_dir(out_dir)
     table_path = Path(errors) if errors else predictor.weights.parent / ERROR_TABLE
+    inputs = [predictor.weights.parent, patient_dir, plan, table_path, roi_map]
+    with claim(out_dir, "mddose qa", inputs, overwrite=overwrite, whole=True) as tmp:
+        return _run(predictor, Path(patient_dir), plan, tmp, Path(out_dir), table_path, z, gamma, roi_map, grid,
+                    prescriptions, began)
+
+
+def _run(predictor: Predictor, patient_dir: Path, plan: str | Path | None, tmp: Path, out_dir: Path,
+         table_path: Path, z: float, gamma: bool, roi_map: str | Path | None, grid: ModelGrid | None,
+         prescriptions: dict[str, float] | None, began: float) -> dict[str, Any]:
+    """The QA itself, written into the temporary folder that becomes ``out_dir``."""
     table = ErrorTable.load(table_path)
     if table.rois != list(predictor.rois.all):
         raise MddoseError(f"the error table is for ROIs {', '.join(table.rois)}, the model has "
                           f"{', '.join(predictor.rois.all)}", table_path)
     warnings = _table_warnings(table, predictor.weights)
-    with atomic_dir(out_dir) as tmp:
-        patient, folder = read_qa_patient(Path(patient_dir), predictor.rois, tmp / "patient",
-                                          Path(roi_map) if roi_map else None, grid)
-        plan_dose = read_plan(Path(plan) if plan else None, patient, folder)
-        stated = read_prescriptions(folder, predictor.rois) | check_prescriptions(prescriptions or {}, predictor.rois)
-        scale, note = dose_scale(patient.prescriptions, stated)
-        warnings += scope_warnings(patient, predictor.data, read_profile(predictor.weights.parent))
-        warnings += [note] if note else []
-        samples = predictor.samples(patient) * np.float32(scale)
-        result = check_plan(patient, plan_dose, samples, table, z, stated)
-        g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
-        imported = folder != Path(patient_dir)  # a DICOM folder, imported into out_dir/patient/ (here: tmp)
-        summary = {
-            "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(Path(patient_dir).absolute()),
-            "imported_to": str((out_dir / "patient" / folder.name).absolute()) if imported else None,
-            "plan": str(plan_source(Path(plan) if plan else None, Path(patient_dir), folder)),
-            "model": predictor.info,
-            "error_table": {"path": str(table_path.absolute()), **{k: table.info.get(k) for k in ("patients", "date")}},
-            "z": z, "dose_scale": scale, "stated_prescriptions": stated, "flagged": result.flagged,
-            "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate), "reason": g.reason},
-            "rows": [r.to_dict() for r in result.rows], "warnings": warnings,
-        }
-        _write_outputs(tmp, patient, plan_dose, result, summary, patient_geometry(folder))
-        summary["seconds"] = round(time.perf_counter() - began, 1)
-        write_json(tmp / "qa.json", summary)
+    patient, folder = read_qa_patient(patient_dir, predictor.rois, tmp / "patient", Path(roi_map) if roi_map else None,
+                                      grid)
+    plan_dose = read_plan(Path(plan) if plan else None, patient, folder)
+    stated = read_prescriptions(folder, predictor.rois) | check_prescriptions(prescriptions or {}, predictor.rois)
+    scale, note = dose_scale(patient.prescriptions, stated)
+    warnings += scope_warnings(patient, predictor.data, read_profile(predictor.weights.parent))
+    warnings += [note] if note else []
+    samples = predictor.samples(patient) * np.float32(scale)
+    result = check_plan(patient, plan_dose, samples, table, z, stated)
+    g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
+    imported = folder != patient_dir  # a DICOM folder, imported into out_dir/patient/ (here: tmp)
+    summary = {
+        "format": QA_FORMAT, "patient": patient.patient_id, "patient_dir": str(patient_dir.absolute()),
+        "imported_to": str((out_dir / "patient" / folder.name).absolute()) if imported else None,
+        "plan": str(plan_source(Path(plan) if plan else None, patient_dir, folder)),
+        "model": predictor.info,
+        "error_table": {"path": str(table_path.absolute()), **{k: table.info.get(k) for k in ("patients", "date")}},
+        "z": z, "dose_scale": scale, "stated_prescriptions": stated, "flagged": result.flagged,
+        "gamma": {"criteria": GAMMA_CRITERIA, "pass_rate": _num(g.pass_rate), "reason": g.reason},
+        "rows": [r.to_dict() for r in result.rows], "warnings": warnings,
+    }
+    _write_outputs(tmp, patient, plan_dose, result, summary, patient_geometry(folder))
+    summary["seconds"] = round(time.perf_counter() - began, 1)
+    write_json(tmp / "qa.json", summary)
     return summary
 
 

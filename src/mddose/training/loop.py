@@ -15,6 +15,7 @@ bit-identical weights in a single process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from mddose.atomic import check_output_dir, write_json
+from mddose.atomic import write_json
 from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.data.volume import VolumeDataset
@@ -36,10 +37,12 @@ from mddose.device import ThreadTuner, bf16_pays, prediction_batch, resolve_devi
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
+from mddose.inference.bounds import input_voxel_mm
 from mddose.inference.predict import predict_volume
 from mddose.inference.scope import profile_of, write_profile
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
+from mddose.ownership import claim
 from mddose.runs.checkpoint import (load_trainer_state, load_weights, load_widened, save_checkpoint,
                                     warm_start_weights, weights_lineage)
 from mddose.runs.layout import CONFIG, TRAINER, RunFolder
@@ -122,7 +125,7 @@ class Trainer:
 
     def __init__(self, cache_dir: str | Path, run_dir: str | Path, config: RunConfig | None, resume: bool,
                  device: str, decay_steps: int | None = None, init_from: Path | None = None) -> None:
-        self.run = RunFolder(check_output_dir(run_dir))
+        self.run = RunFolder(run_dir)
         last = self.run.last
         if resume and not (last / TRAINER).is_file():
             raise MddoseError("nothing to resume: no checkpoints/last in the run folder", run_dir)
@@ -160,8 +163,16 @@ class Trainer:
         if self.cache.rois.all != cfg.data.rois.all:
             raise MddoseError("the cache's ROI configuration differs from the run's", cache_dir)
         self.train_ids, self.val_ids = split_patients(self.cache, cfg.train.val_patients)
+        no_dose = [pid for pid in self.cache.patient_ids if not self.cache.entries[pid].get("has_dose", True)]
+        if no_dose:
+            raise MddoseError(f"{', '.join(no_dose[:3])}{' …' if len(no_dose) > 3 else ''} "
+                              f"{'have' if len(no_dose) > 1 else 'has'} no dose: training needs every patient's dose "
+                              "(prepare a split whose patients have dose.csv)", cache_dir)
+        entries = [self.cache.entries[pid] for pid in self.train_ids]
+        self.input_voxel = [round(float(np.mean([input_voxel_mm(e["spacing"], e["full_shape"], cfg.data)[a]
+                                                 for e in entries])), 4) for a in range(3)]
         if self.rank == 0:  # the range of anatomy this model will know (predict warns outside it)
-            write_profile(self.run.root, profile_of([self.cache.entries[pid] for pid in self.train_ids]))
+            write_profile(self.run.root, profile_of(entries))
         volumes = cfg.volumetric  # a 3D baseline trains on random crops
         self.dataset = (VolumeDataset(self.cache, cfg.data, cfg.model.patch_size, self.train_ids) if volumes
                         else SliceDataset(self.cache, cfg.data, self.train_ids,
@@ -183,7 +194,7 @@ class Trainer:
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "history": [], "validation": [],
                                       "best": None, "train_ids": self.train_ids, "val_ids": self.val_ids,
-                                      "seconds": 0.0}
+                                      "seconds": 0.0, "input_voxel_mm": self.input_voxel}
         if self.lineage is not None:  # steps and seconds go on from the weights' own
             self.state.update(self.lineage)
         if resume:
@@ -298,10 +309,26 @@ def train(
     channels, which join with zero weights. ``planned_steps``: the steps this invocation is expected to make (the demo's
     plan); far fewer, or steps far slower than the run's best, end in a warning (terminal, history.json, the
     result's ``warning``).
+
+    The run folder is claimed (:func:`~mddose.ownership.claim`, resumable): a folder holding anything else is
+    refused, and so is one another process is training into.
     """
-    # setup
-    t = Trainer(cache_dir, run_dir, config, resume, device, decay_steps,
-                None if init_from is None else Path(init_from))
+    if max_steps is not None and max_steps < 1:
+        raise MddoseError(f"--max-steps must be at least 1, not {max_steps}")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise MddoseError(f"--minutes must be a positive number of minutes, not {minutes}")
+    inputs = [cache_dir, init_from]
+    owner = (claim(run_dir, "mddose train", inputs, resume=True) if int(os.environ.get("RANK", "0")) == 0
+             else contextlib.nullcontext(Path(run_dir)))  # under torchrun, rank 0 writes the run folder
+    with owner as folder:
+        t = Trainer(cache_dir, folder, config, resume, device, decay_steps,
+                    None if init_from is None else Path(init_from))
+        return _loop(t, max_steps, minutes, progress, planned_steps)
+
+
+def _loop(t: Trainer, max_steps: int | None, minutes: float | None, progress: bool,
+          planned_steps: int | None) -> dict[str, Any]:
+    """Train until the step or time budget is spent, then finish (see :func:`train`)."""
     cfg, state = t.cfg, t.state
     stop_step = max_steps if max_steps is not None else (None if minutes is not None else cfg.train.max_steps)
     deadline = time.monotonic() + minutes * 60 if minutes is not None else None

@@ -14,7 +14,9 @@
 
 Output: ``OUT_DIR/report.html`` with every image embedded (one file to keep or mail) and the same images as
 PNGs in ``OUT_DIR/figures/`` (for slides and papers); written atomically as one folder. Default ``OUT_DIR``:
-``SOURCE/report``. Sections are built from what the source holds; nothing is recomputed but the figures.
+``SOURCE/report``; an earlier report there is replaced only with ``overwrite``, and a folder holding anything
+else, or the files the report reads, is refused (:func:`mddose.ownership.claim`). Sections are built from what
+the source holds; nothing is recomputed but the figures.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import logging
 from pathlib import Path
 
 from mddose import __version__
-from mddose.atomic import atomic_dir, write_text
+from mddose.atomic import write_text
+from mddose.ownership import claim
 from mddose.viz import report_sections as sections
-from mddose.viz.report_data import find_sources, pick_patients, read_rows
+from mddose.viz.report_data import ReportSources, find_sources, pick_patients, read_rows
 from mddose.viz.report_html import page
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ def build_report(
     patient_ids: list[str] | None = None,
     method: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``report.html`` (+ ``figures/*.png``) for an evaluation, run or demo folder; returns the HTML path.
 
@@ -52,7 +56,7 @@ def build_report(
              "run": "mddose training report"}[found.kind]
     nav: list[tuple[str, str]] = []
     parts: list[str] = []
-    with atomic_dir(out_dir) as tmp:
+    with claim(out_dir, "mddose report", _inputs(found), overwrite=overwrite, whole=True) as tmp:
         figures = tmp / "figures"
         figures.mkdir()
         if found.summary is not None:
@@ -80,3 +84,16 @@ def build_report(
         write_text(tmp / "report.html", page(title, subtitle, nav, "".join(parts), footer))
     log.info("wrote %s", out_dir / "report.html")
     return out_dir / "report.html"
+
+
+def _inputs(found: ReportSources) -> list[Path | None]:
+    """What the report reads: the evaluation's files, the run's, the demo's, the reference and prediction folders."""
+    paths: list[Path | None] = [found.source / "demo.json"] if found.kind == "demo" else []
+    if found.eval_dir is not None:
+        paths += [found.eval_dir / name for name in ("summary.json", "per_patient.csv", "per_roi.csv")]
+        summary = found.summary or {}
+        paths.append(Path(summary["reference_dir"]) if summary.get("reference_dir") else None)
+        paths += [Path(m["prediction_dir"]) for m in summary.get("methods", {}).values() if m.get("prediction_dir")]
+    if found.run_dir is not None:
+        paths += [found.run_dir / name for name in ("config.json", "history.json")]
+    return paths
