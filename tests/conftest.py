@@ -33,6 +33,13 @@ def openkbp_split(name: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the real OpenKBP patients carry the ``openkbp`` marker (``-m "not openkbp"`` leaves them)."""
+    for item in items:
+        if {"openkbp_train", "openkbp_validation"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.openkbp)
+
+
 @pytest.fixture(scope="session")
 def openkbp_train() -> Path:
     return openkbp_split("train-pats")

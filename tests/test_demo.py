@@ -24,6 +24,7 @@ from mddose.experiments.demo import (
 from mddose.ownership import claim
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(

@@ -107,6 +107,7 @@ def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
     assert all(stamps[p] != p.stat().st_mtime_ns for p in stamps)
 
 
+@pytest.mark.slow
 def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
     data, cache = phantom_cache(tmp_path, patients=3)
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, baselines_3d=True,
@@ -147,6 +148,7 @@ def test_one_table_per_folder(tmp_path: Path) -> None:
         run_experiment("table3", cache, data, tmp_path / "exp", budget_minutes=0.02, **kw)
 
 
+@pytest.mark.slow
 def test_cli_table2_and_train_a_baseline(tmp_path: Path) -> None:
     data, cache = phantom_cache(tmp_path, patients=2)
     cfg = tmp_path / "micro.json"

@@ -45,6 +45,7 @@ def test_finetune_from_openkbp_folders_end_to_end(start_and_clinic: tuple[Path, 
     assert sorted(p.name for p in (tmp_path / "pred").glob("pt_*.csv")) == ["pt_4.csv", "pt_5.csv"]
 
 
+@pytest.mark.slow
 def test_finetune_from_dicom_folders(start_and_clinic: tuple[Path, Path], tmp_path: Path) -> None:
     start, clinic = start_and_clinic
     for folder in list_patients(clinic):

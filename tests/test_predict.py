@@ -54,6 +54,7 @@ def test_a_run_with_target_context_trains_and_predicts(tmp_path: Path) -> None:
         assert np.isfinite(dose).all() and (dose >= 0).all() and (dose[~p.possible_dose_mask] == 0).all()
 
 
+@pytest.mark.slow
 def test_cli_predict_then_evaluate(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run, data = trained
     proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", str(run), str(data), str(tmp_path / "p"),
@@ -81,6 +82,7 @@ def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None
     assert all(r["seconds_per_patient"] > 0 and r["dose_score"] >= 0 for r in saved["results"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["c3d", "hd-unet", "c3d-3d", "hd-unet-3d"])
 def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str) -> None:
     from mddose.runs.run_config import method_config

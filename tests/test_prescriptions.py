@@ -13,7 +13,6 @@ from mddose.data.prescriptions import FILE
 from mddose.errors import MddoseError
 from mddose.inference.predict import predict
 from mddose.inference.pretrained import pretrained_folder
-from tests.conftest import openkbp_split
 
 SCALE = 60 / 70
 STATED = {"PTV70": 60.0, "PTV63": 54.0, "PTV56": 48.0}  # OpenKBP's levels × 60/70
@@ -31,8 +30,9 @@ def _scaled_copy(source: Path, target: Path) -> None:
     (target / FILE).write_text(json.dumps(STATED))
 
 
-def test_a_scaled_openkbp_patient_is_predicted_as_the_original_scaled(tmp_path: Path) -> None:
-    source = openkbp_split("validation-pats") / "pt_201"
+@pytest.mark.slow
+def test_a_scaled_openkbp_patient_is_predicted_as_the_original_scaled(openkbp_validation: Path, tmp_path: Path) -> None:
+    source = openkbp_validation / "pt_201"
     (tmp_path / "orig").mkdir()
     (tmp_path / "orig" / "pt_201").symlink_to(source)
     _scaled_copy(source, tmp_path / "scaled" / "pt_201")
@@ -51,8 +51,9 @@ def test_a_scaled_openkbp_patient_is_predicted_as_the_original_scaled(tmp_path: 
     assert error_scaled == pytest.approx(np.abs(original - before.dose)[mask].mean() * SCALE, abs=0.01)
 
 
-def test_a_command_line_prescription_wins_and_absurd_ones_are_refused(tmp_path: Path) -> None:
-    source = openkbp_split("validation-pats") / "pt_201"
+def test_a_command_line_prescription_wins_and_absurd_ones_are_refused(openkbp_validation: Path,
+                                                                     tmp_path: Path) -> None:
+    source = openkbp_validation / "pt_201"
     (tmp_path / "pts").mkdir()
     (tmp_path / "pts" / "pt_201").symlink_to(source)
     with pytest.raises(MddoseError, match="more than 2× from the model's trained 70 Gy"):

@@ -8,7 +8,8 @@ threads, policy = int(sys.argv[1]), sys.argv[2]
 if policy != "default":
     os.environ["OMP_WAIT_POLICY"] = policy
 import time, torch
-from mddose.models.config import preset, build_model
+from mddose.models.build import build_model
+from mddose.models.config import preset
 torch.set_num_threads(threads)
 cfg = preset("small", cond_channels=11)
 m = build_model(cfg, seed=0); opt = torch.optim.AdamW(m.parameters(), 1e-4)

@@ -51,6 +51,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "ref": root / "ref", "A": root / "A", "B": root / "B"}
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(folders: dict[str, Path]) -> None:
     out = folders["root"] / "out"
     args = ["evaluate", str(folders["ref"]), str(folders["A"]), str(folders["B"]), "--out", str(out),

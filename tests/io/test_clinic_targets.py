@@ -48,6 +48,7 @@ def test_real_patient_without_a_mapped_target_is_refused_with_the_fix(tmp_path: 
     assert not (tmp_path / "pts").exists()
 
 
+@pytest.mark.slow
 def test_real_patient_with_a_stated_prescription_is_predicted_on_target(tmp_path: Path) -> None:
     (tmp_path / "map.json").write_text(json.dumps({"PTV-1": {"roi": "PTV70", "prescription_gy": 60}}))
     out = mddose("import-dicom", real_dicom(), "pts/pt_3", "--roi-map", "map.json", cwd=tmp_path)

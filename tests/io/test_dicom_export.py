@@ -119,6 +119,7 @@ def test_cli_import_then_export(
     assert not (tmp_path / "RD2.dcm").exists()
 
 
+@pytest.mark.slow
 def test_import_predict_pretrained_export(tmp_path: Path, dicom64: Path) -> None:
     """A clinic's DICOM through the shipped model: import-dicom -> predict --pretrained -> export-dicom."""
     import subprocess

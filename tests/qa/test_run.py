@@ -119,6 +119,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mddose.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_calibrate_then_qa(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run, data = trained
     fast = ["--samples", "2", "--steps", "2", "--device", "cpu"]

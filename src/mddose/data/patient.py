@@ -23,6 +23,7 @@ OPENKBP_OARS: tuple[str, ...] = (
 )
 OPENKBP_TARGETS: tuple[str, ...] = ("PTV56", "PTV63", "PTV70")
 OPENKBP_SHAPE: tuple[int, int, int] = (128, 128, 128)
+OPENKBP_SPACING: tuple[float, float, float] = (3.906, 3.906, 2.5)  # mm
 #: The largest grid mddose reads, per side and in all (512³ float32 voxels are 0.5 GiB): beyond it a file is
 #: corrupt, not a patient, and is refused before anything is allocated.
 MAX_GRID_SIDE, MAX_GRID_VOXELS = 1024, 512**3

@@ -46,14 +46,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mddose.data.openkbp import write_patient
-from mddose.data.patient import Patient, RoiConfig
+from mddose.data.patient import OPENKBP_SPACING, Patient, RoiConfig
 from mddose.data.phantom_anatomy import draw_anatomy, draw_frame
 from mddose.data.phantom_dose import compute_dose
 from mddose.ownership import claim
 
 log = logging.getLogger(__name__)
 
-SPACING_128: tuple[float, float, float] = (3.906, 3.906, 2.5)
 GRIDS: tuple[int, ...] = (64, 128)
 SLAB_MARGIN_MM = 20.0  # possible-dose mask: body within the targets' slices ± this margin
 
@@ -63,7 +62,7 @@ def grid_spacing(grid: int) -> tuple[float, float, float]:
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, not {grid}")
     factor = 128 / grid
-    return (SPACING_128[0] * factor, SPACING_128[1] * factor, SPACING_128[2] * factor)
+    return (OPENKBP_SPACING[0] * factor, OPENKBP_SPACING[1] * factor, OPENKBP_SPACING[2] * factor)
 
 
 # Target levels drawn (generic keys) and their probabilities: one to three levels, the highest always.

@@ -70,8 +70,7 @@ def input_voxel_mm(spacing: Sequence[float], shape: Sequence[int], data: DataCon
 
 def training_voxel_mm(checkpoint: Path, data: DataConfig) -> tuple[float, float, float]:
     """The input voxel of the patients the checkpoint was trained on (OpenKBP's for models that do not say)."""
-    from mddose.data.patient import OPENKBP_SHAPE
-    from mddose.io.geometry import OPENKBP_SPACING
+    from mddose.data.patient import OPENKBP_SHAPE, OPENKBP_SPACING
     from mddose.runs.layout import TRAINER
 
     path = checkpoint / TRAINER

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mddose.data.patient import OPENKBP_SHAPE, grid_problem
+from mddose.data.patient import OPENKBP_SHAPE, OPENKBP_SPACING, grid_problem
 
-OPENKBP_SPACING: tuple[float, float, float] = (3.906, 3.906, 2.5)
 # Columns: world (LPS) direction of array axes 0 (posterior), 1 (left) and 2 (inferior).
 MODEL_DIRECTION = np.column_stack([(0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, -1.0)])
 _SNAP = 1e-6  # index-space round-off below this is snapped away (so identical grids map exactly)
