@@ -16,15 +16,14 @@ may reach outside the mask, where the dose is 0, and the DVH metrics count those
   possible-dose mask**; outside it the cache holds air (-1000 HU). The slice dataset applies the same rule to
   every patient it reads, cached or not, so training and prediction see identical inputs;
 - ``dose``  uint16 dose of the voxels inside the possible-dose mask in steps of :data:`DOSE_STEP_GY` = 0.1 Gy,
-  rounded to nearest (outside it OpenKBP's dose is 0). Worst case 0.05 Gy per voxel; the OpenKBP dose score of
-  the cached reference against the original is ~0.025 Gy (recorded per patient in ``cache.json``; tested).
+  rounded to nearest (outside it OpenKBP's dose is 0): at most 0.05 Gy off per voxel; the OpenKBP dose score of
+  the cached reference against the original is recorded per patient in ``cache.json`` (tested).
 - ``prior`` the beam prior (:mod:`mddose.data.beam_prior`) in the same units, computed with the gantry angles
   that ``cache.json`` records as ``beam_angles``. A cache made before the prior existed gets it when prepare
   is re-run on it.
 
-Each uint16/int16 array is stored as two byte planes (low bytes, then high bytes), which LZMA compresses
-~10 % better than interleaved bytes. Float16 dose does not fit the 50 MiB budget for the 169 OpenKBP training patients; these integers plus LZMA
-do. Re-running on an existing cache only adds the patients that are missing; every file is written
+Each uint16/int16 array is stored as two byte planes (low bytes, then high bytes), which LZMA compresses better
+than interleaved bytes (docs/measurements.md has the sizes). Re-running on an existing cache only adds the patients that are missing; every file is written
 atomically, so an interrupted run leaves no broken file.
 
 Each patient's entry records its ``source``: the folder it was read from and a SHA-256 of that folder's files.
