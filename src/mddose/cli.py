@@ -32,7 +32,7 @@ from mddose.cli_options import (
     finite,
 )
 from mddose.errors import MddoseError
-from mddose.runs.methods import baselines_help
+from mddose.runs.methods import DEFAULT_PRESET, RUN_PRESETS, baselines_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Radiotherapy dose prediction with MD-Dose: data, training, prediction, evaluation, plan QA.")
@@ -125,7 +125,7 @@ def train(
     cache_dir: Annotated[Path, typer.Argument(help="Cache made by 'mddose prepare'.")],
     run_dir: Annotated[Path, typer.Argument(help="Run folder: config, checkpoints, loss curve.")],
     config: Annotated[Optional[Path], typer.Option(help="RunConfig JSON (may name a 'preset' and override parts).")] = None,
-    preset: Annotated[str, typer.Option(help="paper, default, small or tiny (when no --config).")] = "default",
+    preset: Annotated[str, typer.Option(help=f"{', '.join(RUN_PRESETS)} (when no --config).")] = DEFAULT_PRESET,
     method: Annotated[str, typer.Option(help=baselines_help())] = "md-dose",
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop at this total step count.")] = None,
     minutes: Annotated[Optional[float], typer.Option(min=0.0, callback=finite, help="Stop after this many minutes "

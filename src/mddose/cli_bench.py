@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from mddose.cli_options import MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_STEPS, finite
+from mddose.runs.methods import RUN_PRESETS
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 
@@ -82,7 +83,7 @@ def experiment(
                                                                                   "(table2: unused).")] = 10.0,
     budget_steps: Annotated[Optional[int], typer.Option(min=1, help="Train every method to this step count "
                                                                     "instead of for --budget-minutes.")] = None,
-    preset: Annotated[str, typer.Option(help="Base recipe: tiny, small, default or paper.")] = "tiny",
+    preset: Annotated[str, typer.Option(help=f"Base recipe: {', '.join(RUN_PRESETS)}.")] = "tiny",
     config: Annotated[Optional[Path], typer.Option(help="Base RunConfig JSON instead of --preset.")] = None,
     sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm, for every diffusion model.")] = "dpm++",
     steps: Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Sampler steps for every diffusion model.")] = 10,

@@ -22,7 +22,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor
 
+from mddose.typecheck import check_fields
+
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
+SamplerName = Literal["ddpm", "ddim", "dpm++"]
+LossName = Literal["mse", "l1"]
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
@@ -47,9 +51,9 @@ class DiffusionConfig:
     prediction_type: PredictionType = "epsilon"  # "sample" = x0-prediction, "v_prediction" = v
     data_range: Literal["symmetric", "unit"] = "symmetric"  # x0 in [-1, 1] or in [0, 1] (published code)
     # how this model is sampled unless a command says otherwise (measured per model: docs/experiments)
-    sampler: str = "dpm++"
+    sampler: SamplerName = "dpm++"
     sampler_steps: int = 10
-    loss: Literal["mse", "l1"] = "mse"  # eq. 3's squared error, or the absolute error
+    loss: LossName = "mse"  # eq. 3's squared error, or the absolute error
     # where a few-step sampler puts its steps: each diffusers scheduler's own default (DDIM and DDPM with 3
     # steps: t = 666, 333, 0) or "trailing" (t = 999, 666, 332: the first step sees the pure noise it starts
     # from, as Lin et al. 2024 recommend)
@@ -62,18 +66,9 @@ class DiffusionConfig:
     loss_region: Literal["image", "mask"] = "image"
 
     def __post_init__(self) -> None:
-        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, not {self.prediction_type!r}")
-        if self.data_range not in ("symmetric", "unit"):
-            raise ValueError(f"data_range must be 'symmetric' or 'unit', not {self.data_range!r}")
-        if self.timestep_spacing not in ("default", "trailing"):
-            raise ValueError(f"timestep_spacing must be 'default' or 'trailing', not {self.timestep_spacing!r}")
+        check_fields(self)  # the allowed values are the annotations' (Literal): an error lists them
         if not 0.0 <= self.final_t_fraction < 1.0:
             raise ValueError(f"final_t_fraction must be in [0, 1), not {self.final_t_fraction}")
-        if self.loss_region not in ("image", "mask"):
-            raise ValueError(f"loss_region must be 'image' or 'mask', not {self.loss_region!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
 
     @property
     def x0_bounds(self) -> tuple[float, float]:

@@ -17,18 +17,17 @@ Notation map: ``alpha_bar`` = ᾱ_t, ``x0`` = x̂_0 (diffusers' ``pred_original_
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mddose.diffusion.process import DiffusionConfig
+from mddose.diffusion.process import DiffusionConfig, SamplerName
 from mddose.errors import MddoseError
 
-SamplerName = Literal["ddpm", "ddim", "dpm++"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 class SamplingError(MddoseError, ValueError):

@@ -1,7 +1,13 @@
 """The methods one recipe can train (the rows of the paper's Table I, and the 3D originals): their ids and what
-each is. Imports nothing heavy, so the command line can name them in its help."""
+each is, and the names of the recipes (presets) a run starts from. Imports nothing heavy, so the command line can
+name them in its help."""
 
 from __future__ import annotations
+
+#: The recipes a run starts from (``--preset``, a config file's ``"preset"``; built by
+#: :func:`mddose.runs.run_config.run_preset`); the first is used when none is named
+RUN_PRESETS: tuple[str, ...] = ("default", "paper", "small", "tiny")
+DEFAULT_PRESET = RUN_PRESETS[0]
 
 METHODS: dict[str, str] = {
     "md-dose": "MD-Dose: Mamba denoiser, Mamba structure encoder",

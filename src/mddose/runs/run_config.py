@@ -23,7 +23,7 @@ from mddose.models.build import model_config_from_dict
 from mddose.models.config import ModelConfig
 from mddose.models.config import preset as model_preset
 from mddose.runs.checkpoint import read_config
-from mddose.runs.methods import METHODS
+from mddose.runs.methods import DEFAULT_PRESET, METHODS, RUN_PRESETS
 from mddose.typecheck import check_fields
 
 
@@ -150,7 +150,7 @@ def paper_preset() -> RunConfig:
     )
 
 
-def run_preset(name: str) -> RunConfig:
+def run_preset(name: str = DEFAULT_PRESET) -> RunConfig:
     """``paper`` (the published recipe), or ``default`` / ``small`` / ``tiny`` (our CPU recipe, the shipped model's).
 
     The CPU recipe predicts x_0 (``prediction_type="sample"``) rather than the paper's ε, which learns the dose
@@ -169,7 +169,7 @@ def run_preset(name: str) -> RunConfig:
         diffusion = DiffusionConfig(prediction_type="sample", loss="l1", loss_region="mask", final_t_fraction=0.8,
                                     timestep_spacing="trailing", sampler="ddim", sampler_steps=1)
         return RunConfig(model=model, data=data, train=train, diffusion=diffusion)
-    raise MddoseError(f"unknown preset {name!r}: choose paper, default, small or tiny")
+    raise MddoseError(f"unknown preset {name!r}: choose {', '.join(RUN_PRESETS)}")
 
 
 #: How DoseDiff's authors sample it (their ``pred.py --ddim 8``): the DoseDiff-like row's own sampler
@@ -242,7 +242,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not isinstance(d, dict):
         raise MddoseError(f"a config is a JSON object of sections, not a {type(d).__name__}", path)
     try:
-        base = run_preset(d.pop("preset", "default")).to_dict()
+        base = run_preset(d.pop("preset", DEFAULT_PRESET)).to_dict()
     except MddoseError as e:
         raise MddoseError(str(e), path) from None
     for section, values in d.items():

@@ -135,7 +135,7 @@ class Trainer:
             raise MddoseError("--init-from starts a new run from other weights; it cannot --resume", run_dir)
         self.lineage = weights_lineage(init_from) if init_from is not None else None
         cfg = checkpoint_run_config(last) if resume else config or (
-            checkpoint_run_config(init_from) if init_from is not None else run_preset("default"))
+            checkpoint_run_config(init_from) if init_from is not None else run_preset())
         cfg = cfg if self.lineage is None else warm_start_config(cfg, self.lineage["step"], decay_steps)
         self.cfg = cfg = cfg if decay_steps is None else new_horizon(cfg, decay_steps)
         self.rank, self.world = _ddp()
