@@ -22,6 +22,7 @@ from mddose.inference.predict import predict
 from mddose.inference.pretrained import pretrained_folder
 from mddose.inference.scope import profile_of, require_target, scope_warnings
 from mddose.io.dicom_import import import_dicom
+from mddose.io.dicom_read import read_rtdose_gy
 from mddose.io.roi_map import assign_dosed_targets, map_roi_names
 from tests.io.conftest import GRID64
 
@@ -62,6 +63,18 @@ def test_real_patient_with_a_stated_prescription_is_predicted_on_target(tmp_path
     patient = read_patient(tmp_path / "pts" / "pt_3")
     target = read_dose_csv(tmp_path / "preds" / "pt_3.csv")[patient.structures["PTV70"]]
     assert abs(target.mean() / 60 - 1) < 0.1  # the dose sits on the target, at its stated prescription
+    # the rest of the README's DICOM flow: the RTDOSE on the CT, and qa of the planning system's own plan
+    out = mddose("export-dicom", "preds/pt_3.csv", real_dicom(), "RD_mddose.dcm", "--patient-dir", "pts/pt_3",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    exported = read_rtdose_gy(tmp_path / "RD_mddose.dcm")
+    assert exported.dose.max() == pytest.approx(float(read_dose_csv(tmp_path / "preds" / "pt_3.csv").max()), abs=0.01)
+    out = mddose("qa", "--pretrained", "openkbp", real_dicom(), "--roi-map", "map.json", "--samples", "1",
+                 "--no-gamma", "--out", "qa", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    qa = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    assert qa["dose_scale"] == pytest.approx(60 / 70) and qa["stated_prescriptions"] == {"PTV70": 60.0}
+    assert any(row["roi"] == "PTV70" for row in qa["rows"])
 
 
 def test_predict_refuses_a_patient_without_target(imported64, tmp_path: Path) -> None:
