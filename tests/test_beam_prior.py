@@ -15,7 +15,8 @@ from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient, prepare_cache
 from mddose.data.dataset import DataConfig, SliceDataset, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.errors import MddoseError
-from mddose.inference.predict import load_model, predict
+from mddose.inference.predict import predict
+from mddose.inference.predictor import load_model
 from mddose.models.build import build_model
 from mddose.runs.checkpoint import load_widened
 from mddose.runs.run_config import for_data

@@ -12,7 +12,8 @@ from mddose.data.openkbp import list_patients, read_patient
 from mddose.errors import MddoseError
 from mddose.experiments import finetune as finetune_module
 from mddose.experiments.finetune import finetune
-from mddose.inference.predict import checkpoint_folder, predict
+from mddose.inference.predict import predict
+from mddose.inference.predictor import checkpoint_folder
 from mddose.io.dicom_write import export_patient_dicom
 from mddose.qa.tolerance import ERROR_TABLE
 from mddose.training.loop import train

@@ -148,7 +148,7 @@ def test_diverged_weights_are_refused_before_any_prediction(trained: tuple[Path,
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mddose.inference.predict import checkpoint_folder
+    from mddose.inference.predictor import checkpoint_folder
 
     run = tmp_path / "run"
     shutil.copytree(checkpoint_folder(trained[0]), run)
@@ -184,20 +184,24 @@ def test_model_default_sampler(tmp_path: Path) -> None:
 def test_mirror_average_swaps_paired_organs_and_pools_the_spread() -> None:
     import torch
 
-    from mddose.inference.predict import mirror_average
+    from mddose.inference.volume import mirror_average
 
     g = torch.Generator().manual_seed(0)
     cond = torch.rand((2, 4, 6, 5), generator=g)
     mask = torch.ones((2, 1, 6, 5))
-    # A "network" that predicts channel 1 with spread 0.1: mirrored, it sees channel 2 (1 and 2 are a pair) flipped.
-    draw = lambda c, m: (c[:, 1:2].clone(), torch.full_like(m, 0.1))  # noqa: E731
-    mean, std = mirror_average(draw, cond, mask, [(1, 2)])
+    # A "network" whose two draws straddle channel 1 with spread 0.1: mirrored, it sees channel 2 (1 and 2 are a
+    # pair) flipped.
+    half = 0.1 / 2 ** 0.5  # two draws ±half: unbiased standard deviation 0.1
+    draw = lambda c, m: torch.stack([c[:, 1:2] - half, c[:, 1:2] + half])  # noqa: E731
+    mean, std, draws = mirror_average(draw, cond, mask, [(1, 2)])
     assert torch.allclose(mean, (cond[:, 1:2] + cond[:, 2:3]) / 2)
     half_gap = (cond[:, 1:2] - cond[:, 2:3]) / 2
     assert torch.allclose(std, (0.01 + half_gap.square()).sqrt())
+    assert draws.shape == (2, 2, 1, 6, 5) and torch.allclose(draws.mean(dim=0), mean)  # each draw: both sides
     # A network that mirrors exactly (its output follows the flip and the swap) is left as it is, spread included.
-    symmetric = lambda c, m: ((c[:, 1:2] + c[:, 2:3]) / 2, torch.full_like(m, 0.1))  # noqa: E731
-    mean, std = mirror_average(symmetric, cond, mask, [(1, 2)])
+    both = lambda c: (c[:, 1:2] + c[:, 2:3]) / 2  # noqa: E731
+    symmetric = lambda c, m: torch.stack([both(c) - half, both(c) + half])  # noqa: E731
+    mean, std, _ = mirror_average(symmetric, cond, mask, [(1, 2)])
     assert torch.allclose(mean, (cond[:, 1:2] + cond[:, 2:3]) / 2) and torch.allclose(std, torch.full_like(std, 0.1))
 
 
@@ -230,3 +234,82 @@ def test_smoothing_keeps_the_targets_dose(trained: tuple[Path, Path], tmp_path: 
         np.testing.assert_allclose(b[targets & p.possible_dose_mask], a[targets & p.possible_dose_mask], atol=1e-3)
         changed += int(np.abs(b - a)[~targets & p.possible_dose_mask].max() > 1e-2)
     assert changed > 0
+
+
+def test_predict_and_qa_give_the_same_dose(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """One patient, seed and number of samples: ``mddose qa`` shows the dose and spread ``mddose predict`` writes."""
+    from mddose.inference.predictor import Predictor
+    from mddose.qa.run import run_qa
+    from tests.qa.helpers import stated_table
+
+    run, data = trained
+    predict(run, data, tmp_path / "p", steps=2, samples=2, seed=3, device="cpu", nifti=False, progress=False)
+    predictor = Predictor(run, steps=2, samples=2, seed=3, device="cpu", progress=False)
+    summary = run_qa(predictor, data / "pt_1", None, tmp_path / "qa", errors=stated_table().save(tmp_path / "e.json"),
+                     gamma=False)
+    assert (summary["model"]["samples"], summary["model"]["seed"]) == (2, 3)
+    qa = tmp_path / "qa" / "prediction"
+    assert (qa / "pt_1.csv").read_bytes() == (tmp_path / "p" / "pt_1.csv").read_bytes()
+    assert (qa / "pt_1_std.csv").read_bytes() == (tmp_path / "p" / "uncertainty" / "pt_1.csv").read_bytes()
+
+
+def test_predictor_draws_mean_spread_and_settings(trained: tuple[Path, Path]) -> None:
+    """K draws per patient: their mean is the prediction, their spread the uncertainty; keeping the draws changes
+    nothing; another sampler reuses the loaded model; bad settings are refused before any work."""
+    from mddose.inference.predictor import Predictor
+
+    run, data = trained
+    patient = read_patient(data / "pt_1")
+    predictor = Predictor(run, sampler="ddim", steps=2, samples=3, seed=1, device="cpu", progress=False)
+    assert predictor.weights.name == "ema.safetensors" and predictor.info["samples"] == 3
+    kept, plain = predictor.predict(patient, keep_draws=True), predictor.predict(patient)
+    assert plain.draws is None and np.array_equal(kept.mean, plain.mean) and np.array_equal(kept.spread, plain.spread)
+    assert kept.draws.shape == (3, *patient.shape) and kept.spread.max() > 0
+    np.testing.assert_allclose(kept.draws.mean(axis=0), kept.mean, atol=1e-4)  # smoothing is linear
+    other = predictor.resampled("dpm++", 3)
+    assert other.model is predictor.model and (other.sampler, other.steps, predictor.sampler) == ("dpm++", 3, "ddim")
+    assert not np.array_equal(other.predict(patient).mean, plain.mean)
+    with pytest.raises(MddoseError, match="unknown sampler"):
+        predictor.resampled("euler", 3)
+    with pytest.raises(MddoseError, match="--samples must be"):
+        Predictor(run, samples=0, device="cpu")
+
+
+def test_predictor_voxel_check_and_fallback_weights(trained: tuple[Path, Path], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A patient merely off the training voxel size is predicted with a warning logged; one far off is refused.
+    A checkpoint without EMA weights predicts with its model weights."""
+    import dataclasses
+    import shutil
+
+    from mddose.inference.predictor import Predictor, checkpoint_folder
+
+    run, data = trained
+    folder = tmp_path / "ck"
+    shutil.copytree(checkpoint_folder(run), folder)
+    (folder / "ema.safetensors").unlink()
+    predictor = Predictor(folder, steps=1, device="cpu", progress=False)
+    assert predictor.weights == folder / "model.safetensors"
+    patient = read_patient(data / "pt_1")
+    with caplog.at_level("WARNING"):
+        predictor.predict(patient)
+        assert "may be off" not in caplog.text
+        predictor.predict(dataclasses.replace(patient, spacing=tuple(1.5 * s for s in patient.spacing)))
+        assert "pt_1" in caplog.text and "may be off" in caplog.text
+    with pytest.raises(MddoseError, match="another scale"):
+        predictor.predict(dataclasses.replace(patient, spacing=tuple(3 * s for s in patient.spacing)))
+
+
+def test_bench_sampling_predicts_as_predict_does(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """``bench sampling`` scores the dose ``mddose predict`` writes for the same sampler, steps, samples and seed."""
+    from mddose.evaluate.openkbp import dose_score
+
+    run, data = trained
+    result = bench_sampling(run, data, tmp_path / "s.json", grid=(("ddim", 2),), n_patients=1, samples=2, seed=4,
+                            progress=False)
+    predict(run, data, tmp_path / "p", sampler="ddim", steps=2, samples=2, seed=4, nifti=False, progress=False)
+    p = read_patient(list_patients(data)[0])
+    dose = read_dose_csv(tmp_path / "p" / f"{p.patient_id}.csv", p.shape)
+    expected = dose_score(p.dose.astype(np.float64), dose.astype(np.float64), p.possible_dose_mask)
+    assert result["results"][0]["samples"] == 2
+    assert result["results"][0]["dose_score"] == pytest.approx(expected, abs=1e-3)

@@ -18,7 +18,7 @@ from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
 from mddose.experiments.shipping import export_run
-from mddose.inference.predict import load_model
+from mddose.inference.predictor import load_model
 from mddose.inference.pretrained import (CARD_FILE, LOG_FILE, PRETRAINED, card_text, model_card,
                                          pretrained_folder, training_log, write_weights)
 from mddose.models.build import build_model

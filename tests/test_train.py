@@ -20,7 +20,7 @@ from mddose.data.cache import Cache
 from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
-from mddose.inference.predict import load_model
+from mddose.inference.predictor import load_model
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model
 from mddose.models.config import preset

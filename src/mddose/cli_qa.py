@@ -38,7 +38,9 @@ def qa_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (qa.json, qa.csv, qa.html).")],
     pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
     errors: Annotated[Optional[Path], typer.Option(help="Error table (default: the model's qa_errors.json).")] = None,
-    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Predicted samples: mean and spread.")] = 4,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient, as in predict: "
+                                                                      "their mean is the prediction, their spread "
+                                                                      "widens the tolerance.")] = 4,
     sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps per sample (default: "
                                                                               "the model's own).")] = None,
@@ -56,10 +58,11 @@ def qa_command(
                                                                 "did not make are never touched).")] = False,
 ) -> None:
     from mddose.data.prescriptions import parse_prescription_options
-    from mddose.qa.run import FLAGGED_EXIT, ModelPredictor, run_qa, summary_lines
+    from mddose.inference.predictor import Predictor
+    from mddose.qa.run import FLAGGED_EXIT, run_qa, summary_lines
 
     model, patient_dir, plan = _model_and_paths(paths, pretrained)
-    predictor = ModelPredictor(model, sampler, steps, samples, seed, device)
+    predictor = Predictor(model, sampler, steps, samples, seed, device)
     summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
                      prescriptions=parse_prescription_options(prescription), overwrite=overwrite)
     for line in summary_lines(summary, out):
@@ -84,13 +87,13 @@ def qa_calibrate_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Measure the model's error per ROI and metric on validation patients: the table qa's tolerances use."""
+    from mddose.inference.predictor import Predictor
     from mddose.qa.calibrate import calibrate
-    from mddose.qa.run import ModelPredictor
 
     model, val_dir, extra = _model_and_paths(paths, pretrained)
     if extra is not None:
         raise MddoseError("expected [RUN_DIR] VAL_DIR")
-    table, path = calibrate(ModelPredictor(model, sampler, steps, samples, 0, device), val_dir, out, predictions)
+    table, path = calibrate(Predictor(model, sampler, steps, samples, 0, device), val_dir, out, predictions)
     typer.echo(f"wrote {path}: {len(table.metrics)} ROIs, {table.info['patients']} patients")
 
 

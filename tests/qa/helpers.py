@@ -11,6 +11,7 @@ from scipy import ndimage
 from mddose.data.dataset import DataConfig
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.phantom_dose import compute_dose
+from mddose.inference.volume import PatientDose
 from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS
 from mddose.qa.tolerance import ErrorTable, MetricError
 
@@ -23,6 +24,12 @@ def stated_table(rois: RoiConfig | None = None) -> ErrorTable:
     metrics = {r: {m: MetricError(0.0, STATED_SD.get(m, 1.5), 1.0, 30)
                    for m in (TARGET_QA_METRICS if r in rois.targets else OAR_QA_METRICS)} for r in rois.all}
     return ErrorTable(list(rois.all), metrics, {"patients": 30, "date": "2026-12-02"})
+
+
+def known(*draws: np.ndarray) -> PatientDose:
+    """A prediction made of the given draws: their mean, their spread, the draws themselves."""
+    stack = np.stack(draws).astype(np.float32)
+    return PatientDose(stack.mean(axis=0), stack.std(axis=0), stack)
 
 
 def raised_oar(patient: Patient, dose: np.ndarray, roi: str, factor: float = 1.3, falloff_mm: float = 4.0) -> np.ndarray:
@@ -46,5 +53,6 @@ class PhysicsPredictor:
         self.data = DataConfig(rois=self.rois)
         self.info: dict[str, Any] = {"checkpoint": "phantom dose model", "sampler": "none", "steps": 0, "samples": 1}
 
-    def samples(self, patient: Patient) -> np.ndarray:
-        return compute_dose(patient)[None]
+    def predict(self, patient: Patient, keep_draws: bool = False) -> PatientDose:
+        dose = compute_dose(patient)
+        return PatientDose(dose, np.zeros_like(dose), dose[None] if keep_draws else None)

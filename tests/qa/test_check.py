@@ -13,7 +13,8 @@ from mddose.data.phantom import make_phantom
 from mddose.errors import MddoseError
 from mddose.qa.check import check_plan
 from mddose.qa.tolerance import ErrorTable, MetricError
-from tests.qa.helpers import cut_coverage, raised_oar, stated_table
+from mddose.inference.volume import PatientDose
+from tests.qa.helpers import cut_coverage, known, raised_oar, stated_table
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def phantom() -> Patient:
 
 def test_plan_equal_to_achievable_is_not_flagged(phantom: Patient) -> None:
     ref = phantom.dose
-    result = check_plan(phantom, ref, ref[None], stated_table())
+    result = check_plan(phantom, ref, known(ref), stated_table())
     assert result.flagged == []
     assert all(r.difference == pytest.approx(0.0, abs=1e-6) for r in result.rows)
     assert {r.roi for r in result.rows} == set(phantom.present_rois())
@@ -32,7 +33,7 @@ def test_plan_equal_to_achievable_is_not_flagged(phantom: Patient) -> None:
 def test_raised_parotid_flags_that_parotid_only(phantom: Patient) -> None:
     ref = phantom.dose
     plan = raised_oar(phantom, ref, "LeftParotid")
-    result = check_plan(phantom, plan, ref[None], stated_table())
+    result = check_plan(phantom, plan, known(ref), stated_table())
     assert result.flagged == ["LeftParotid"]
     dmean = next(r for r in result.rows if r.roi == "LeftParotid" and r.metric == "Dmean")
     assert dmean.difference > dmean.tolerance > 0
@@ -40,7 +41,7 @@ def test_raised_parotid_flags_that_parotid_only(phantom: Patient) -> None:
 
 def test_cut_coverage_flags_the_ptv(phantom: Patient) -> None:
     ref = phantom.dose
-    result = check_plan(phantom, cut_coverage(phantom, ref), ref[None], stated_table())
+    result = check_plan(phantom, cut_coverage(phantom, ref), known(ref), stated_table())
     assert "PTV70" in result.flagged
     assert not [roi for roi in result.flagged if roi not in phantom.prescriptions]  # no OAR is worse
     d95 = next(r for r in result.rows if r.roi == "PTV70" and r.metric == "D95")
@@ -53,15 +54,29 @@ def test_bias_and_sample_spread_enter_the_comparison(phantom: Patient) -> None:
     # a model known to over-predict the parotid's Dmean by 5 Gy: a plan 4 Gy below its prediction is achievable
     table.metrics["LeftParotid"]["Dmean"] = MetricError(5.0, 1.0, 5.0, 30)
     lowered = np.where(phantom.structures["LeftParotid"], np.maximum(ref - 4.0, 0), ref).astype(np.float32)
-    row = next(r for r in check_plan(phantom, ref, lowered[None], table).rows
+    row = next(r for r in check_plan(phantom, ref, known(lowered), table).rows
                if r.roi == "LeftParotid" and r.metric == "Dmean")
     assert row.achievable == pytest.approx(row.predicted - 5.0)
     assert row.difference == pytest.approx(row.plan - row.predicted + 5.0)
     # two samples that disagree widen the tolerance beyond the table's alone
-    spread = check_plan(phantom, ref, np.stack([ref * 0.9, ref * 1.1]), stated_table())
+    spread = check_plan(phantom, ref, known(ref * 0.9, ref * 1.1), stated_table())
     rows = {(r.roi, r.metric): r for r in spread.rows}
     assert rows[("LeftParotid", "Dmean")].sample_sd > 0
     assert rows[("LeftParotid", "Dmean")].tolerance > 1.645 * 1.5
+
+
+def test_the_prediction_is_taken_as_the_predictor_gave_it(phantom: Patient) -> None:
+    """The mean and spread QA shows are the predictor's (what ``mddose predict`` writes), not recomputed from the
+    draws; the draws give the per-sample spread of each metric, and a prediction without draws is one draw."""
+    ref = phantom.dose
+    spread = np.full_like(ref, 0.25)
+    drawn = PatientDose(ref, spread, np.stack([ref * 0.9, ref * 1.1]))
+    result = check_plan(phantom, ref, drawn, stated_table())
+    assert np.array_equal(result.mean, ref) and np.array_equal(result.spread, spread)
+    assert result.samples.shape == (2, *ref.shape)
+    assert next(r for r in result.rows if (r.roi, r.metric) == ("LeftParotid", "Dmean")).sample_sd > 0
+    alone = check_plan(phantom, ref, PatientDose(ref, spread), stated_table())
+    assert alone.samples.shape == (1, *ref.shape) and all(r.sample_sd == 0 for r in alone.rows)
 
 
 def test_tolerance_floor_and_unknown_metric() -> None:

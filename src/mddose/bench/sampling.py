@@ -1,6 +1,7 @@
 """``mddose bench sampling``: time per patient and OpenKBP dose score for each sampler, same model and patients.
 
-Each (sampler, steps) pair predicts the same held-out patients with the same seed; the JSON records the seconds
+Each (sampler, steps) pair predicts the same held-out patients with the same seed and ``samples`` draws (as
+``mddose predict`` does: :mod:`mddose.inference.predictor`); the JSON records the seconds
 per patient (mean and each), the dose score (Gy) against the reference dose, and the machine it ran on.
 Default grid: DDPM with all 1000 steps (the paper) against DDIM and DPM-Solver++ at 50, 20 and 10 steps.
 """
@@ -17,13 +18,10 @@ from tqdm.auto import tqdm
 
 from mddose.atomic import write_json
 from mddose.bench.timing import machine_info
-from mddose.data.cache import CachedPatient
 from mddose.data.openkbp import list_patients, read_patient
-from mddose.device import prediction_batch, resolve_device
-from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
-from mddose.inference.predict import load_model, predict_volume
+from mddose.inference.predictor import Predictor
 from mddose.ownership import check_output_file, json_with
 
 log = logging.getLogger(__name__)
@@ -49,22 +47,17 @@ def bench_sampling(
     existing ``out_json`` is replaced only when it is an earlier benchmark of this kind."""
     check_output_file(out_json, "mddose bench sampling", [run, data_dir], json_with("benchmark", "sampling"),
                       overwrite=True)
-    dev = resolve_device(device)
-    batch_size = prediction_batch(dev, batch_size)
-    cfg, model, folder = load_model(run, dev)
-    if cfg.objective != "diffusion":
-        raise MddoseError("a deterministic baseline has no sampler to benchmark", folder)
-    for sampler, steps in grid:
-        check_sampling(cfg.diffusion, sampler, steps)
-    patients = [read_patient(f, cfg.data.rois) for f in list_patients(data_dir)[:n_patients]]
+    base = Predictor(run, samples=samples, seed=seed, device=device, batch_size=batch_size, progress=False)
+    if base.cfg.objective != "diffusion":
+        raise MddoseError("a deterministic baseline has no sampler to benchmark", base.folder)
+    predictors = [base.resampled(sampler, steps) for sampler, steps in grid]  # every pair checked before any work
+    patients = [read_patient(f, base.rois) for f in list_patients(data_dir)[:n_patients]]
     rows = []
-    for sampler, steps in tqdm(grid, desc="samplers", disable=not progress):
+    for (sampler, steps), predictor in tqdm(list(zip(grid, predictors)), desc="samplers", disable=not progress):
         seconds, scores = [], []
         for p in patients:
             start = time.perf_counter()
-            vol = CachedPatient.from_patient(p, cfg.data.prior_angles)
-            dose, _ = predict_volume(model, cfg, vol, sampler=sampler, steps=steps,
-                                     samples=samples, batch_size=batch_size, seed=seed, device=dev)
+            dose = predictor.predict(p).mean
             seconds.append(time.perf_counter() - start)
             if p.dose is not None:
                 scores.append(dose_score(p.dose.astype(np.float64), dose.astype(np.float64), p.possible_dose_mask))
@@ -77,9 +70,9 @@ def bench_sampling(
                  f"{row['dose_score']:.3f} Gy" if scores else "n/a")
         rows.append(row)
     result = {
-        "benchmark": "sampling", "checkpoint": str(folder), "data_dir": str(data_dir),
+        "benchmark": "sampling", "checkpoint": str(base.folder), "data_dir": str(data_dir),
         "patients": [p.patient_id for p in patients], "slices_per_patient": [int(len(p.axial_slices())) for p in patients],
-        "machine": machine_info(dev), "results": rows,
+        "machine": machine_info(base.device), "results": rows,
     }
     write_json(out_json, result)
     return result

@@ -114,6 +114,27 @@ def sample(
 
 
 @torch.no_grad()
+def draw_samples(
+    model: torch.nn.Module,
+    cond: Tensor,
+    config: DiffusionConfig,
+    mask: Tensor | None = None,
+    samples: int = 1,
+    **kwargs,
+) -> Tensor:
+    """K independent draws per condition, one after another from the same ``generator``: (K, B, 1, H, W)."""
+    if samples < 1:
+        raise ValueError("samples must be ≥ 1")
+    return torch.stack([sample(model, cond, config, mask, **kwargs) for _ in range(samples)])
+
+
+def mean_and_spread(draws: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean of K draws (K, B, ...) (the prediction) and their per-voxel standard deviation (0 for K = 1)."""
+    std = draws.std(dim=0, unbiased=True) if len(draws) > 1 else torch.zeros_like(draws[0])
+    return draws.mean(dim=0), std
+
+
+@torch.no_grad()
 def sample_many(
     model: torch.nn.Module,
     cond: Tensor,
@@ -123,8 +144,4 @@ def sample_many(
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
     """K independent draws per condition: their mean (the prediction) and per-voxel standard deviation."""
-    if samples < 1:
-        raise ValueError("samples must be ≥ 1")
-    draws = torch.stack([sample(model, cond, config, mask, **kwargs) for _ in range(samples)])
-    std = draws.std(dim=0, unbiased=True) if samples > 1 else torch.zeros_like(draws[0])
-    return draws.mean(dim=0), std
+    return mean_and_spread(draw_samples(model, cond, config, mask, samples, **kwargs))

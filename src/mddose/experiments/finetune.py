@@ -44,13 +44,13 @@ from mddose.data.cache import prepare_cache
 from mddose.data.openkbp import find_file, natural_key
 from mddose.errors import MddoseError
 from mddose.evaluate.run import evaluate
-from mddose.inference.predict import checkpoint_folder, predict
+from mddose.inference.predict import predict
+from mddose.inference.predictor import Predictor, checkpoint_folder
 from mddose.inference.scope import require_target
 from mddose.io.dicom_import import import_dicom
 from mddose.ownership import claim, note_written
 from mddose.qa.calibrate import calibrate
 from mddose.qa.inputs import is_openkbp_folder
-from mddose.qa.run import ModelPredictor
 from mddose.runs.checkpoint import weights_lineage
 from mddose.runs.layout import RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config
@@ -201,7 +201,7 @@ def _finish(work: Path, out_run: Path, heldout: Path, device: str, progress: boo
     evaluate(heldout, [work / "before" / "pred", work / "after" / "pred"], work / "eval", names=["before", "after"],
              against="before", gamma=False, progress=progress)
     build_report(work / "eval", work / "report", progress=progress)
-    calibrate(ModelPredictor(out_run, device=device, progress=progress), heldout, predictions=work / "after" / "pred",
+    calibrate(Predictor(out_run, device=device, progress=progress), heldout, predictions=work / "after" / "pred",
               progress=progress)
 
 

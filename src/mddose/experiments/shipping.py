@@ -15,12 +15,12 @@ from typing import Any
 
 from mddose.atomic import write_json
 from mddose.evaluate.run import evaluate
-from mddose.inference.predict import checkpoint_folder, predict
+from mddose.inference.predict import predict
+from mddose.inference.predictor import Predictor, checkpoint_folder
 from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
 from mddose.inference.scope import read_profile, write_profile
 from mddose.ownership import claim
 from mddose.qa.calibrate import calibrate
-from mddose.qa.run import ModelPredictor
 from mddose.runs.layout import TRAINER, RunFolder
 from mddose.runs.run_config import checkpoint_run_config
 
@@ -99,4 +99,4 @@ def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -
 
 def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:
     """The QA error table of the weights just shipped, from the validation predictions that scored them."""
-    calibrate(ModelPredictor(target, device="cpu"), val_dir, predictions=predictions)
+    calibrate(Predictor(target, device="cpu"), val_dir, predictions=predictions)

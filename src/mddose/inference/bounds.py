@@ -84,22 +84,32 @@ def training_voxel_mm(checkpoint: Path, data: DataConfig) -> tuple[float, float,
 
 
 def check_voxels(folders: Sequence[Path], trained: tuple[float, float, float], data: DataConfig) -> list[str]:
-    """:func:`check_voxel` for patient folders, reading only their voxel and grid sizes; returns the warnings."""
+    """:func:`voxel_warning` for patient folders, reading only their voxel and grid sizes; returns the warnings
+    (not logged here: each is logged when its patient is predicted, :func:`check_voxel`)."""
     from mddose.data.openkbp import find_file, read_grid_shape, read_voxel_dimensions
 
     warnings = []
     for folder in folders:
         path = find_file(folder, "voxel_dimensions")
         if path is not None:  # else the patient's reader names what is missing
-            warning = check_voxel(read_voxel_dimensions(path), read_grid_shape(folder), trained, data, path)
+            warning = voxel_warning(read_voxel_dimensions(path), read_grid_shape(folder), trained, data, path)
             warnings += [] if warning is None else [f"{folder.name}: {warning}"]
     return warnings
 
 
 def check_voxel(spacing: Sequence[float], shape: Sequence[int], trained: tuple[float, float, float],
                 data: DataConfig, where: str | Path) -> str | None:
-    """Refuse a patient whose input voxel is far from the training one (:data:`REFUSE_SCALE`); the warning (also
-    logged) for one merely off (:data:`WARN_SCALE`), else None."""
+    """:func:`voxel_warning`, its warning also logged."""
+    warning = voxel_warning(spacing, shape, trained, data, where)
+    if warning is not None:
+        log.warning("WARNING: %s: %s", where, warning)
+    return warning
+
+
+def voxel_warning(spacing: Sequence[float], shape: Sequence[int], trained: tuple[float, float, float],
+                  data: DataConfig, where: str | Path) -> str | None:
+    """Refuse a patient whose input voxel is far from the training one (:data:`REFUSE_SCALE`); the warning for
+    one merely off (:data:`WARN_SCALE`), else None."""
     seen = input_voxel_mm(spacing, shape, data)
     ratio = max(max(s / t, t / s) for s, t in zip(seen, trained))
     sizes = (f"{'×'.join(f'{v:g}' for v in seen)} mm per network input voxel, "
@@ -107,10 +117,7 @@ def check_voxel(spacing: Sequence[float], shape: Sequence[int], trained: tuple[f
     if ratio > REFUSE_SCALE:
         raise MddoseError(f"the model would see this patient at another scale than its training patients ({sizes}): "
                           "resample the patient to the model's voxel size", where)
-    if ratio <= WARN_SCALE:
-        return None
-    log.warning("WARNING: %s: %s; the prediction may be off", where, sizes)
-    return f"{sizes}; the prediction may be off"
+    return None if ratio <= WARN_SCALE else f"{sizes}; the prediction may be off"
 
 
 def check_samples(samples: int) -> int:

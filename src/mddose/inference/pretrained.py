@@ -37,7 +37,7 @@ LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "co
 
 def pretrained_folder(name: str) -> Path:
     """The package folder of shipped model ``name`` (a checkpoint folder that
-    :func:`~mddose.inference.predict.load_model` reads)."""
+    :func:`~mddose.inference.predictor.load_model` reads)."""
     if name not in PRETRAINED:
         raise MddoseError(f"unknown pretrained model {name!r}: choose {', '.join(PRETRAINED)}")
     folder = WEIGHTS_ROOT / name

@@ -23,7 +23,8 @@ def calibrate(predictor: Predictor, val_dir: str | Path, out: str | Path | None 
     (default: ``qa_errors.json`` beside the predictor's weights).
 
     ``predictions``: a folder of ``pt_N.csv`` already predicted by this model (``mddose predict``); its
-    ``prediction.json`` then says how they were sampled. Without it every patient is predicted here.
+    ``prediction.json`` then says how they were sampled. Without it every patient is predicted here, as
+    ``mddose predict`` would with the predictor's settings (the mean of its samples is scored).
     """
     path = Path(out) if out else predictor.weights.parent / ERROR_TABLE
     check_output_file(path, "mddose qa-calibrate", [val_dir, predictions], json_with("format", TABLE_FORMAT),
@@ -40,7 +41,7 @@ def calibrate(predictor: Predictor, val_dir: str | Path, out: str | Path | None 
                 raise MddoseError(f"no prediction for {patient.patient_id}", found)
             mean = read_dose_csv(found, patient.shape)
         else:
-            mean = predictor.samples(patient).mean(axis=0)
+            mean = predictor.predict(patient).mean
         structures = {r: patient.structures[r] for r in patient.present_rois()}
         args = (structures, patient.prescriptions, patient.voxel_volume_mm3)
         plan_m, pred_m = patient_qa_metrics(patient.dose, *args), patient_qa_metrics(mean, *args)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mddose.data.patient import Patient
 from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS, WORSE_WHEN, patient_qa_metrics, qa_unit
 from mddose.qa.tolerance import DEFAULT_Z, ErrorTable
+
+if TYPE_CHECKING:  # a prediction is read here, never made
+    from mddose.inference.volume import PatientDose
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ class QaRow:
 
 @dataclass
 class QaResult:
-    """Every row, the flagged ROIs, the predicted samples (K, X, Y, Z), their mean and per-voxel spread (Gy)."""
+    """Every row, the flagged ROIs, the predicted samples (K, X, Y, Z), the prediction (their mean) and its
+    per-voxel spread (Gy), as the predictor gave them."""
 
     rows: list[QaRow]
     samples: np.ndarray
@@ -63,14 +68,16 @@ def _physical(metric: str, value: float) -> float:
     return min(max(value, 0.0), 100.0) if metric == "V95" else max(value, 0.0)
 
 
-def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: ErrorTable,
+def check_plan(patient: Patient, plan: np.ndarray, prediction: PatientDose, table: ErrorTable,
                z: float = DEFAULT_Z, stated: dict[str, float] | None = None) -> QaResult:
-    """Compare ``plan`` (X, Y, Z Gy) with the predicted ``samples`` (K, X, Y, Z Gy) on ``patient``'s ROIs;
-    ``stated``: the targets' stated prescriptions where they differ from the trained ones (V95 counts them)."""
+    """Compare ``plan`` (X, Y, Z Gy) with the ``prediction`` (its mean and its K draws, Gy) on ``patient``'s ROIs;
+    ``stated``: the targets' stated prescriptions where they differ from the trained ones (V95 counts them). A
+    prediction without draws counts as one draw, its mean."""
     rois = patient.present_rois()
     structures = {r: patient.structures[r] for r in rois}
     rx, vv = patient.prescriptions | (stated or {}), patient.voxel_volume_mm3
-    mean = samples.mean(axis=0)
+    mean = prediction.mean
+    samples = prediction.draws if prediction.draws is not None else mean[None]
     plan_m = patient_qa_metrics(plan, structures, rx, vv)
     pred_m = patient_qa_metrics(mean, structures, rx, vv)
     per_sample = [patient_qa_metrics(s, structures, rx, vv) for s in samples]
@@ -87,4 +94,4 @@ def check_plan(patient: Patient, plan: np.ndarray, samples: np.ndarray, table: E
             rows.append(QaRow(roi, "target" if roi in rx else "OAR", metric, qa_unit(metric), plan_m[roi][metric],
                               predicted, achievable, sd, difference, tolerance,
                               _is_flagged(metric, difference, tolerance)))
-    return QaResult(rows, samples, mean.astype(np.float32), samples.std(axis=0).astype(np.float32))
+    return QaResult(rows, samples, mean.astype(np.float32), prediction.spread.astype(np.float32))

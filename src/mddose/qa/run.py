@@ -8,7 +8,8 @@ only with ``overwrite``, a folder holding anything else is refused: :func:`mddos
       qa.csv             one row per ROI and metric: plan, predicted, achievable, difference, tolerance, flag
       qa.html            the page: summary, per-ROI table, DVHs, dose and difference washes
       figures/           the page's PNGs
-      prediction/        pt_N.csv (mean predicted dose) and pt_N_std.csv (per-voxel spread over the samples)
+      prediction/        pt_N.csv (mean predicted dose) and pt_N_std.csv (per-voxel spread over the samples): what
+                         ``mddose predict`` writes for the same seed and samples (:mod:`mddose.inference.predictor`)
       patient/pt_N/      the patient as imported, when PATIENT_DIR was a DICOM folder
 """
 
@@ -19,17 +20,15 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mddose.atomic import write_json, write_text
-from mddose.data.cache import CachedPatient
 from mddose.data.dataset import DataConfig
 from mddose.data.prescriptions import check_prescriptions, dose_scale, read_prescriptions
 from mddose.data.openkbp import write_dose_csv
 from mddose.data.patient import Patient, RoiConfig
-from mddose.device import prediction_batch, resolve_device
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, GammaResult, gamma_pass_rate
 from mddose.inference.scope import read_profile, scope_warnings
@@ -40,62 +39,27 @@ from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import plan_source, read_plan, read_qa_patient
 from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
 
+if TYPE_CHECKING:  # qa reads a prediction; the model behind it is loaded by its caller
+    from mddose.inference.volume import PatientDose
+
 QA_FORMAT = "mddose-qa/1"
-DEFAULT_SAMPLES = 4
 #: Exit status of ``mddose qa --fail-on-flag`` when a ROI is flagged (1 stays "bad input").
 FLAGGED_EXIT = 3
 
 
 class Predictor(Protocol):
-    """What QA needs of a model: its ROIs, where its weights are, and K dose samples (K, X, Y, Z) in Gy."""
+    """What QA needs of a model: its ROIs, where its weights are, how it samples, and a patient's predicted dose
+    with its K draws. :class:`mddose.inference.predictor.Predictor` is the real one; the tests' phantom predictor
+    stands in for it."""
 
     rois: RoiConfig
     data: DataConfig
     weights: Path
-    info: dict[str, Any]
 
-    def samples(self, patient: Patient) -> np.ndarray: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
 
-
-class ModelPredictor:
-    """A run folder, checkpoint folder or shipped model, sampled ``samples`` times with seeds seed, seed + 1, …"""
-
-    def __init__(self, model: str | Path, sampler: str | None = None, steps: int | None = None,
-                 samples: int = DEFAULT_SAMPLES,
-                 seed: int = 0, device: str = "auto", batch_size: int | None = None, progress: bool = True) -> None:
-        from mddose.diffusion.sampling import check_sampling
-        from mddose.inference.bounds import check_samples, training_voxel_mm
-        from mddose.inference.predict import load_model
-        from mddose.inference.smoothing import default_smoothing
-
-        self.device = resolve_device(device)
-        check_samples(samples)
-        self.cfg, self.model, self.folder = load_model(model, self.device)
-        if self.cfg.objective == "regression":
-            sampler, steps, samples = "none", 0, 1
-        else:
-            sampler, steps = self.cfg.diffusion.sampling(sampler, steps)
-            check_sampling(self.cfg.diffusion, sampler, steps)
-        self.sampler, self.steps, self.n, self.seed = sampler, steps, samples, seed
-        self.batch, self.progress = prediction_batch(self.device, batch_size), progress
-        self.rois, self.data = self.cfg.data.rois, self.cfg.data
-        ema = self.folder / "ema.safetensors"
-        self.weights = ema if ema.is_file() else self.folder / "model.safetensors"
-        self.info = {"checkpoint": str(self.folder), "sampler": sampler, "steps": steps, "samples": samples,
-                     "smooth_mm": default_smoothing(self.cfg.volumetric), "seed": seed, "device": str(self.device)}
-        self.trained_voxel = training_voxel_mm(self.folder, self.cfg.data)
-
-    def samples(self, patient: Patient) -> np.ndarray:
-        from mddose.inference.bounds import check_voxel
-        from mddose.inference.predict import predict_volume
-
-        check_voxel(patient.spacing, patient.shape, self.trained_voxel, self.cfg.data, patient.patient_id)
-
-        vol = CachedPatient.from_patient(patient, self.cfg.data.prior_angles)
-        draws = [predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps,
-                                batch_size=self.batch, seed=self.seed + k, device=self.device,
-                                progress=self.progress)[0] for k in range(self.n)]
-        return np.stack(draws)
+    def predict(self, patient: Patient, keep_draws: bool = False) -> PatientDose: ...
 
 
 def run_qa(predictor: Predictor, patient_dir: str | Path, plan: str | Path | None, out_dir: str | Path,
@@ -129,8 +93,8 @@ def _run(predictor: Predictor, patient_dir: Path, plan: str | Path | None, tmp: 
     scale, note = dose_scale(patient.prescriptions, stated)
     warnings += scope_warnings(patient, predictor.data, read_profile(predictor.weights.parent))
     warnings += [note] if note else []
-    samples = predictor.samples(patient) * np.float32(scale)
-    result = check_plan(patient, plan_dose, samples, table, z, stated)
+    prediction = predictor.predict(patient, keep_draws=True).scaled(scale)  # K draws: the per-sample spread
+    result = check_plan(patient, plan_dose, prediction, table, z, stated)
     g = gamma_pass_rate(result.mean, plan_dose, patient.spacing) if gamma else GammaResult(math.nan, "not asked")
     imported = folder != patient_dir  # a DICOM folder, imported into out_dir/patient/ (here: tmp)
     summary = {

@@ -38,7 +38,7 @@ from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.evaluate.openkbp import dose_score
 from mddose.inference.bounds import input_voxel_mm
-from mddose.inference.predict import predict_volume
+from mddose.inference.volume import predict_volume
 from mddose.inference.scope import profile_of, write_profile
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
@@ -104,8 +104,8 @@ def validate(ema: torch.nn.Module, cfg: RunConfig, cache: Cache, ids: list[str],
     ema.eval()
     for pid in ids:
         vol = cache.get(pid)
-        pred, _ = predict_volume(ema, cfg, vol, sampler=cfg.train.val_sampler, steps=cfg.train.val_steps,
-                                 batch_size=prediction_batch(device), device=device)
+        pred = predict_volume(ema, cfg, vol, sampler=cfg.train.val_sampler, steps=cfg.train.val_steps,
+                              batch_size=prediction_batch(device), device=device).mean
         patient = vol.to_patient(cache.rois)
         scores.append(dose_score(patient.dose, pred, patient.possible_dose_mask))
     return float(np.mean(scores))
