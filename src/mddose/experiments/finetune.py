@@ -63,7 +63,7 @@ STATE = "finetune.json"
 MIN_TRAIN = 3  # patients to learn from, beside the held-out ones
 MIN_HELD_OUT = 2
 #: The fine-tuning recipe, over the starting model's training config (docs/experiments/finetune.md)
-RECIPE: dict[str, Any] = {"lr": 1e-4, "warmup_steps": 20, "lr_schedule": "constant", "ema_decay": 0.99,
+RECIPE: dict[str, Any] = {"lr": 3e-4, "warmup_steps": 20, "lr_schedule": "constant", "ema_decay": 0.99,
                           "val_every": 40, "checkpoint_every_s": 60.0, "weight_decay": 0.0}
 
 
