@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient, write_dose_csv
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.smoothing import smooth_across_slices
 
 

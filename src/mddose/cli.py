@@ -105,7 +105,7 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Score prediction folders against reference doses: OpenKBP scores, paper metrics, t-tests, figures."""
-    from mddose.evaluate.run import evaluate as evaluate_folders
+    from mddose.evaluate.folders import evaluate as evaluate_folders
     from mddose.viz.figures import evaluation_figures
 
     summary = evaluate_folders(reference_dir, prediction_dirs, out, names=name, against=against,

@@ -63,7 +63,7 @@ def bench_sampling_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Time per patient and dose score for DDPM-1000 against DDIM and DPM-Solver++ at 50, 20 and 10 steps."""
-    from mddose.bench.sampling import bench_sampling
+    from mddose.bench.samplers import bench_sampling
 
     result = bench_sampling(run_dir, data_dir, json_out, n_patients=patients, samples=samples, device=device)
     for row in result["results"]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mddose.evaluate.openkbp import dvh_differences, target_metrics
+from mddose.evaluate.challenge import dvh_differences, target_metrics
 from mddose.evaluate.paper import headline_target, homogeneity_index, paper_dose_score, paper_dvh_score
 
 

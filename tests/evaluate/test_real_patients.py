@@ -13,8 +13,8 @@ from scipy.ndimage import gaussian_filter
 
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.data.patient import RoiConfig
-from mddose.evaluate.openkbp import dvh_score
-from mddose.evaluate.run import read_reference
+from mddose.evaluate.challenge import dvh_score
+from mddose.evaluate.folders import read_reference
 from mddose.evaluate.score import dose_metrics, score_patient
 
 

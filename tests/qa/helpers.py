@@ -11,7 +11,7 @@ from scipy import ndimage
 from mddose.data.dataset import DataConfig
 from mddose.data.patient import Patient, RoiConfig
 from mddose.data.phantom_dose import compute_dose
-from mddose.inference.volume import PatientDose
+from mddose.inference.slicewise import PatientDose
 from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS
 from mddose.qa.tolerance import ErrorTable, MetricError
 

@@ -13,7 +13,7 @@ from mddose.data.phantom import make_phantom
 from mddose.errors import MddoseError
 from mddose.qa.check import check_plan
 from mddose.qa.tolerance import ErrorTable, MetricError
-from mddose.inference.volume import PatientDose
+from mddose.inference.slicewise import PatientDose
 from tests.qa.helpers import cut_coverage, known, raised_oar, stated_table
 
 

@@ -47,7 +47,7 @@ def errors(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def evaluation(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An evaluation of the trivial baseline on the phantom split (with figures)."""
-    from mddose.evaluate.run import evaluate
+    from mddose.evaluate.folders import evaluate
     from mddose.inference.trivial import predict_trivial
     from mddose.viz.figures import evaluation_figures
 

@@ -15,7 +15,7 @@ from mddose.atomic import write_json
 from mddose.data.openkbp import list_patients, read_patient, write_dose_csv
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.trivial import predict_trivial
 from mddose.runs.run_config import RunConfig, TrainConfig
 from mddose.viz.report import build_report

@@ -13,7 +13,7 @@ The paper's prose calls D_1 "the 1st percentile" but D_95 "the median"; we use t
 which is also that of its reference [24] and of OpenKBP: ``D_x`` = the dose to x % of the volume =
 percentile ``100 - x`` (D_1 = near-maximum, D_99 = near-minimum). With several PTVs, the per-patient value is
 the mean over all PTVs present of their three absolute differences (each PTV weighted equally). These are the
-same target metrics as OpenKBP's (:func:`mddose.evaluate.openkbp.target_metrics`), so both scores agree on
+same target metrics as OpenKBP's (:func:`mddose.evaluate.challenge.target_metrics`), so both scores agree on
 what D_1/D_95/D_99 mean.
 
 **Dose score**, eq. (8): as printed, ``1/n Σ (ŷ_i - y_i) / y_i`` is a *signed* relative error (over- and
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from mddose.evaluate.dvh import d_percent
-from mddose.evaluate.openkbp import MetricTable
+from mddose.evaluate.challenge import MetricTable
 
 PAPER_DOSE_CUTOFF = 0.1  # fraction of the reference maximum below which voxels do not enter eq. (8)
 
@@ -59,7 +59,7 @@ def paper_dvh_score(differences: MetricTable, targets: Iterable[str]) -> float:
     """One patient's eq. (9) value: mean of |ΔD_1|, |ΔD_95|, |ΔD_99| over all PTVs present (Gy).
 
     Args:
-        differences: the patient's OpenKBP absolute differences (:func:`~mddose.evaluate.openkbp.dvh_differences`).
+        differences: the patient's OpenKBP absolute differences (:func:`~mddose.evaluate.challenge.dvh_differences`).
         targets: the target ROI names.
 
     Returns:

@@ -13,7 +13,7 @@ import numpy as np
 
 from mddose.data.patient import Patient
 from mddose.evaluate.clinical import clinical_metrics, gamma_pass_rate, metric_unit
-from mddose.evaluate.openkbp import (
+from mddose.evaluate.challenge import (
     MetricTable,
     dose_score,
     dvh_differences,

@@ -312,7 +312,7 @@ def _train_stage(out_dir: Path, cfg: RunConfig, plan: DemoPlan, device: str, ste
 
 def _evaluate_stage(out_dir: Path, test: Path, progress: bool) -> dict[str, Any]:
     """[5/6] Both predictions against the reference doses: each method's OpenKBP scores."""
-    from mddose.evaluate.run import evaluate
+    from mddose.evaluate.folders import evaluate
 
     log.info("[5/6] evaluate: %s and the trivial baseline against the reference doses", MODEL_NAME)
     summary = evaluate(test, [out_dir / "predictions" / "mddose", out_dir / "predictions" / "trivial"],

@@ -43,7 +43,7 @@ from mddose.atomic import write_json
 from mddose.data.cache import prepare_cache
 from mddose.data.openkbp import find_file, natural_key
 from mddose.errors import MddoseError
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.inference.predictor import Predictor, checkpoint_folder
 from mddose.inference.scope import require_target

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mddose.atomic import write_json
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.inference.predictor import Predictor, checkpoint_folder
 from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights

@@ -5,7 +5,7 @@ Table I compares MD-Dose with the deterministic baselines (C3D-like cascade, HD-
 with a voxel-wise loss) and the diffusion baselines (DiffDP-like conv and SP-DiffDose-like Swin networks, and the
 DoseDiff-like network on signed distance maps, trained and sampled exactly as MD-Dose); see
 :func:`mddose.runs.run_config.method_config`. Table II (parameters and
-inference time) is :mod:`mddose.experiments.timing`. Table III varies the denoiser's block (conv, Swin, Mamba)
+inference time) is :mod:`mddose.experiments.inference_cost`. Table III varies the denoiser's block (conv, Swin, Mamba)
 with a Mamba structure encoder; Table IV keeps the Mamba denoiser and varies the structure encoder (none =
 structures concatenated to x_t, conv, Swin, Mamba): :func:`~mddose.models.config.ablation_configs`.
 
@@ -42,7 +42,7 @@ from mddose.atomic import write_json, write_text
 from mddose.data.openkbp import list_patients
 from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.models.baselines import BaselineConfig
 from mddose.models.build import build_model, count_parameters
@@ -222,7 +222,7 @@ def run_experiment(
     ``only`` names the rows to run (the table's reference row, MD-Dose itself, always runs); the table, the
     evaluation and experiment.json then cover those rows (other rows already in the folder stay on disk).
 
-    ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiments.timing.run_timing`) on
+    ``table2`` trains nothing: it times the Table I networks (:func:`mddose.experiments.inference_cost.run_timing`) on
     ``time_patients`` patients of ``data_dir``; ``cache_dir`` and ``budget_minutes`` are then unused.
     """
     out_dir = Path(out_dir)
@@ -235,7 +235,7 @@ def run_experiment(
     with claim(out_dir, "mddose experiment", [cache_dir, data_dir], resume=True) as out_dir:
         claim_folder(out_dir, table, {} if table == "table2" else budget)
         if table == "table2":
-            from mddose.experiments.timing import run_timing
+            from mddose.experiments.inference_cost import run_timing
 
             return run_timing(rows, data_dir, out_dir, base, sampler, steps, time_patients, device, progress)
         methods = {name: _train_and_predict(name, cfg, cache_dir, data_dir, out_dir, budget, sampler, steps, samples,

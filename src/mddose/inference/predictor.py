@@ -5,10 +5,10 @@ A :class:`Predictor` settles once how a model predicts: the checkpoint folder an
 (EMA, else the model's own), the device and batch size, the sampler and steps (the model's own by default,
 validated), the number of samples K, the seed, mirroring, the smoothing across slices and the voxel size of
 the training patients. :meth:`Predictor.predict` then gives one patient's
-:class:`~mddose.inference.volume.PatientDose`.
+:class:`~mddose.inference.slicewise.PatientDose`.
 
 ``samples`` means one thing everywhere: K draws of every batch of slices, one after another from one generator
-seeded with ``seed`` for each patient (:func:`~mddose.inference.volume.predict_volume`). Their mean is the
+seeded with ``seed`` for each patient (:func:`~mddose.inference.slicewise.predict_volume`). Their mean is the
 prediction, their standard deviation the uncertainty; K = 1 is the single draw the shipped model is scored on.
 """
 
@@ -28,7 +28,7 @@ from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.inference.bounds import check_samples, check_smoothing, check_voxel, check_voxels, training_voxel_mm
 from mddose.inference.smoothing import default_smoothing
-from mddose.inference.volume import PatientDose, predict_volume
+from mddose.inference.slicewise import PatientDose, predict_volume
 from mddose.models.build import build_model
 from mddose.runs.checkpoint import load_weights
 from mddose.runs.layout import CONFIG, RunFolder

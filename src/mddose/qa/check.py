@@ -19,7 +19,7 @@ from mddose.qa.metrics import OAR_QA_METRICS, TARGET_QA_METRICS, WORSE_WHEN, pat
 from mddose.qa.tolerance import DEFAULT_Z, ErrorTable
 
 if TYPE_CHECKING:  # a prediction is read here, never made
-    from mddose.inference.volume import PatientDose
+    from mddose.inference.slicewise import PatientDose
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from mddose.evaluate.clinical import V_X_OF_PRESCRIPTION
 from mddose.evaluate.dvh import d_percent, v_dose
-from mddose.evaluate.openkbp import oar_metrics
+from mddose.evaluate.challenge import oar_metrics
 from mddose.evaluate.paper import hi_from
 
 OAR_QA_METRICS: tuple[str, ...] = ("Dmean", "D0.1cc", "D2")

@@ -40,7 +40,7 @@ from mddose.qa.inputs import plan_source, read_plan, read_qa_patient
 from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
 
 if TYPE_CHECKING:  # qa reads a prediction; the model behind it is loaded by its caller
-    from mddose.inference.volume import PatientDose
+    from mddose.inference.slicewise import PatientDose
 
 QA_FORMAT = "mddose-qa/1"
 #: Exit status of ``mddose qa --fail-on-flag`` when a ROI is flagged (1 stays "bad input").

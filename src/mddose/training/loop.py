@@ -36,9 +36,9 @@ from mddose.data.volume import VolumeDataset
 from mddose.device import ThreadTuner, bf16_pays, prediction_batch, resolve_device, slowdown
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
-from mddose.evaluate.openkbp import dose_score
+from mddose.evaluate.challenge import dose_score
 from mddose.inference.bounds import input_voxel_mm
-from mddose.inference.volume import predict_volume
+from mddose.inference.slicewise import predict_volume
 from mddose.inference.scope import profile_of, write_profile
 from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters

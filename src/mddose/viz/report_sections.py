@@ -169,7 +169,7 @@ def patients_section(found: ReportSources, chosen: list[tuple[str, str]], figure
                      rows: list[dict[str, str]], progress: bool = False) -> str:
     """For each chosen patient: slices of reference/prediction/error/uncertainty and the DVHs."""
     from mddose.data.openkbp import find_file, read_dose_csv, read_patient
-    from mddose.evaluate.run import find_prediction
+    from mddose.evaluate.folders import find_prediction
     from mddose.viz.figures import dvh_figure, save_png
     from mddose.viz.report_figures import patient_figure
 

@@ -14,7 +14,7 @@ from mddose.cli import app, main
 from mddose.data.openkbp import read_sparse_csv, write_dose_csv, write_patient, write_sparse_csv
 from mddose.data.patient import OPENKBP_SHAPE, Patient
 from mddose.errors import MddoseError
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 
 IDS = ("pt_1", "pt_2", "pt_3")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mddose.bench.sampling import bench_sampling
+from mddose.bench.samplers import bench_sampling
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.errors import MddoseError
-from mddose.evaluate.run import evaluate
+from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.runs.run_config import for_data
 from mddose.training.loop import train
@@ -184,7 +184,7 @@ def test_model_default_sampler(tmp_path: Path) -> None:
 def test_mirror_average_swaps_paired_organs_and_pools_the_spread() -> None:
     import torch
 
-    from mddose.inference.volume import mirror_average
+    from mddose.inference.slicewise import mirror_average
 
     g = torch.Generator().manual_seed(0)
     cond = torch.rand((2, 4, 6, 5), generator=g)
@@ -302,7 +302,7 @@ def test_predictor_voxel_check_and_fallback_weights(trained: tuple[Path, Path], 
 
 def test_bench_sampling_predicts_as_predict_does(trained: tuple[Path, Path], tmp_path: Path) -> None:
     """``bench sampling`` scores the dose ``mddose predict`` writes for the same sampler, steps, samples and seed."""
-    from mddose.evaluate.openkbp import dose_score
+    from mddose.evaluate.challenge import dose_score
 
     run, data = trained
     result = bench_sampling(run, data, tmp_path / "s.json", grid=(("ddim", 2),), n_patients=1, samples=2, seed=4,

@@ -20,7 +20,7 @@ from mddose.atomic import write_json
 from mddose.bench.timing import machine_info
 from mddose.data.openkbp import list_patients, read_patient
 from mddose.errors import MddoseError
-from mddose.evaluate.openkbp import dose_score
+from mddose.evaluate.challenge import dose_score
 from mddose.inference.predictor import Predictor
 from mddose.ownership import check_output_file, json_with
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mddose.data.patient import RoiConfig
-from mddose.evaluate.openkbp import (
+from mddose.evaluate.challenge import (
     dose_score,
     dvh_differences,
     dvh_metrics,

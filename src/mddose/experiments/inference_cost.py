@@ -41,7 +41,7 @@ from mddose.data.volume import structure_volume
 from mddose.device import prediction_batch, resolve_device
 from mddose.diffusion.sampling import sample
 from mddose.errors import MddoseError
-from mddose.inference.volume import prediction_window, predict_volume, slice_inputs
+from mddose.inference.slicewise import prediction_window, predict_volume, slice_inputs
 from mddose.inference.regression import regress
 from mddose.models.build import build_model, count_parameters
 from mddose.runs.run_config import RunConfig

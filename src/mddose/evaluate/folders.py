@@ -75,7 +75,7 @@ from mddose.data.patient import Patient, RoiConfig
 from mddose.errors import MddoseError
 from mddose.evaluate.clinical import GAMMA_CRITERIA, gamma_unavailable_reason
 from mddose.evaluate.compare import comparison_markdown, mean_std, ttests
-from mddose.evaluate.openkbp import dvh_score
+from mddose.evaluate.challenge import dvh_score
 from mddose.evaluate.score import PATIENT_METRICS, PatientResult, dose_metrics, score_patient
 from mddose.ownership import claim
 
