@@ -102,12 +102,37 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json_object(path: str | Path, what: str = "JSON", example: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``; else one line naming the file and ``what`` it should hold (``example``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MddoseError(f"cannot read {what} ({type(e).__name__}: {e})", path) from None
+    if not isinstance(data, dict):
+        raise MddoseError(f"{what} must be a JSON object{' ' + example if example else ''}", path)
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, final: Path) -> Iterator[None]:
+    """Remove the temporary folder ``tmp`` built for ``final`` when the block fails; a user error then names
+    ``final``, not ``tmp``."""
+    try:
+        yield
+    except MddoseError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise e.moved(tmp, final) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -121,21 +146,14 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     with _one_line(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        with _one_line(path):
-            yield tmp
-            if path.exists():
-                if not overwrite:
-                    raise FileExistsError(path)
-                for _, replacing in _watchers:
-                    replacing(path)
-            replace_dir(tmp, path)
-    except MddoseError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise e.moved(tmp, path) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with removed_on_failure(tmp, path), _one_line(path):
+        yield tmp
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(path)
+            for _, replacing in _watchers:
+                replacing(path)
+        replace_dir(tmp, path)
     for written, _ in _watchers:
         written(path, True)
 

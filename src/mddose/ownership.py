@@ -40,6 +40,7 @@ from mddose.atomic import (
     check_output_dir,
     lock_folder,
     recover_dir,
+    removed_on_failure,
     replace_dir,
     unlock_folder,
     watch,
@@ -401,7 +402,7 @@ def _built_aside(current: Claim) -> Iterator[Path]:
     """A temporary sibling marked as ours (so a later run can clean it up); on success it replaces the folder."""
     folder = current.folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with removed_on_failure(tmp, folder):
         _write_owner(tmp, current.command, (), ())
         yield tmp
         files = [rel for rel, marked in _walk(tmp) if not marked]
@@ -411,12 +412,6 @@ def _built_aside(current: Claim) -> Iterator[Path]:
         if alien:  # written there while we worked: refuse rather than take it along
             raise _refusal(folder, current.command, alien)
         replace_dir(tmp, folder)
-    except MddoseError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise e.moved(tmp, folder) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 watch(note_written, check_replace)  # every atomic write tells the claim holding it

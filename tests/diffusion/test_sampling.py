@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mddose.diffusion.process import DiffusionConfig, DiffusionLoss
-from mddose.diffusion.sampling import SAMPLERS, clamp_x0, make_scheduler, sample, sample_many
+from mddose.diffusion.sampling import SAMPLERS, clamp_x0, draw_samples, make_scheduler, mean_and_spread, sample
 
 
 class Oracle(torch.nn.Module):
@@ -70,8 +70,10 @@ def test_multi_sample_mean_and_std_reproducible() -> None:
     cfg = DiffusionConfig()
     model = lambda x, t, c: torch.zeros_like(x)  # noqa: E731 - a denoiser that knows nothing: draws vary
     kw = dict(samples=3, sampler="dpm++", steps=5)
-    m1, s1 = sample_many(model, torch.zeros(2, 1, 8, 8), cfg, generator=torch.Generator().manual_seed(1), **kw)
-    m2, s2 = sample_many(model, torch.zeros(2, 1, 8, 8), cfg, generator=torch.Generator().manual_seed(1), **kw)
+    draws = draw_samples(model, torch.zeros(2, 1, 8, 8), cfg, generator=torch.Generator().manual_seed(1), **kw)
+    m1, s1 = mean_and_spread(draws)
+    draws = draw_samples(model, torch.zeros(2, 1, 8, 8), cfg, generator=torch.Generator().manual_seed(1), **kw)
+    m2, s2 = mean_and_spread(draws)
     assert torch.equal(m1, m2) and torch.equal(s1, s2)
     assert s1.mean() > 0 and m1.shape == s1.shape == (2, 1, 8, 8)
 

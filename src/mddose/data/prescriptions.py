@@ -17,11 +17,10 @@ trained spacing between levels (the highest target's ratio is applied to all), w
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from mddose.atomic import write_json
+from mddose.atomic import read_json_object, write_json
 from mddose.data.patient import RoiConfig
 from mddose.errors import MddoseError
 
@@ -52,12 +51,7 @@ def read_prescriptions(folder: Path, rois: RoiConfig) -> dict[str, float]:
     path = Path(folder) / FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MddoseError(f"cannot read stated prescriptions ({type(e).__name__})", path) from None
-    if not isinstance(data, dict):
-        raise MddoseError('stated prescriptions are an object {"PTV70": 60.0}', path)
+    data = read_json_object(path, "stated prescriptions", '{"PTV70": 60.0}')
     return check_prescriptions(data, rois, path)
 
 

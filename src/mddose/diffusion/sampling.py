@@ -132,16 +132,3 @@ def mean_and_spread(draws: Tensor) -> tuple[Tensor, Tensor]:
     """The mean of K draws (K, B, ...) (the prediction) and their per-voxel standard deviation (0 for K = 1)."""
     std = draws.std(dim=0, unbiased=True) if len(draws) > 1 else torch.zeros_like(draws[0])
     return draws.mean(dim=0), std
-
-
-@torch.no_grad()
-def sample_many(
-    model: torch.nn.Module,
-    cond: Tensor,
-    config: DiffusionConfig,
-    mask: Tensor | None = None,
-    samples: int = 1,
-    **kwargs,
-) -> tuple[Tensor, Tensor]:
-    """K independent draws per condition: their mean (the prediction) and per-voxel standard deviation."""
-    return mean_and_spread(draw_samples(model, cond, config, mask, samples, **kwargs))

@@ -6,7 +6,6 @@ data model, below both the page's orchestration (:mod:`.report`) and its section
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mddose.atomic import read_json_object
 from mddose.data.openkbp import natural_key
 from mddose.errors import MddoseError
 from mddose.runs.layout import RunFolder
@@ -38,23 +38,13 @@ class ReportSources:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MddoseError(f"cannot read JSON ({e})", path) from None
-    if not isinstance(data, dict):
-        raise MddoseError("expected a JSON object", path)
-    return data
-
-
 def find_sources(source: str | Path, method: str | None = None) -> ReportSources:
     """Recognise ``source`` (evaluation, run or demo folder) and gather what belongs to it."""
     source = Path(source)
     if not source.is_dir():
         raise MddoseError("report source folder does not exist", source)
     if (source / "demo.json").is_file():
-        found = ReportSources(source, "demo", demo=_read_json(source / "demo.json"))
+        found = ReportSources(source, "demo", demo=read_json_object(source / "demo.json"))
         eval_dir, run_dir = source / "evaluation", source / "run"
     elif (source / "summary.json").is_file():
         found, eval_dir, run_dir = ReportSources(source, "evaluation"), source, None
@@ -64,7 +54,7 @@ def find_sources(source: str | Path, method: str | None = None) -> ReportSources
         raise MddoseError("neither an evaluation (summary.json), a training run (config.json + history.json) "
                           "nor a demo folder (demo.json)", source)
     if eval_dir is not None and (eval_dir / "summary.json").is_file():
-        summary = _read_json(eval_dir / "summary.json")
+        summary = read_json_object(eval_dir / "summary.json")
         if summary.get("schema") != EVAL_SCHEMA or not isinstance(summary.get("methods"), dict):
             raise MddoseError(f"not an mddose evaluation summary (expected schema {EVAL_SCHEMA})",
                               eval_dir / "summary.json")
@@ -78,15 +68,15 @@ def find_sources(source: str | Path, method: str | None = None) -> ReportSources
         if found.primary is not None:
             pred_dir = Path(summary["methods"][found.primary]["prediction_dir"])
             if (pred_dir / "prediction.json").is_file():
-                found.prediction = _read_json(pred_dir / "prediction.json")
+                found.prediction = read_json_object(pred_dir / "prediction.json")
                 if run_dir is None and found.prediction.get("checkpoint"):
                     run = RunFolder.of_checkpoint(Path(found.prediction["checkpoint"]))
                     run_dir = run.root if run is not None else None
     if run_dir is not None and RunFolder(run_dir).is_run():
         found.run_dir = run_dir
-        found.config = _read_json(RunFolder(run_dir).config)
+        found.config = read_json_object(RunFolder(run_dir).config)
         if RunFolder(run_dir).history.is_file():
-            found.history = _read_json(RunFolder(run_dir).history)
+            found.history = read_json_object(RunFolder(run_dir).history)
     if found.summary is None and found.config is None:
         raise MddoseError("holds neither an evaluation nor a training run to report on", source)
     return found
