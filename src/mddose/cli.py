@@ -28,6 +28,7 @@ from mddose.cli_options import (
     MAX_SEED,
     MAX_SMOOTH_MM,
     MAX_STEPS,
+    SAMPLER_CHOICES,
     Overwrite,
     finite,
 )
@@ -166,7 +167,7 @@ def predict(
                                                      "patient folders (OpenKBP layout); OUT_DIR: predictions.")],
     pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose instead of RUN_DIR: "
                                                            "openkbp.")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own, e.g. "
+    sampler: Annotated[Optional[str], typer.Option(help=f"{SAMPLER_CHOICES} (default: the model's own, e.g. "
                                                          "ddim for the shipped model).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the "
                                                  "model's own; ddpm: 1000 as in the paper).")] = None,

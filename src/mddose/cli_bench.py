@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mddose.cli_options import MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_STEPS, finite
+from mddose.cli_options import MAX_BATCH, MAX_PATIENTS, MAX_SAMPLES, MAX_STEPS, SAMPLER_CHOICES, finite
 from mddose.runs.methods import RUN_PRESETS
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
@@ -85,7 +85,7 @@ def experiment(
                                                                     "instead of for --budget-minutes.")] = None,
     preset: Annotated[str, typer.Option(help=f"Base recipe: {', '.join(RUN_PRESETS)}.")] = "tiny",
     config: Annotated[Optional[Path], typer.Option(help="Base RunConfig JSON instead of --preset.")] = None,
-    sampler: Annotated[str, typer.Option(help="dpm++, ddim or ddpm, for every diffusion model.")] = "dpm++",
+    sampler: Annotated[str, typer.Option(help=f"{SAMPLER_CHOICES}, for every diffusion model.")] = "dpm++",
     steps: Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Sampler steps for every diffusion model.")] = 10,
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws averaged per patient (diffusion "
                                                                       "models).")] = 1,

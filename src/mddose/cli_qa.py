@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mddose.cli_options import MAX_SAMPLES, MAX_SEED, MAX_STEPS, finite
+from mddose.cli_options import MAX_SAMPLES, MAX_SEED, MAX_STEPS, SAMPLER_CHOICES, finite
 from mddose.errors import MddoseError
 
 QA_HELP = (
@@ -41,7 +41,7 @@ def qa_command(
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient, as in predict: "
                                                                       "their mean is the prediction, their spread "
                                                                       "widens the tolerance.")] = 4,
-    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help=f"{SAMPLER_CHOICES} (default: the model's own).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps per sample (default: "
                                                                               "the model's own).")] = None,
     z: Annotated[float, typer.Option(min=0.0, max=10.0, callback=finite, help="Tolerance in standard deviations "
@@ -81,7 +81,7 @@ def qa_calibrate_command(
                                                                      "beside the weights).")] = None,
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Predicted samples per patient (their mean "
                                                                       "is scored).")] = 4,
-    sampler: Annotated[Optional[str], typer.Option(help="dpm++, ddim or ddpm (default: the model's own).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help=f"{SAMPLER_CHOICES} (default: the model's own).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps per sample (default: "
                                                                               "the model's own).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mddose.data.dataset import DataConfig
-from mddose.diffusion.process import DiffusionConfig
+from mddose.diffusion.process import DiffusionConfig, SamplerName
 from mddose.errors import MddoseError
 from mddose.models.baselines import BaselineConfig, baseline_config
 from mddose.models.build import model_config_from_dict
@@ -45,7 +45,7 @@ class TrainConfig:
     max_steps: int = 20000  # default stop; --max-steps / --minutes override per invocation
     val_patients: int = 2  # held out from the training cache for periodic validation (0: none)
     val_every: int = 500  # steps
-    val_sampler: str = "dpm++"
+    val_sampler: SamplerName = "dpm++"
     val_steps: int = 10
     checkpoint_every_s: float = 60.0
     log_every: int = 10
