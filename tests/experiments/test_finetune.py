@@ -72,6 +72,13 @@ def test_finetune_refuses_too_few_patients_and_patients_without_dose(
         dose.unlink()
     with pytest.raises(MddoseError, match="pt_2: no dose"):
         finetune(start, few, tmp_path / "ft2", minutes=0.05, device="cpu", progress=False)
+    shutil.rmtree(few / "pt_2")
+    shutil.copytree(list_patients(clinic)[1], few / "pt_2")
+    for target in (few / "pt_3").glob("PTV*"):  # ROIs the model cannot take: no target of its own
+        target.unlink()
+    with pytest.raises(MddoseError, match="pt_3: no target: none of the model's targets PTV56, PTV63, PTV70"):
+        finetune(start, few, tmp_path / "ft3", minutes=0.05, device="cpu", progress=False)
+    assert not (tmp_path / "ft3").exists()  # refused before anything was written
 
 
 def test_an_interrupted_finetune_resumes(start_and_clinic: tuple[Path, Path], tmp_path: Path,
