@@ -24,8 +24,11 @@ def _interrupt(args: list[object], wait_for: Path, sig: int, timeout: float = 60
     ``timeout`` only bounds a hung command: the signal goes as soon as ``wait_for`` appears, however slow the
     machine (a fixed 120 s once ran out on a busy CI machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # SIGINT at its default in the child: a shell that starts the tests in the background ignores it, and a Python
+    # that starts with SIGINT ignored never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "mddose.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     try:
         while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
