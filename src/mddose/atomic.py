@@ -102,7 +102,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json_object(path: str | Path, what: str = "JSON", example: str = "") -> dict[str, Any]:
+def read_json_object(path: str | Path, what: str = "the file", example: str = "") -> dict[str, Any]:
     """The JSON object in ``path``; else one line naming the file and ``what`` it should hold (``example``)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
