@@ -21,12 +21,12 @@ from mddose.data.dataset import SliceDataset
 from mddose.diffusion.process import DiffusionLoss
 from mddose.errors import MddoseError
 from mddose.inference.predictor import load_model
-from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model
 from mddose.models.config import preset
 from mddose.runs.checkpoint import load_weights, save_checkpoint
 from mddose.runs.run_config import method_config
 from mddose.training.loop import Trainer, train
+from mddose.training.regression_loss import RegressionLoss
 from tests.helpers import micro_config, phantom_cache
 
 

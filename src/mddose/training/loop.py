@@ -1,6 +1,6 @@
 """Training MD-Dose (``mddose train CACHE_DIR RUN_DIR``), top to bottom: setup, data, model, optimizer,
 helpers, loop. The deterministic baselines train in the same loop with their voxel-wise loss
-(:mod:`mddose.inference.regression`) in place of the diffusion loss (a 3D one on random volume crops). Single
+(:mod:`mddose.training.regression_loss`) in place of the diffusion loss (a 3D one on random volume crops). Single
 process by default; under ``torchrun`` it trains with PyTorch DDP (NCCL on GPUs, gloo on CPUs), each rank taking
 its share of every global batch.
 
@@ -40,13 +40,13 @@ from mddose.evaluate.challenge import dose_score
 from mddose.inference.bounds import input_voxel_mm
 from mddose.inference.slicewise import predict_volume
 from mddose.inference.scope import profile_of, write_profile
-from mddose.inference.regression import RegressionLoss
 from mddose.models.build import build_model, count_parameters
 from mddose.ownership import claim
 from mddose.runs.checkpoint import (load_trainer_state, load_weights, load_widened, save_checkpoint,
                                     warm_start_weights, weights_lineage)
 from mddose.runs.layout import CONFIG, TRAINER, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config, new_horizon, run_preset, warm_start_config
+from mddose.training.regression_loss import RegressionLoss
 from mddose.viz.training import plot_history
 
 log = logging.getLogger(__name__)
