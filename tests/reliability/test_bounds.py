@@ -93,22 +93,27 @@ def test_11_samples_are_bounded(command: str, world: dict[str, Path], tmp_path: 
             "qa-calibrate": ["qa-calibrate", run, data],
             "experiment": ["experiment", "table3", world["cache"], data, tmp_path / "x"]}[command]
     result = mddose(*args, "--samples", "100000")
-    assert result.code == 2 and "'--samples'" in result.err and "less than or equal to 64" in result.err, result.err
+    assert result.code == 2 and "'--samples'" in result.err and "64" in result.err, result.err  # the bound named
     assert list(tmp_path.iterdir()) == []
 
 
 def test_12_links_that_loop_and_folders_for_files_are_named(world: dict[str, Path], data_copy: Path, tmp_path: Path,
                                                            mddose) -> None:
+    def refused(*args: object, words: tuple[str, ...]) -> None:
+        before = snapshot(data_copy)
+        assert_clean_error(mddose(*args), *words)
+        assert snapshot(data_copy) == before
+
     (data_copy / "pt_9").symlink_to(data_copy / "pt_9")  # a patient link that loops
-    assert_clean_error(mddose("prepare", data_copy, tmp_path / "c"), "pt_9", "a link that loops")
+    refused("prepare", data_copy, tmp_path / "c", words=("pt_9", "a link that loops"))
     (data_copy / "pt_9").unlink()
     ct = data_copy / "pt_2" / "ct.csv"
     ct.unlink()
     ct.symlink_to(ct)  # a file link that loops
-    assert_clean_error(mddose("prepare", data_copy, tmp_path / "c"), "ct.csv", "a link that loops")
+    refused("prepare", data_copy, tmp_path / "c", words=("ct.csv", "a link that loops"))
     ct.unlink()
     ct.mkdir()  # a folder where the file belongs
-    assert_clean_error(mddose("baseline", data_copy, tmp_path / "b"), "ct.csv", "is a folder, not a file")
+    refused("baseline", data_copy, tmp_path / "b", words=("ct.csv", "is a folder, not a file"))
     assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()
 
 

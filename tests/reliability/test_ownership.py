@@ -138,6 +138,7 @@ def test_4_prepare_never_mixes_another_patient_of_the_same_id(world: dict[str, P
 
 def test_5_one_writer_per_folder(world: dict[str, Path], tmp_path: Path, mddose) -> None:
     out = tmp_path / "p"
+    inputs = snapshot(world["data"], world["run"])
     first = _start(["predict", world["run"], world["data"], out, "--steps", "400", "--sampler", "ddim",
                     "--device", "cpu"], out / INCOMPLETE, out)
     try:
@@ -151,14 +152,13 @@ def test_5_one_writer_per_folder(world: dict[str, Path], tmp_path: Path, mddose)
     third = mddose("predict", world["run"], world["data"], out, "--steps", "1", "--device", "cpu")
     assert third.code == 0, third.err
     assert not (out / INCOMPLETE).exists() and (out / "prediction.json").is_file()
+    assert snapshot(world["data"], world["run"]) == inputs
 
 
 def test_6_predict_never_mixes_into_another_methods_folder(world: dict[str, Path], tmp_path: Path,
                                                            mddose) -> None:
     other = tmp_path / "baseline"
     assert mddose("baseline", world["data"], other).code == 0
-    shutil.copy(other / "pt_1.csv", other / "pt_9.csv")  # the user's file in a folder mddose made
-    (other / "pt_9.csv").unlink()
     foreign = tmp_path / "theirs"
     foreign.mkdir()
     (foreign / "pt_9.csv").write_text(",data\n")  # another tool's prediction for another patient
