@@ -37,8 +37,10 @@ from mddose.runs.methods import DEFAULT_PRESET, RUN_PRESETS, baselines_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Radiotherapy dose prediction with MD-Dose: data, training, prediction, evaluation, plan QA.")
-# typer ≥ 0.20 vendors click: take its ClickException from typer's own classes so both kinds are caught
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+try:  # a typer that vendors click raises its own click's exceptions, all of them TyperExceptions
+    from typer.exceptions import TyperException as _TyperClickException
+except ImportError:  # an older typer runs on the click package
+    _TyperClickException = click.exceptions.ClickException
 app.add_typer(cli_bench.bench_app, name="bench")
 
 
@@ -318,7 +320,7 @@ def main() -> None:
         _end_progress_bars()
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except (_ClickException, click.exceptions.ClickException) as e:
+    except (_TyperClickException, click.exceptions.ClickException) as e:
         e.show()
         sys.exit(e.exit_code)
     except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
