@@ -1,6 +1,6 @@
-"""The measurement scripts under docs/ (the commands behind their numbers) still name what the package has: every
-``from mddose.… import …`` they hold resolves. They are not run (each is minutes of CPU); this catches the rename
-that would leave a documented command failing with an ImportError."""
+"""The measurement scripts and configs under docs/ (the commands behind their numbers) still work: every
+``from mddose.… import …`` they hold resolves and every config loads. They are not run (each is minutes of CPU);
+this catches the rename or the preset change that would leave a documented command failing."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def test_a_docs_script_imports_what_the_package_has(script: Path) -> None:
     missing = [f"{module}.{name}" for module, name in package_imports(script)
                if not hasattr(importlib.import_module(module), name)]
     assert not missing, f"{script.name} imports what the package no longer has: {', '.join(missing)}"
+
+
+CONFIGS = sorted(DOCS.rglob("*config*.json"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(DOCS)))
+def test_a_docs_config_loads(config: Path) -> None:
+    """The configs the docs' commands pass to ``--config`` still load (a preset that grew an input broke one)."""
+    from mddose.runs.run_config import load_run_config
+
+    assert load_run_config(config).to_dict()

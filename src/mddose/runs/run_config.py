@@ -112,10 +112,13 @@ class RunConfig:
                 "train": asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: dict[str, Any], network_follows_data: bool = False) -> RunConfig:
+        """The config of ``d``'s sections, each built once; with ``network_follows_data`` the network takes the
+        data's input size and structure channels (:func:`for_data`) instead of the ones ``d`` gives it."""
+        model, data = model_config_from_dict(d["model"]), DataConfig.from_dict(d["data"])
         return cls(
-            model=model_config_from_dict(d["model"]),
-            data=DataConfig.from_dict(d["data"]),
+            model=for_data(model, data) if network_follows_data else model,
+            data=data,
             diffusion=DiffusionConfig.from_dict(d["diffusion"]),
             train=TrainConfig(**d["train"]),
         )
@@ -242,25 +245,24 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not isinstance(d, dict):
         raise MddoseError(f"a config is a JSON object of sections, not a {type(d).__name__}", path)
     try:
-        base = run_preset(d.pop("preset", DEFAULT_PRESET)).to_dict()
+        preset = run_preset(d.pop("preset", DEFAULT_PRESET))
     except MddoseError as e:
         raise MddoseError(str(e), path) from None
+    base = preset.to_dict()
     for section, values in d.items():
         if section not in base:
             raise MddoseError(f"unknown config section {section!r}", path)
         if not isinstance(values, dict):
             raise MddoseError(f"section {section!r} must be a JSON object of fields, not {values!r}", path)
-        if section == "model" and "arch" in values and "arch" not in base["model"]:
+        if section == "model" and "arch" in values and isinstance(preset.model, ModelConfig):
             try:  # a deterministic baseline sized like the preset's network
-                base["model"] = baseline_config(values["arch"], ModelConfig.from_dict(base["model"])).to_dict()
+                base["model"] = baseline_config(values["arch"], preset.model).to_dict()
             except ValueError as e:
                 raise MddoseError(f"invalid config: {e}", path) from None
         base[section].update(values)
-    try:
-        if not {"image_size", "cond_channels"} & set(d.get("model", {})):  # the network follows the data
-            data = DataConfig.from_dict(base["data"])
-            base["model"] = for_data(model_config_from_dict(base["model"]), data).to_dict()
-        return RunConfig.from_dict(base)
+    sized = {"image_size", "cond_channels"} & set(d.get("model", {}))
+    try:  # the network follows the data unless the file sizes it
+        return RunConfig.from_dict(base, network_follows_data=not sized)
     except (TypeError, ValueError) as e:
         raise MddoseError(f"invalid config: {e}", path) from None
     except MddoseError as e:  # raised by a section without the file's name
