@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mddose.models.config import SCAN_ORDERS, ModelConfig
 from mddose.models.layers import DropPath, LearnedPositionEmbedding, apply_rotary_2d, drop_path_rates
 from mddose.models.ssm import scan_function
-from mddose.models.ssm_kernel import causal_conv_silu_cpu, ssd_scan_cpu
+from mddose.models.ssm_kernel import SCAN_OPTIONS_TWO_WAY, conv_silu_cpu, two_way_cpu
 
 
 class SelectiveSSM(nn.Module):
@@ -74,20 +74,18 @@ class SelectiveSSM(nn.Module):
         self.A_log = nn.Parameter(torch.log(a).contiguous())
         self.D = nn.Parameter(torch.ones(paths, channels))
 
-    def forward(self, u: Tensor, reverse_odd: bool = False) -> Tensor:
+    def forward(self, u: Tensor, scan_options: dict | None = None) -> Tensor:
         """u: (B, L, K, E), path k's sequence in its own scan order -> y: (B, L, K, E), incl. D·u.
 
-        ``reverse_odd`` (CPU kernel only): u holds every path in token order and the odd paths scan it from the
-        last token to the first."""
+        ``scan_options``: what a scan path takes beyond the common signature (the CPU kernel's path directions,
+        :data:`~mddose.models.ssm_kernel.SCAN_OPTIONS_TWO_WAY`)."""
         proj = torch.einsum("blke,kre->blkr", u, self.x_proj)  # (B, L, K, R + 2N)
         dt_low, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=-1)  # B, C: (B, L, K, N)
         dt = F.softplus(torch.einsum("blkr,khr->blkh", dt_low, self.dt_proj).float() + self.dt_bias)  # (B, L, K, Δ)
         scan = scan_function(self.kind, self.backend, u.device)
-        if reverse_odd and scan is not ssd_scan_cpu:
-            raise ValueError("reverse_odd runs the odd paths backwards on the CPU kernel (scan_backend 'cpu_kernel')")
         A = -torch.exp(self.A_log.float())
         with torch.autocast(u.device.type, enabled=False):  # the scan accumulates in float32 under bf16 autocast
-            y = self._scan(scan, u, dt, A, B, C, {"paths": self.paths, "reverse_odd": True} if reverse_odd else {})
+            y = self._scan(scan, u, dt, A, B, C, scan_options or {})
         return y.reshape(u.shape)  # (B, L, K, E)
 
     def _scan(self, scan, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, options: dict) -> Tensor:
@@ -109,7 +107,7 @@ class SelectiveSSM(nn.Module):
             C,
             rearrange(self.D, "k (h p) -> (k h) p", h=self.heads),
             chunk_size=self.chunk_size,
-            **options,  # the CPU kernel's path directions
+            **options,
         )  # (B, L, K·H, P)
 
 
@@ -136,37 +134,19 @@ class MambaMixer(nn.Module):
             backend=cfg.scan_backend,
         )
         self.out_proj = nn.Linear(inner, dim, bias=False)
+        # the compiled CPU kernel runs the conv beside the scan, and both directions in token order (ssm_kernel.py)
+        self.on_kernel = cfg.scan_backend == "cpu_kernel"
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        if self.paths == 2 and self._on_the_kernel(u):
-            y = self._two_way_on_the_kernel(u)
+        if self.on_kernel and self.paths == 2:
+            y = two_way_cpu(u, self.conv, lambda act: self.ssm(act, SCAN_OPTIONS_TWO_WAY))
         else:
             u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
-            y = self.ssm(self._conv_silu(u))  # (B, L, K, E)
+            y = self.ssm(conv_silu_cpu(u, self.conv) if self.on_kernel else F.silu(self._causal_conv(u)))
             y = sum(self._from_paths(y.unbind(2), height, width))  # (B, L, E)
         return self.out_proj(y * F.silu(z))
-
-    def _two_way_on_the_kernel(self, u: Tensor) -> Tensor:
-        """Both row-major directions on the CPU kernel, in token order throughout: the backward path's conv and
-        scan run from the last token to the first inside the kernel, so no flipped copy is made or undone.
-        u: (B, L, E) -> (B, L, E), the sum of the two directions."""
-        d = self.conv.kernel_size[0]
-        act = causal_conv_silu_cpu(u, self.conv.weight.view(-1, d), self.conv.bias, reverse_odd=True)
-        return self.ssm(act.unflatten(2, (self.paths, -1)), reverse_odd=True).sum(2)
-
-    def _on_the_kernel(self, u: Tensor) -> bool:
-        """Whether the scan (and the conv beside it) runs on the compiled CPU kernel."""
-        return self.ssm.backend == "cpu_kernel" and u.device.type == "cpu"
-
-    def _conv_silu(self, u: Tensor) -> Tensor:
-        """SiLU of the causal conv1d, in one compiled pass where the scan runs on the CPU kernel."""
-        if self._on_the_kernel(u):
-            d = self.conv.kernel_size[0]
-            out = causal_conv_silu_cpu(u.flatten(2), self.conv.weight.view(-1, d), self.conv.bias)
-            return out.view(u.shape)
-        return F.silu(self._causal_conv(u))
 
     def _causal_conv(self, u: Tensor) -> Tensor:
         """The depthwise causal conv1d of every path, as d_conv shifted products in the token-major layout.

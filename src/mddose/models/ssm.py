@@ -58,7 +58,8 @@ SSD_CHUNK = {"cpu": 32, "cuda": 64}
 
 
 # ----------------------------------------------------------------------------------------------------- s6 (Mamba-1)
-def selective_scan_s6_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+def selective_scan_s6_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                          chunk_size: int | None = None) -> Tensor:
     """Mamba-1 selective scan, one token at a time (the definition; slow, for tests and reading).
 
     Args:
@@ -142,7 +143,8 @@ def _s6_chunks(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Te
 
 
 # ------------------------------------------------------------------------------------------------------ ssd (Mamba-2)
-def ssd_scan_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+def ssd_scan_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                 chunk_size: int | None = None) -> Tensor:
     """Mamba-2 scan (scalar decay per head), one token at a time.
 
     Args:
@@ -280,10 +282,10 @@ def _ssd_mamba_ssm(
 
 
 _SCANS: dict[tuple[str, str], Callable[..., Tensor]] = {
-    ("s6", "reference"): lambda u, delta, A, B, C, D, chunk_size=None: selective_scan_s6_ref(u, delta, A, B, C, D),
+    ("s6", "reference"): selective_scan_s6_ref,
     ("s6", "torch"): selective_scan_s6,
     ("s6", "mamba_ssm"): _s6_mamba_ssm,
-    ("ssd", "reference"): lambda x, dt, A, B, C, D, chunk_size=None: ssd_scan_ref(x, dt, A, B, C, D),
+    ("ssd", "reference"): ssd_scan_ref,
     ("ssd", "torch"): ssd_scan,
     ("ssd", "mamba_ssm"): _ssd_mamba_ssm,
     ("ssd", "cpu_kernel"): ssd_scan_cpu,

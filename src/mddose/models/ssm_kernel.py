@@ -112,3 +112,25 @@ def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
     dtype = x.dtype
     args = [t.float().contiguous() for t in (x, dt, A, B, C, D)]
     return _SSDScan.apply(*args, paths, reverse_odd).to(dtype)
+
+
+# ------------------------------------------------------------------------------------ the mixer's steps on the kernel
+#: The scan options of :func:`two_way_cpu`: two paths, the odd one scanned from the last token to the first.
+SCAN_OPTIONS_TWO_WAY = {"paths": 2, "reverse_odd": True}
+
+
+def conv_silu_cpu(u: Tensor, conv: torch.nn.Conv1d) -> Tensor:
+    """SiLU of a mixer's depthwise causal conv1d of every path in one compiled pass: u (B, L, K, E) -> same."""
+    d = conv.kernel_size[0]
+    return causal_conv_silu_cpu(u.flatten(2), conv.weight.view(-1, d), conv.bias).view(u.shape)
+
+
+def two_way_cpu(u: Tensor, conv: torch.nn.Conv1d, ssm) -> Tensor:
+    """Both row-major directions of a mixer on the kernel, in token order throughout: the backward path's conv and
+    scan run from the last token to the first inside the kernel, so no flipped copy is made or undone.
+
+    u: (B, L, E) -> (B, L, E), the sum of the two directions; ``ssm(act)`` is the mixer's SSM on (B, L, 2, E)
+    with :data:`SCAN_OPTIONS_TWO_WAY`."""
+    d = conv.kernel_size[0]
+    act = causal_conv_silu_cpu(u, conv.weight.view(-1, d), conv.bias, reverse_odd=True)
+    return ssm(act.unflatten(2, (2, -1))).sum(2)
