@@ -109,7 +109,7 @@ def test_table2_times_every_method_and_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_3d_baselines_in_tables_1_and_2(tmp_path: Path) -> None:
-    data, cache = phantom_cache(tmp_path, patients=3)
+    data, cache = phantom_cache(tmp_path, patients=2)
     kw = dict(base=micro_config(val_patients=0), steps=2, device="cpu", progress=False, baselines_3d=True,
               patch_3d=(32, 32, 16))
     result = run_experiment("table1", cache, data, tmp_path / "t1", budget_steps=3,

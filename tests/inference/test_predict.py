@@ -61,7 +61,7 @@ def test_cli_predict_then_evaluate(trained: tuple[Path, Path], tmp_path: Path) -
                            "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "predicted 3 patients" in proc.stdout
-    summary = evaluate(data, [tmp_path / "p"], tmp_path / "eval", progress=False)
+    summary = evaluate(data, [tmp_path / "p"], tmp_path / "eval", gamma=False, progress=False)  # gamma: evaluate's tests
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary
 
@@ -87,7 +87,7 @@ def test_bench_sampling_json(trained: tuple[Path, Path], tmp_path: Path) -> None
 def test_deterministic_baseline_trains_and_predicts(tmp_path: Path, method: str) -> None:
     from mddose.runs.run_config import method_config
 
-    data, cache = phantom_cache(tmp_path, patients=3)
+    data, cache = phantom_cache(tmp_path, patients=2)
     cfg = method_config(method, micro_config(val_patients=0), patch_size=(32, 32, 16))
     steps = 20 if method.endswith("3d") else 40
     result = train(cache, tmp_path / "run", cfg, max_steps=steps, progress=False)

@@ -15,14 +15,16 @@ published MD-Dose code does. Either way x_0 is clamped to the range while sampli
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from torch import Tensor
 
 from mddose.typecheck import check_fields
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 SamplerName = Literal["ddpm", "ddim", "dpm++"]
@@ -96,6 +98,8 @@ class DiffusionConfig:
         )
 
     def train_scheduler(self) -> DDPMScheduler:
+        from diffusers import DDPMScheduler  # imported on use: diffusers takes seconds to import (torch._dynamo)
+
         return DDPMScheduler(**self.scheduler_kwargs(), clip_sample=False)
 
     def to_dict(self) -> dict[str, Any]:

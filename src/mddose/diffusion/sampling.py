@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import get_args
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -44,6 +43,8 @@ def check_sampling(config: DiffusionConfig, sampler: str, steps: int) -> None:
 
 def make_scheduler(config: DiffusionConfig, sampler: str, steps: int):
     """A fresh diffusers scheduler for ``sampler`` with ``steps`` denoising steps set."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # on use, as process.py
+
     check_sampling(config, sampler, steps)
     kwargs = config.scheduler_kwargs()
     if config.timestep_spacing != "default":
