@@ -207,7 +207,7 @@ def predict(
 
 @pretrained_app.command("export")
 def pretrained_export(
-    run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (models/openkbp/run).")],
+    run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (runs/openkbp).")],
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
     sampler: Annotated[Optional[str], typer.Option(help="Sampler for scoring (default: the model's own).")] = None,

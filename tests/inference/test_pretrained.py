@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from mddose.data.openkbp import list_patients, read_dose_csv, read_patient
 from mddose.data.phantom import write_phantoms
 from mddose.errors import MddoseError
-from mddose.experiments.shipping import export_run
+from mddose.experiments.shipping import (CARD_FILE, LOG_FILE, card_text, export_run, model_card, training_log,
+                                         write_weights)
 from mddose.inference.predictor import load_model
-from mddose.inference.pretrained import (CARD_FILE, LOG_FILE, PRETRAINED, card_text, model_card,
-                                         pretrained_folder, training_log, write_weights)
+from mddose.inference.pretrained import PRETRAINED, pretrained_folder
 from mddose.models.build import build_model
 from mddose.runs.run_config import RunConfig
 from mddose.training.loop import train

@@ -1,6 +1,6 @@
 """Renewing the shipped model (``mddose pretrained export``): score a run's newest weights on validation
-patients, log the stretch in the model card, and ship the weights — with their QA error table — only when they
-validate better than the ones shipped. It orchestrates prediction, evaluation and QA calibration, so it sits
+patients, log the stretch in the model card (written here from the package folder's files), and ship the weights
+— with their QA error table — only when they validate better than the ones shipped. It orchestrates prediction, evaluation and QA calibration, so it sits
 above all three.
 """
 
@@ -13,16 +13,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mddose.atomic import write_json
+from safetensors.torch import save_file
+
+from mddose.atomic import atomic_path, write_json, write_text
 from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.inference.predictor import Predictor, checkpoint_folder
-from mddose.inference.pretrained import LOG_FILE, WEIGHTS_ROOT, training_log, write_card, write_weights
+from mddose.inference.pretrained import PRETRAINED, WEIGHTS_ROOT
 from mddose.inference.scope import read_profile, write_profile
 from mddose.ownership import claim
 from mddose.qa.calibrate import calibrate
+from mddose.runs.checkpoint import load_tensors, read_config
 from mddose.runs.layout import TRAINER, RunFolder
 from mddose.runs.run_config import checkpoint_run_config
+
+LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "comparison.md"
 
 
 def export_run(
@@ -100,3 +105,120 @@ def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -
 def _write_error_table(target: Path, val_dir: str | Path, predictions: Path) -> None:
     """The QA error table of the weights just shipped, from the validation predictions that scored them."""
     calibrate(Predictor(target, device="cpu"), val_dir, predictions=predictions)
+
+
+def training_log(folder: Path) -> list[dict[str, Any]]:
+    path = folder / LOG_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def card_text(folder: Path, name: str = "openkbp") -> str:
+    """MODEL_CARD.md as the folder's config, training log and comparison make it."""
+    comparison = folder / COMPARISON_FILE
+    return model_card(name, read_config(folder), training_log(folder),
+                      comparison.read_text() if comparison.is_file() else "")
+
+
+def write_card(folder: Path, name: str = "openkbp") -> Path:
+    """(Re)write MODEL_CARD.md from the folder's config, training log and comparison."""
+    write_text(folder / CARD_FILE, card_text(folder, name))
+    return folder / CARD_FILE
+
+
+def write_weights(folder: Path, target: Path) -> None:
+    """config.json and the EMA weights in float16 (half the size; the network computes in float32 or bf16).
+
+    The shipped config picks its scan path on the user's machine (``auto``): a run may train on the compiled CPU
+    kernel, which needs a compiler that a user who only predicts need not have."""
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in load_tensors(folder / "ema.safetensors").items()}
+    with atomic_path(target / "ema.safetensors") as tmp:
+        save_file(state, str(tmp))
+    config = read_config(folder)
+    if "scan_backend" in config["model"]:  # baselines have no scans
+        config["model"]["scan_backend"] = "auto"
+    write_json(target / "config.json", config)
+
+
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], comparison: str = "") -> str:
+    """The model card's markdown: what the model is, how it was trained, what it scores."""
+    model, data, train = config["model"], config["data"], config["train"]
+    best = min((r for r in rows if r.get("shipped")), key=lambda r: r["dose_score"], default=None)
+    lines = [
+        f"# mddose pretrained model `{name}`", "",
+        f"{PRETRAINED[name]}. Load it with `mddose predict --pretrained {name} DATA_DIR OUT_DIR`.", "",
+        "## Data", "",
+        "OpenKBP (AAPM 2020 challenge) head-and-neck plans: trained on `train-pats` (169 patients, 2 of them held",
+        "out for validation during training), scored on all 33 `validation-pats`. The test patients were never seen.", "",
+        "## Recipe", "",
+        f"- Network: `{model['name']}`, {model['denoiser_block']} denoiser with a {model['encoder_block']} structure"
+        f" encoder, convolutions at the {model.get('conv_levels', 0)} finest levels, widths {model['enc_widths']},"
+        f" depths {model['enc_depths']}, SSM `{model['ssm_kind']}`.",
+        f"- Inputs at {data['image_size']}²: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map,"
+        f" 7 OAR masks{_target_context(data)}{_beam_prior(data)}; training crops {data['crop'] or 'none'}; augmentation"
+        f" {data['augment']}.",
+        _diffusion_line(config["diffusion"]),
+        f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
+        f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
+        "",
+        "## Scores (OpenKBP validation, 33 patients)", "",
+    ]
+    if best:
+        lines += [f"Shipped weights: step {best['steps']:,}, {best['total_cpu_hours']} CPU-hours: dose score"
+                  f" **{best['dose_score']:.3f} Gy**, DVH score **{best['dvh_score']:.3f} Gy** ({_sampler(best)}"
+                  f" steps, {best['samples']} sample(s){_smoothing(best)}, {best['seconds_per_patient']} s per"
+                  " patient on 2 CPU cores).", ""]
+    lines += ["Scored by `mddose pretrained export runs/openkbp ../shared/openkbp/validation-pats`"
+              " (predict + `mddose evaluate`).", "",
+              "Each stretch of training warm-starts from the shipped weights (`scripts/train-openkbp.sh`, `mddose"
+              " train --init-from`): a fresh optimizer and a short warm-up, steps and training time counted on; an"
+              " input the recipe adds joins with zero weights, so the network starts as exactly the shipped one.", ""]
+    if comparison:
+        lines += [comparison.strip(), ""]
+    lines += ["## Training log", "",
+              "| date | CPU-minutes | total CPU-hours | steps | sampler | dose score (Gy) | DVH score (Gy) | shipped |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['date']} | {r['cpu_minutes']} | {r['total_cpu_hours']} | {r['steps']:,}"
+              f"{' (new run)' if r.get('new_run') else ''} | {_sampler(r)}{_smoothing(r)} | "
+              f"{r['dose_score']:.3f} | {r['dvh_score']:.3f} | "
+              f"{'yes' if r['shipped'] else 'no'} |" for r in rows]
+    notes = [f"- {r['date']}, step {r['steps']:,}: {r['note']}." for r in rows if r.get("note")]
+    lines += ["", *notes] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+def _target_context(data: dict[str, Any]) -> str:
+    """The card's words for ``data.target_context`` (empty when the model has none)."""
+    offsets = data.get("target_context") or []
+    return f", the prescription map at slice offsets ({', '.join(f'{o:+d}' for o in offsets)})" if offsets else ""
+
+
+def _beam_prior(data: dict[str, Any]) -> str:
+    """The card's words for ``data.beam_prior`` (empty when the model has none)."""
+    if not data.get("beam_prior"):
+        return ""
+    angles = data.get("beam_angles") or []
+    return (f", the beam prior (the project's beam model run on the patient's anatomy with {len(angles)} coplanar"
+            f" fields at {', '.join(f'{a:g}' for a in angles)}°; docs/experiments/beam-prior.md)")
+
+
+def _diffusion_line(d: dict[str, Any]) -> str:
+    """The recipe's diffusion: target, loss, how t is drawn, how the model samples."""
+    share = d.get("final_t_fraction", 0.0)
+    drawn = f"{share:.0%} of each batch at t = T − 1, the rest uniform" if share else "t uniform"
+    spacing = " (trailing timesteps)" if d.get("timestep_spacing") == "trailing" else ""
+    region = " inside the possible-dose mask" if d.get("loss_region") == "mask" else ""
+    return (f"- Diffusion: {d['prediction_type']} prediction, T = {d['num_train_timesteps']},"
+            f" {d.get('loss', 'mse').upper()} loss{region}, {drawn}; samples with {d.get('sampler', 'dpm++')}"
+            f" {d.get('sampler_steps', 10)} step(s){spacing}.")
+
+
+def _sampler(row: dict[str, Any]) -> str:
+    """A log row's sampler: name and steps, and the spacing when it is not the scheduler's own."""
+    spacing = " trailing" if row.get("timestep_spacing") == "trailing" else ""
+    return f"{row['sampler']} {row['sampler_steps']}{spacing}"
+
+
+def _smoothing(row: dict[str, Any]) -> str:
+    """A log row's smoothing across slices, when its predictions had one (rows before it had none)."""
+    return f", {row['smooth_mm']:g} mm smoothing across slices outside the targets" if row.get("smooth_mm") else ""
