@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 docs/experiments/qa_cases.py ../shared/openkbp/validation-pats/pt_201 /tmp/qa-cases
 
 Writes PLAN.csv variants (the clinical plan; its left parotid 30 % hotter outside the targets; its PTV70 coverage
-cut by 8 %) and runs `mddose qa --pretrained openkbp` on each; prints the flagged ROIs.
+cut by 8 %) and runs `mddose qa openkbp` on each; prints the flagged ROIs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(patient_dir: Path, out: Path) -> None:
         plan = out / f"{name}.csv"
         plan.parent.mkdir(parents=True, exist_ok=True)
         write_dose_csv(plan, dose, patient.possible_dose_mask)
-        subprocess.run(["mddose", "qa", "--pretrained", "openkbp", str(patient_dir), str(plan), "--out",
+        subprocess.run(["mddose", "qa", "openkbp", str(patient_dir), str(plan), "--out",
                         str(out / name)], check=True)
         summary = json.loads((out / name / "qa.json").read_text())
         print(f"{name}: flagged {summary['flagged']}, gamma {summary['gamma']['pass_rate']}, "

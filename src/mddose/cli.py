@@ -28,9 +28,12 @@ from mddose.cli_options import (
     MAX_SEED,
     MAX_SMOOTH_MM,
     MAX_STEPS,
+    MODEL_HELP,
     SAMPLER_CHOICES,
     Overwrite,
+    Pretrained,
     finite,
+    model_and_paths,
 )
 from mddose.errors import MddoseError
 from mddose.runs.methods import DEFAULT_PRESET, RUN_PRESETS, baselines_help
@@ -164,11 +167,9 @@ def train(
 
 @app.command()
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="RUN_DIR DATA_DIR OUT_DIR, or DATA_DIR OUT_DIR with "
-                                                     "--pretrained. RUN_DIR: run or checkpoint folder; DATA_DIR: "
+    paths: Annotated[list[Path], typer.Argument(metavar="MODEL DATA_DIR OUT_DIR", help=f"{MODEL_HELP}; DATA_DIR: "
                                                      "patient folders (OpenKBP layout); OUT_DIR: predictions.")],
-    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose instead of RUN_DIR: "
-                                                           "openkbp.")] = None,
+    pretrained: Pretrained = None,
     sampler: Annotated[Optional[str], typer.Option(help=f"{SAMPLER_CHOICES} (default: the model's own, e.g. "
                                                          "ddim for the shipped model).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Denoising steps (default: the "
@@ -192,12 +193,7 @@ def predict(
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
     from mddose.data.prescriptions import parse_prescription_options
     from mddose.inference.predict import predict as run_predict
-    from mddose.inference.pretrained import pretrained_folder
-
-    if len(paths) != (2 if pretrained else 3):
-        raise MddoseError("expected DATA_DIR OUT_DIR with --pretrained, else RUN_DIR DATA_DIR OUT_DIR")
-    run_dir = pretrained_folder(pretrained) if pretrained else paths[0]
-    data_dir, out_dir = paths[-2:]
+    run_dir, (data_dir, out_dir) = model_and_paths("predict", paths, pretrained, "DATA_DIR OUT_DIR", range(2, 3))
     stated = parse_prescription_options(prescription)
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
                           mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated, overwrite=overwrite)

@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from mddose.cli_options import MAX_SAMPLES, MAX_SEED, MAX_STEPS, SAMPLER_CHOICES, finite
-from mddose.errors import MddoseError
+from mddose.cli_options import (MAX_SAMPLES, MAX_SEED, MAX_STEPS, MODEL_HELP, SAMPLER_CHOICES, Pretrained, finite,
+                                model_and_paths)
 
 QA_HELP = (
     "Check a clinical plan against the dose the model predicts is achievable for this anatomy.\n\n"
-    "mddose qa RUN_DIR PATIENT_DIR [PLAN_DOSE] --out OUT, or mddose qa --pretrained openkbp PATIENT_DIR "
-    "[PLAN_DOSE] --out OUT. PATIENT_DIR: an OpenKBP-layout patient folder or a DICOM folder (imported on the fly); "
+    "mddose qa MODEL PATIENT_DIR [PLAN_DOSE] --out OUT, e.g. mddose qa openkbp PATIENT_DIR --out OUT. "
+    "PATIENT_DIR: an OpenKBP-layout patient folder or a DICOM folder (imported on the fly); "
     "PLAN_DOSE: the plan's dose.csv or RTDOSE (default: the patient's own dose.csv, or the RTDOSE in the DICOM "
     "folder). Per ROI the clinical DVH metrics of the plan are compared with the achievable ones and flagged "
     "beyond a tolerance made of the model's validation error (qa_errors.json, from qa-calibrate) and the spread "
@@ -22,21 +22,10 @@ QA_HELP = (
 )
 
 
-def _model_and_paths(paths: list[Path], pretrained: str | None) -> tuple[Path, Path, Path | None]:
-    from mddose.inference.pretrained import pretrained_folder
-
-    rest = paths if pretrained else paths[1:]
-    if not paths or not 1 <= len(rest) <= 2:
-        raise MddoseError("expected [RUN_DIR] PATIENT_DIR [PLAN_DOSE] (RUN_DIR unless --pretrained)")
-    model = pretrained_folder(pretrained) if pretrained else paths[0]
-    return model, rest[0], rest[1] if len(rest) == 2 else None
-
-
 def qa_command(
-    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] PATIENT_DIR [PLAN_DOSE]; RUN_DIR unless "
-                                                     "--pretrained.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="MODEL PATIENT_DIR [PLAN_DOSE]", help=f"{MODEL_HELP}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (qa.json, qa.csv, qa.html).")],
-    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
+    pretrained: Pretrained = None,
     errors: Annotated[Optional[Path], typer.Option(help="Error table (default: the model's qa_errors.json).")] = None,
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Draws per patient, as in predict: "
                                                                       "their mean is the prediction, their spread "
@@ -61,9 +50,9 @@ def qa_command(
     from mddose.inference.predictor import Predictor
     from mddose.qa.run import FLAGGED_EXIT, run_qa, summary_lines
 
-    model, patient_dir, plan = _model_and_paths(paths, pretrained)
+    model, (patient_dir, *plan) = model_and_paths("qa", paths, pretrained, "PATIENT_DIR [PLAN_DOSE]", range(1, 3))
     predictor = Predictor(model, sampler, steps, samples, seed, device)
-    summary = run_qa(predictor, patient_dir, plan, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
+    summary = run_qa(predictor, patient_dir, plan[0] if plan else None, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
                      prescriptions=parse_prescription_options(prescription), overwrite=overwrite)
     for line in summary_lines(summary, out):
         typer.echo(line)
@@ -72,9 +61,9 @@ def qa_command(
 
 
 def qa_calibrate_command(
-    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] VAL_DIR: validation patients with their plans' "
-                                                     "doses; RUN_DIR unless --pretrained.")],
-    pretrained: Annotated[Optional[str], typer.Option(help="A model shipped with mddose: openkbp.")] = None,
+    paths: Annotated[list[Path], typer.Argument(metavar="MODEL VAL_DIR", help=f"{MODEL_HELP}; VAL_DIR: validation "
+                                                                          "patients with their plans' doses.")],
+    pretrained: Pretrained = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Predictions of VAL_DIR already made by this model "
                                                              "(mddose predict): not predicted again.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Table to write (default: qa_errors.json "
@@ -90,18 +79,17 @@ def qa_calibrate_command(
     from mddose.inference.predictor import Predictor
     from mddose.qa.calibrate import calibrate
 
-    model, val_dir, extra = _model_and_paths(paths, pretrained)
-    if extra is not None:
-        raise MddoseError("expected [RUN_DIR] VAL_DIR")
+    model, (val_dir,) = model_and_paths("qa-calibrate", paths, pretrained, "VAL_DIR", range(1, 2))
     table, path = calibrate(Predictor(model, sampler, steps, samples, 0, device), val_dir, out, predictions)
     typer.echo(f"wrote {path}: {len(table.metrics)} ROIs, {table.info['patients']} patients")
 
 
 def finetune_command(
-    paths: Annotated[list[Path], typer.Argument(help="[RUN_DIR] PATIENTS OUT_RUN; RUN_DIR unless --pretrained. "
-                                                     "PATIENTS: the clinic's patients with their planned doses, "
-                                                     "OpenKBP folders or DICOM folders (CT + RTSTRUCT + RTDOSE).")],
-    pretrained: Annotated[Optional[str], typer.Option(help="Start from a model shipped with mddose: openkbp.")] = None,
+    paths: Annotated[list[Path], typer.Argument(metavar="MODEL PATIENTS OUT_RUN", help=f"{MODEL_HELP}: the model "
+                                                     "to start from; PATIENTS: the clinic's patients with their "
+                                                     "planned doses, OpenKBP folders or DICOM folders (CT + RTSTRUCT "
+                                                     "+ RTDOSE).")],
+    pretrained: Pretrained = None,
     minutes: Annotated[float, typer.Option(min=0.1, max=10_000, help="Training minutes.")] = 10.0,
     val_patients: Annotated[Optional[int], typer.Option(min=2, help="Patients held out to score before and "
                                                                     "after (default: a fifth, at least 2).")] = None,
@@ -111,9 +99,7 @@ def finetune_command(
     """Adapt a trained model to a clinic's own plans; score it before and after on held-out patients."""
     from mddose.experiments.finetune import finetune, summary_lines
 
-    model, patients, out_run = _model_and_paths(paths, pretrained)
-    if out_run is None:
-        raise MddoseError("expected [RUN_DIR] PATIENTS OUT_RUN (RUN_DIR unless --pretrained)")
+    model, (patients, out_run) = model_and_paths("finetune", paths, pretrained, "PATIENTS OUT_RUN", range(2, 3))
     state = finetune(model, patients, out_run, minutes, val_patients, roi_map, device)
     for line in summary_lines(state, out_run):
         typer.echo(line)

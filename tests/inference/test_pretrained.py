@@ -1,4 +1,4 @@
-"""The shipped model: its files load and match their config, ``predict --pretrained`` works on a synthetic
+"""The shipped model: its files load and match their config, ``predict openkbp`` works on a synthetic
 patient, and ``export_run`` logs every stretch but replaces the weights only when they validate better."""
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def test_predict_pretrained_on_a_synthetic_patient(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_phantoms(data, n_patients=1, seed=3, grid=64, progress=False)
     out = tmp_path / "pred"
-    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", "--pretrained", "openkbp", str(data),
-                           str(out), "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", "openkbp", str(data), str(out),
+                           "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     patient = read_patient(list_patients(data)[0])
     dose = read_dose_csv(out / f"{patient.patient_id}.csv", patient.shape)
@@ -55,11 +55,22 @@ def test_predict_pretrained_on_a_synthetic_patient(tmp_path: Path) -> None:
     assert (dose[~patient.possible_dose_mask] == 0).all() and dose[patient.possible_dose_mask].max() > 0
 
 
-def test_predict_pretrained_needs_two_paths_and_a_known_name(tmp_path: Path) -> None:
-    for args, message in ((["--pretrained", "openkbp", str(tmp_path)], "DATA_DIR OUT_DIR"),
-                          (["--pretrained", "lung", str(tmp_path), str(tmp_path / "o")], "unknown pretrained")):
-        proc = subprocess.run([sys.executable, "-m", "mddose.cli", "predict", *args], capture_output=True, text=True)
-        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_predict_names_its_model_first_a_shipped_one_by_name(tmp_path: Path) -> None:
+    """MODEL DATA_DIR OUT_DIR, MODEL a folder or a shipped model's name; the earlier --pretrained NAME still works,
+    with a warning naming the new spelling; a folder with a shipped model's name is refused as ambiguous."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mddose.cli", "predict", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    proc = run("openkbp", str(tmp_path))
+    assert proc.returncode == 1 and "expected MODEL DATA_DIR OUT_DIR" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("--pretrained", "openkbp", str(tmp_path))
+    assert "deprecated: name the model first (mddose predict openkbp DATA_DIR OUT_DIR)" in proc.stderr
+    assert proc.returncode == 1 and "expected MODEL DATA_DIR OUT_DIR" in proc.stderr
+    (tmp_path / "openkbp").mkdir()
+    proc = run("openkbp", str(tmp_path / "data"), str(tmp_path / "o"))
+    assert proc.returncode == 1 and "both a model shipped with mddose and a folder here" in proc.stderr
+    assert not (tmp_path / "o").exists()
     with pytest.raises(MddoseError, match="unknown pretrained"):
         pretrained_folder("nope")
     assert "openkbp" in PRETRAINED
@@ -119,7 +130,7 @@ def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:
     assert table.info["patients"] == 33 and set(table.metrics) == set(table.rois)
     data = tmp_path / "data"
     write_phantoms(data, n_patients=1, seed=3, grid=64, progress=False)
-    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "qa", "--pretrained", "openkbp", str(data / "pt_1"),
+    proc = subprocess.run([sys.executable, "-m", "mddose.cli", "qa", "openkbp", str(data / "pt_1"),
                            "--out", str(tmp_path / "qa"), "--samples", "2", "--no-gamma", "--device", "cpu"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

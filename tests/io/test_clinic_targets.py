@@ -55,7 +55,7 @@ def test_real_patient_with_a_stated_prescription_is_predicted_on_target(tmp_path
     out = mddose("import-dicom", real_dicom(), "pts/pt_3", "--roi-map", "map.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "pts" / "pt_3" / FILE).read_text()) == {"PTV70": 60.0}
-    out = mddose("predict", "--pretrained", "openkbp", "pts", "preds", "--device", "cpu", cwd=tmp_path)
+    out = mddose("predict", "openkbp", "pts", "preds", "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "out of the model's scope: only 2 of the model's 7 OARs" in out.stderr  # a lung, not head and neck
     record = json.loads((tmp_path / "preds" / "prediction.json").read_text())["patients"]["pt_3"]
@@ -69,7 +69,7 @@ def test_real_patient_with_a_stated_prescription_is_predicted_on_target(tmp_path
     assert out.returncode == 0, out.stderr
     exported = read_rtdose_gy(tmp_path / "RD_mddose.dcm")
     assert exported.dose.max() == pytest.approx(float(read_dose_csv(tmp_path / "preds" / "pt_3.csv").max()), abs=0.01)
-    out = mddose("qa", "--pretrained", "openkbp", real_dicom(), "--roi-map", "map.json", "--samples", "1",
+    out = mddose("qa", "openkbp", real_dicom(), "--roi-map", "map.json", "--samples", "1",
                  "--no-gamma", "--out", "qa", "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     qa = json.loads((tmp_path / "qa" / "qa.json").read_text())

@@ -121,14 +121,14 @@ def test_cli_import_then_export(
 
 @pytest.mark.slow
 def test_import_predict_pretrained_export(tmp_path: Path, dicom64: Path) -> None:
-    """A clinic's DICOM through the shipped model: import-dicom -> predict --pretrained -> export-dicom."""
+    """A clinic's DICOM through the shipped model: import-dicom -> predict openkbp -> export-dicom."""
     import subprocess
 
     patients = tmp_path / "patients"
     run = lambda *args: subprocess.run([sys.executable, "-m", "mddose.cli", *map(str, args)],  # noqa: E731
                                        capture_output=True, text=True)
     for args in (("import-dicom", dicom64, patients / "pt_2"),
-                 ("predict", "--pretrained", "openkbp", patients, tmp_path / "preds", "--steps", "2"),
+                 ("predict", "openkbp", patients, tmp_path / "preds", "--steps", "2"),
                  ("export-dicom", tmp_path / "preds" / "pt_2.csv", dicom64, tmp_path / "RD_mddose.dcm",
                   "--patient-dir", patients / "pt_2")):
         proc = run(*args)

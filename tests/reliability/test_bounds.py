@@ -68,7 +68,7 @@ def test_10_predict_refuses_a_patient_at_another_scale(model: str, world: dict[s
                                                         tmp_path: Path, mddose) -> None:
     _one_mm(data_copy)
     before = snapshot(data_copy)
-    source = ["--pretrained", "openkbp"] if model == "pretrained" else [world["run"]]
+    source = ["openkbp"] if model == "pretrained" else [world["run"]]
     result = mddose("predict", *source, data_copy, tmp_path / "p", "--steps", "1", "--device", "cpu")
     assert_clean_error(result, "voxel_dimensions.csv", "another scale", "in training")
     assert not (tmp_path / "p").exists() and snapshot(data_copy) == before

@@ -63,7 +63,7 @@ def test_1_qa_never_replaces_a_patient_or_a_folder_of_patients(world: dict[str, 
     (data_copy / "notes.txt").write_text("mine")
     before = snapshot(data_copy)
     patient = data_copy / "pt_1"
-    assert_clean_error(mddose("qa", "--pretrained", "openkbp", patient, "--out", patient), "pt_1",
+    assert_clean_error(mddose("qa", "openkbp", patient, "--out", patient), "pt_1",
                        "is also an input")
     assert_clean_error(mddose("qa", world["run"], patient, "--out", data_copy, "--errors", errors),
                        "holds an input")

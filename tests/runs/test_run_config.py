@@ -143,7 +143,7 @@ def test_the_network_follows_the_data_it_reads(tmp_path: Path) -> None:
 
 
 def test_the_default_recipe_is_the_shipped_models() -> None:
-    """`mddose train` without a config trains what `--pretrained openkbp` was trained with (but its learning-rate
+    """`mddose train` without a config trains what the shipped model `openkbp` was trained with (but its learning-rate
     schedule, which the shipped run restarts between stretches, and the step its last warm start began at)."""
     from mddose.inference.pretrained import WEIGHTS_ROOT
 

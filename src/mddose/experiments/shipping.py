@@ -146,7 +146,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
     best = min((r for r in rows if r.get("shipped")), key=lambda r: r["dose_score"], default=None)
     lines = [
         f"# mddose pretrained model `{name}`", "",
-        f"{PRETRAINED[name]}. Load it with `mddose predict --pretrained {name} DATA_DIR OUT_DIR`.", "",
+        f"{PRETRAINED[name]}. Load it with `mddose predict {name} DATA_DIR OUT_DIR`.", "",
         "## Data", "",
         "OpenKBP (AAPM 2020 challenge) head-and-neck plans: trained on `train-pats` (169 patients, 2 of them held",
         "out for validation during training), scored on all 33 `validation-pats`. The test patients were never seen.", "",

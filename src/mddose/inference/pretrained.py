@@ -1,4 +1,4 @@
-"""The model that ships with the package (``mddose predict --pretrained openkbp``) and how it is renewed.
+"""The model that ships with the package (``mddose predict openkbp DATA_DIR OUT_DIR``) and how it is renewed.
 
 Package folder of a shipped model::
 
@@ -38,3 +38,14 @@ def pretrained_folder(name: str) -> Path:
     if not (folder / "ema.safetensors").is_file():
         raise MddoseError(f"pretrained model {name!r} is not installed (no ema.safetensors)", folder)
     return folder
+
+
+def model_folder(model: str | Path) -> Path:
+    """What a command's MODEL argument names: the bare name of a shipped model (``openkbp``) that model, anything
+    else a run or checkpoint folder. A folder that has a shipped model's name is refused as ambiguous."""
+    if str(model) not in PRETRAINED:
+        return Path(model)
+    if Path(model).exists():
+        raise MddoseError(f"'{model}' is both a model shipped with mddose and a folder here: give the folder as "
+                          f"{Path(model).resolve()}, or rename it", model)
+    return pretrained_folder(str(model))
