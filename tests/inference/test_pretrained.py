@@ -67,7 +67,10 @@ def test_predict_names_its_model_first_a_shipped_one_by_name(tmp_path: Path) -> 
     proc = run("--pretrained", "openkbp", str(tmp_path))
     assert "deprecated: name the model first (mddose predict openkbp DATA_DIR OUT_DIR)" in proc.stderr
     assert proc.returncode == 1 and "expected MODEL DATA_DIR OUT_DIR" in proc.stderr
-    (tmp_path / "openkbp").mkdir()
+    (tmp_path / "openkbp").mkdir()  # a data folder of that name (as the README's openkbp/validation-pats)
+    proc = run("openkbp", str(tmp_path / "openkbp"), str(tmp_path / "o"))
+    assert "both a model" not in proc.stderr and "no patient folders" in proc.stderr
+    (tmp_path / "openkbp" / "checkpoints").mkdir()  # a run of that name
     proc = run("openkbp", str(tmp_path / "data"), str(tmp_path / "o"))
     assert proc.returncode == 1 and "both a model shipped with mddose and a folder here" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -42,10 +42,11 @@ def pretrained_folder(name: str) -> Path:
 
 def model_folder(model: str | Path) -> Path:
     """What a command's MODEL argument names: the bare name of a shipped model (``openkbp``) that model, anything
-    else a run or checkpoint folder. A folder that has a shipped model's name is refused as ambiguous."""
+    else a run or checkpoint folder. A run or checkpoint folder here that has a shipped model's name is refused as
+    ambiguous (a data folder of that name, as ``openkbp/`` beside its patients' splits, is not a model)."""
     if str(model) not in PRETRAINED:
         return Path(model)
-    if Path(model).exists():
+    if (Path(model) / "config.json").is_file() or (Path(model) / "checkpoints").is_dir():
         raise MddoseError(f"'{model}' is both a model shipped with mddose and a folder here: give the folder as "
                           f"{Path(model).resolve()}, or rename it", model)
     return pretrained_folder(str(model))
