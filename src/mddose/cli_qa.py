@@ -52,8 +52,8 @@ def qa_command(
 
     model, (patient_dir, *plan) = model_and_paths("qa", paths, pretrained, "PATIENT_DIR [PLAN_DOSE]", range(1, 3))
     predictor = Predictor(model, sampler, steps, samples, seed, device)
-    summary = run_qa(predictor, patient_dir, plan[0] if plan else None, out, errors=errors, z=z, gamma=gamma, roi_map=roi_map,
-                     prescriptions=parse_prescription_options(prescription), overwrite=overwrite)
+    summary = run_qa(predictor, patient_dir, plan[0] if plan else None, out, errors=errors, z=z, gamma=gamma,
+                     roi_map=roi_map, prescriptions=parse_prescription_options(prescription), overwrite=overwrite)
     for line in summary_lines(summary, out):
         typer.echo(line)
     if fail_on_flag and summary["flagged"]:

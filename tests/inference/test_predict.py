@@ -61,7 +61,7 @@ def test_cli_predict_then_evaluate(trained: tuple[Path, Path], tmp_path: Path) -
                            "--steps", "2", "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "predicted 3 patients" in proc.stdout
-    summary = evaluate(data, [tmp_path / "p"], tmp_path / "eval", gamma=False, progress=False)  # gamma: evaluate's tests
+    summary = evaluate(data, [tmp_path / "p"], tmp_path / "eval", gamma=False, progress=False)  # gamma: evaluate's
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary
 

@@ -1,7 +1,7 @@
 """Renewing the shipped model (``mddose pretrained export``): score a run's newest weights on validation
 patients, log the stretch in the model card (written here from the package folder's files), and ship the weights
-— with their QA error table — only when they validate better than the ones shipped. It orchestrates prediction, evaluation and QA calibration, so it sits
-above all three.
+— with their QA error table — only when they validate better than the ones shipped. It orchestrates prediction,
+evaluation and QA calibration, so it sits above all three.
 """
 
 from __future__ import annotations

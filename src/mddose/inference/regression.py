@@ -1,9 +1,9 @@
 """Prediction by the Table I baselines that map the anatomy straight to a dose (C3D-like, HD-UNet-like): the
 counterpart of :mod:`mddose.diffusion.sampling` for deterministic networks (their training loss is
 :mod:`mddose.training.regression_loss`'s). One forward pass, clamped to [0, 1] and 0 outside the possible-dose
-mask — the same post-processing MD-Dose's sampler applies to its x̂_0. A 3D baseline predicts the whole volume by overlapping sliding windows of its
-``patch_size`` (half-patch steps), blended with Gaussian weights as nnU-Net does, so that the seams of the
-windows do not show.
+mask — the same post-processing MD-Dose's sampler applies to its x̂_0. A 3D baseline predicts the whole volume by
+overlapping sliding windows of its ``patch_size`` (half-patch steps), blended with Gaussian weights as nnU-Net does,
+so that the seams of the windows do not show.
 """
 
 from __future__ import annotations

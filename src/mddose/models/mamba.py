@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mddose.models.config import SCAN_ORDERS, ModelConfig
 from mddose.models.layers import DropPath, LearnedPositionEmbedding, apply_rotary_2d, drop_path_rates
 from mddose.models.ssm import scan_function
-from mddose.models.ssm_kernel import SCAN_OPTIONS_TWO_WAY, conv_silu_cpu, two_way_cpu
+from mddose.models.ssm_kernel import conv_silu_cpu, two_way_cpu
 
 
 class SelectiveSSM(nn.Module):
@@ -141,7 +141,7 @@ class MambaMixer(nn.Module):
         """x: (B, L, C) tokens of an height×width map -> (B, L, C)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         if self.on_kernel and self.paths == 2:
-            y = two_way_cpu(u, self.conv, lambda act: self.ssm(act, SCAN_OPTIONS_TWO_WAY))
+            y = two_way_cpu(u, self.conv, self.ssm)
         else:
             u = torch.stack(self._to_paths(u, height, width), dim=2)  # (B, L, K, E)
             y = self.ssm(conv_silu_cpu(u, self.conv) if self.on_kernel else F.silu(self._causal_conv(u)))

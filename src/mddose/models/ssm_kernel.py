@@ -129,8 +129,8 @@ def two_way_cpu(u: Tensor, conv: torch.nn.Conv1d, ssm) -> Tensor:
     """Both row-major directions of a mixer on the kernel, in token order throughout: the backward path's conv and
     scan run from the last token to the first inside the kernel, so no flipped copy is made or undone.
 
-    u: (B, L, E) -> (B, L, E), the sum of the two directions; ``ssm(act)`` is the mixer's SSM on (B, L, 2, E)
+    u: (B, L, E) -> (B, L, E), the sum of the two directions; ``ssm`` is the mixer's SSM, called on (B, L, 2, E)
     with :data:`SCAN_OPTIONS_TWO_WAY`."""
     d = conv.kernel_size[0]
     act = causal_conv_silu_cpu(u, conv.weight.view(-1, d), conv.bias, reverse_odd=True)
-    return ssm(act.unflatten(2, (2, -1))).sum(2)
+    return ssm(act.unflatten(2, (2, -1)), SCAN_OPTIONS_TWO_WAY).sum(2)
