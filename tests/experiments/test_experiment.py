@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mddose.errors import MddoseError
-from mddose.experiments.tables import reference_row, run_experiment, select_rows, table_rows
+from mddose.experiments.tables import describe, reference_row, run_experiment, select_rows, table_rows
 from tests.helpers import micro_config, phantom_cache
 
 
@@ -185,3 +185,24 @@ def test_step_budget_and_budget_mismatch(tmp_path: Path) -> None:
     kw["base"] = micro_config(val_patients=0, lr=1e-4)
     with pytest.raises(MddoseError, match="another configuration"):
         run_experiment("table3", cache, data, tmp_path / "exp", budget_steps=3, **kw)
+
+
+def test_input_levers_stack_on_the_beam_prior() -> None:
+    """The inputs table: every lever after the prior is measured on top of it, against it; the first layer follows."""
+    base = micro_config()
+    rows = table_rows("inputs", base)
+    assert reference_row("inputs") == "beam-prior" and list(rows)[:2] == ["none", "beam-prior"]
+    assert not rows["none"].data.beam_prior and all(r.data.beam_prior for n, r in rows.items() if n != "none")
+    prior = rows["beam-prior"]
+    assert prior.model.in_channels == rows["none"].model.in_channels and prior.model.cond_channels == (
+        rows["none"].model.cond_channels + 1)
+    context = rows["beam-prior+target-context"]
+    assert context.data.target_context == (-8, -4, 4, 8) and context.model.cond_channels == prior.model.cond_channels + 4
+    distance = rows["beam-prior+distance"].data
+    assert (distance.structure_encoding, distance.target_encoding) == ("distance", "per_level")
+    decay = rows["beam-prior+decay-groups"]
+    assert decay.data == prior.data and decay.model == prior.model and decay.train.weight_decay_on == "matrices"
+    assert prior.train == base.train and base.train.weight_decay_on == "all"
+    assert "), beam prior, weight decay on the matrices only, " in describe(decay)
+    assert "target maps at z -8, -4, +4, +8, beam prior" in describe(context)
+    assert list(select_rows("inputs", rows, ["none"])) == ["none", "beam-prior"]

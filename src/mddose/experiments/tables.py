@@ -63,21 +63,27 @@ TABLES: dict[str, str] = {
     "table4": "Structure encoder (Table IV): none (concatenation) / conv / Swin / Mamba encoder, Mamba denoiser",
     "layout": "Mamba where it pays: Mamba at every level (the paper's layout) / at the coarse levels only (the "
               "CPU hybrid) / nowhere (the all-conv twin)",
-    "inputs": "What the network is told: the anatomy alone / plus the beam model's dose for the plan's fields "
-              "(beam prior) / plus the target maps of slices 4 and 8 above and below (target context)",
+    "inputs": "What the network is told, and how it learns: the anatomy alone / plus the beam model's dose for "
+              "the plan's fields (beam prior, the shipped model's inputs) / the beam prior plus the target maps of "
+              "slices 4 and 8 above and below / plus signed distances in place of the masks / plus weight decay on "
+              "the matrices only",
 }
 
-#: The input levers of the ``inputs`` table: the data-config fields each row changes on the base recipe
-INPUT_ROWS: dict[str, dict[str, Any]] = {
+#: The levers of the ``inputs`` table: the data- and train-config fields each row changes on the base recipe.
+#: Every lever after the beam prior is measured on top of it, against it (the reference row).
+_PRIOR = {"beam_prior": True}
+INPUT_ROWS: dict[str, dict[str, dict[str, Any]]] = {
     "none": {},
-    "beam-prior": {"beam_prior": True},
-    "target-context": {"target_context": (-8, -4, 4, 8)},
+    "beam-prior": {"data": _PRIOR},
+    "beam-prior+target-context": {"data": {**_PRIOR, "target_context": (-8, -4, 4, 8)}},
+    "beam-prior+distance": {"data": {**_PRIOR, "target_encoding": "per_level", "structure_encoding": "distance"}},
+    "beam-prior+decay-groups": {"data": _PRIOR, "train": {"weight_decay_on": "matrices"}},
 }
 
 
 def reference_row(table: str) -> str:
     """The row that is MD-Dose itself: the t-tests compare every other row with it."""
-    return {"table1": "MD-Dose", "table2": "MD-Dose", "layout": "hybrid", "inputs": "none"}.get(table, "mamba")
+    return {"table1": "MD-Dose", "table2": "MD-Dose", "layout": "hybrid", "inputs": "beam-prior"}.get(table, "mamba")
 
 
 def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
@@ -108,10 +114,11 @@ def table_rows(table: str, base: RunConfig, baselines_3d: bool = False,
     return rows
 
 
-def _with_inputs(base: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """``base`` with other input channels: the network's first layer follows the data."""
-    data = dataclasses.replace(base.data, **changes)
-    return dataclasses.replace(base, data=data, model=for_data(base.model, data))
+def _with_inputs(base: RunConfig, changes: dict[str, dict[str, Any]]) -> RunConfig:
+    """``base`` with other inputs and training settings: the network's first layer follows the data."""
+    data = dataclasses.replace(base.data, **changes.get("data", {}))
+    train = dataclasses.replace(base.train, **changes.get("train", {}))
+    return dataclasses.replace(base, data=data, train=train, model=for_data(base.model, data))
 
 
 def select_rows(table: str, rows: dict[str, RunConfig], only: list[str] | None) -> dict[str, RunConfig]:
@@ -134,8 +141,18 @@ def describe(cfg: RunConfig) -> str:
     encoder = "concatenated structures" if m.encoder_block == "none" else f"{m.encoder_block} encoder"
     where = f" (conv at the {m.conv_levels} finest levels)" if m.conv_levels and m.mamba_widths() else ""
     fused = ", fused by windowed attention" if m.fusion == "transformer" else ""
-    inputs = ", signed distance maps" if cfg.data.structure_encoding == "distance" else ""
-    return f"{m.denoiser_block} denoiser, {encoder}{where}{fused}{inputs}, {cfg.diffusion.prediction_type} prediction"
+    return (f"{m.denoiser_block} denoiser, {encoder}{where}{fused}{_inputs(cfg)}, "
+            f"{cfg.diffusion.prediction_type} prediction")
+
+
+def _inputs(cfg: RunConfig) -> str:
+    """What a row is told beyond the anatomy's masks, and how its weights decay, for :func:`describe`."""
+    d = cfg.data
+    words = ["signed distance maps"] if d.structure_encoding == "distance" else []
+    words += [f"target maps at z {', '.join(f'{o:+d}' for o in d.target_context)}"] if d.target_context else []
+    words += ["beam prior"] if d.beam_prior else []
+    words += ["weight decay on the matrices only"] if cfg.train.weight_decay_on == "matrices" else []
+    return "".join(f", {w}" for w in words)
 
 
 def claim_folder(out_dir: Path, table: str, budget: dict[str, Any]) -> None:

@@ -77,6 +77,7 @@ class SwinBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rel_bias = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        self.rel_bias._no_weight_decay = True  # as Swin's relative position bias table
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))

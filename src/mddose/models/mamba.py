@@ -73,6 +73,8 @@ class SelectiveSSM(nn.Module):
             a = torch.empty(paths, self.heads).uniform_(1.0, 16.0)
         self.A_log = nn.Parameter(torch.log(a).contiguous())
         self.D = nn.Parameter(torch.ones(paths, channels))
+        for param in (self.A_log, self.D, self.dt_bias):  # as the Mamba reference: never weight-decayed
+            param._no_weight_decay = True
 
     def forward(self, u: Tensor, scan_options: dict | None = None) -> Tensor:
         """u: (B, L, K, E), path k's sequence in its own scan order -> y: (B, L, K, E), incl. D·u.

@@ -35,6 +35,8 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 3e-4
     weight_decay: float = 1e-2  # AdamW's decoupled decay: the small-data regularizer
+    # which parameters it reaches: every one, or the matrices only (norms, biases, A_log, D, dt_bias left alone)
+    weight_decay_on: Literal["all", "matrices"] = "all"
     lr_schedule: Literal["cosine", "constant", "paper"] = "cosine"
     warmup_steps: int = 100
     restart_step: int = 0  # the step a warm start (--init-from) began at: its warm-up and schedule start there

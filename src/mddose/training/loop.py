@@ -46,6 +46,7 @@ from mddose.runs.checkpoint import (load_trainer_state, load_weights, load_widen
                                     warm_start_weights, weights_lineage)
 from mddose.runs.layout import CONFIG, TRAINER, RunFolder
 from mddose.runs.run_config import RunConfig, checkpoint_run_config, new_horizon, run_preset, warm_start_config
+from mddose.training.optimizer import build_optimizer
 from mddose.training.regression_loss import RegressionLoss
 from mddose.viz.training import plot_history
 
@@ -190,8 +191,7 @@ class Trainer:
             log.info("warm start from %s (step %d)%s", init_from, self.lineage["step"],
                      f"; zero-initialised new inputs of {', '.join(widened)}" if widened else "")
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = build_optimizer(self.model, cfg.train)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "history": [], "validation": [],
                                       "best": None, "train_ids": self.train_ids, "val_ids": self.val_ids,
                                       "seconds": 0.0, "input_voxel_mm": self.input_voxel}
