@@ -1,7 +1,7 @@
 """The ``mddose`` command line: parses arguments and calls one typed function per command, nothing more.
 
 Commands by stage (like nnU-Net's): data (``phantom``, ``prepare``, ``import-dicom``), models (``train``,
-``predict``, ``baseline``, ``pretrained export``), judging (``evaluate``, ``report``, ``experiment``, ``bench
+``refine``, ``predict``, ``baseline``, ``pretrained export``), judging (``evaluate``, ``report``, ``experiment``, ``bench
 networks``, ``bench sampling``), clinic (``qa``, ``qa-calibrate``, ``export-dicom``, ``export-nifti``) and
 ``demo``; the benchmark and experiment commands are in :mod:`mddose.cli_bench`, the QA ones in
 :mod:`mddose.cli_qa`, the DICOM and NIfTI ones in :mod:`mddose.cli_dicom`. ``mddose --verbose COMMAND`` logs at
@@ -188,6 +188,9 @@ def predict(
     prescription: Annotated[Optional[list[str]], typer.Option(
         "--prescription", help="A target's stated prescription, TARGET=GY (repeat), e.g. PTV70=60: the model's "
                                "dose is scaled from its trained levels.")] = None,
+    refiner: Annotated[Optional[Path], typer.Option(help="A 3D refinement stage trained for MODEL by 'mddose "
+                                                          "refine': it corrects the stacked slices in place of the "
+                                                          "smoothing.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
@@ -196,9 +199,36 @@ def predict(
     run_dir, (data_dir, out_dir) = model_and_paths("predict", paths, pretrained, "DATA_DIR OUT_DIR", range(2, 3))
     stated = parse_prescription_options(prescription)
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
-                          mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated, overwrite=overwrite)
+                          mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated, overwrite=overwrite,
+                          refiner=refiner)
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
+
+
+@app.command()
+def refine(
+    paths: Annotated[list[Path], typer.Argument(metavar="MODEL CACHE_DIR OUT_DIR", help=f"{MODEL_HELP}; CACHE_DIR: "
+                                                     "its training cache; OUT_DIR: the refiner.")],
+    sampler: Annotated[Optional[str], typer.Option(help=f"{SAMPLER_CHOICES}: how MODEL's doses are sampled, as "
+                                                         "it will predict (default: its own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="MODEL's denoising steps (default: "
+                                                                            "its own).")] = None,
+    train_steps: Annotated[int, typer.Option(min=1, max=1_000_000, help="The refiner's training steps.")] = 1000,
+    minutes: Annotated[Optional[float], typer.Option(min=0.0, callback=finite, help="Stop training after this "
+                                                     "many minutes (the first stage's doses not counted).")] = None,
+    patch: Annotated[int, typer.Option(min=16, max=256, help="Training crop and sliding window: a cube of this "
+                                                             "many voxels (a multiple of 8).")] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Train a 3D refinement stage for MODEL: it corrects the model's stacked slice predictions (predict --refiner)."""
+    from mddose.models.refiner import RefinerConfig
+    from mddose.training.refine import RefineConfig, train_refiner
+
+    run_dir, (cache_dir, out_dir) = model_and_paths("refine", paths, None, "CACHE_DIR OUT_DIR", range(2, 3))
+    cfg = RefineConfig(model=RefinerConfig(patch=(patch, patch, patch)), steps=train_steps)
+    info = train_refiner(run_dir, cache_dir, out_dir, cfg, sampler, steps, minutes=minutes, device=device)
+    typer.echo(f"trained a refiner for {info['first_stage']['checkpoint']} on {info['patients']} patients: "
+               f"{info['steps_done']} steps in {info['seconds']:.0f} s, into {out_dir}")
 
 
 @pretrained_app.command("export")

@@ -96,7 +96,8 @@ def experiment(
     patch_3d: Annotated[Optional[str], typer.Option(help="With --baselines-3d: training patch and sliding window, "
                                                          "X,Y,Z voxels (default 64,64,64).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(help="Run only this row (repeatable), by its name in the "
-                                                          "table, e.g. HD-UNet-like; MD-Dose always runs.")] = None,
+                                                          "table, e.g. HD-UNet-like; the table's reference row "
+                                                          "(MD-Dose, beam-prior for inputs) always runs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Run one of the paper's tables: same data, seed and budget per method, then paired t-tests."""

@@ -125,7 +125,8 @@ def test_shipped_config_picks_its_scan_path_on_the_users_machine(tmp_path: Path)
 
 def test_qa_with_the_pretrained_model(tmp_path: Path) -> None:
     """The shipped model comes with its QA error table, measured with the very weights shipped."""
-    from mddose.qa.tolerance import ERROR_TABLE, ErrorTable, weights_sha256
+    from mddose.qa.tolerance import ERROR_TABLE, ErrorTable
+    from mddose.runs.checkpoint import weights_sha256
 
     folder = pretrained_folder("openkbp")
     table = ErrorTable.load(folder / ERROR_TABLE)

@@ -49,6 +49,7 @@ def predict(
     smooth_mm: float | None = None,
     prescriptions: dict[str, float] | None = None,
     overwrite: bool = False,
+    refiner: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
 
@@ -59,7 +60,8 @@ def predict(
     scale the dose (:mod:`mddose.data.prescriptions`).
 
     ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`),
-    ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`).
+    ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`;
+    none with a ``refiner``, the 3D refinement stage trained for this model by ``mddose refine``).
 
     While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.atomic.INCOMPLETE`) that ``evaluate``
     refuses; it goes only once every patient and ``prediction.json`` are written. ``out_dir`` is claimed
@@ -67,7 +69,8 @@ def predict(
     Patients the network would see at another scale than in training are refused (:mod:`~mddose.inference.bounds`).
     """
     folders = list_patients(data_dir)
-    predictor = Predictor(run, sampler, steps, samples, seed, device, batch_size, smooth_mm, mirror, progress)
+    predictor = Predictor(run, sampler, steps, samples, seed, device, batch_size, smooth_mm, mirror, progress,
+                          refiner)
     cfg = predictor.cfg
     prescriptions = check_prescriptions(prescriptions or {}, cfg.data.rois)
     for patient_folder in folders:  # before any work: every patient has a target
@@ -76,7 +79,7 @@ def predict(
     profile, notes = read_profile(predictor.folder), {}
     times: dict[str, float] = {}
     tuner = predictor.tuner = ThreadTuner(predictor.device, probe=2, every=40)  # across patients: busy CPUs noticed
-    with filling(out_dir, "mddose predict", inputs=[run, data_dir], overwrite=overwrite) as out:
+    with filling(out_dir, "mddose predict", inputs=[run, data_dir, refiner], overwrite=overwrite) as out:
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             scale, notes[patient.patient_id] = _checked(patient, patient_folder, cfg, profile, prescriptions)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mddose.data.cache import CachedPatient
@@ -27,6 +29,7 @@ from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.inference.bounds import check_samples, check_smoothing, check_voxel, check_voxels, training_voxel_mm
+from mddose.inference.refinement import Refinement
 from mddose.inference.smoothing import default_smoothing
 from mddose.inference.slicewise import PatientDose, predict_volume
 from mddose.models.build import build_model
@@ -91,7 +94,7 @@ class Predictor:
 
     def __init__(self, model: str | Path, sampler: str | None = None, steps: int | None = None, samples: int = 1,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, smooth_mm: float | None = None,
-                 mirror: bool = False, progress: bool = True) -> None:
+                 mirror: bool = False, progress: bool = True, refiner: str | Path | None = None) -> None:
         check_samples(samples)  # before the model is read: a bad option is one line, at once
         self.device = resolve_device(device)
         self.batch_size = prediction_batch(self.device, batch_size)
@@ -99,7 +102,9 @@ class Predictor:
         self.weights = weights_file(self.folder)  # what the model predicts with, and what QA's table is tied to
         self.cfg, self.model = open_model(self.weights, self.device)
         self.sampler, self.steps, self.samples = settled_sampling(self.cfg, sampler, steps, samples)
-        default = default_smoothing(self.cfg.volumetric)
+        self.refinement = None if refiner is None else Refinement(refiner, self.weights, self.sampler, self.steps,
+                                                                   self.device)
+        default = 0.0 if refiner is not None else default_smoothing(self.cfg.volumetric)  # the refiner replaces it
         self.smooth_mm = check_smoothing(default if smooth_mm is None else smooth_mm)
         self.seed, self.mirror, self.progress = seed, mirror, progress
         self.trained_voxel = training_voxel_mm(self.folder, self.cfg.data)
@@ -110,7 +115,8 @@ class Predictor:
         """How it predicts, as ``prediction.json`` and ``qa.json`` record it."""
         return {"checkpoint": str(self.folder), "objective": self.cfg.objective, "sampler": self.sampler,
                 "steps": self.steps, "samples": self.samples, "mirror": self.mirror, "smooth_mm": self.smooth_mm,
-                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device)}
+                "batch_size": self.batch_size, "seed": self.seed, "device": str(self.device),
+                "refiner": None if self.refinement is None else str(self.refinement.folder)}
 
     def resampled(self, sampler: str, steps: int) -> Predictor:
         """The same loaded model with another sampler and step count (``bench sampling``'s grid)."""
@@ -130,7 +136,15 @@ class Predictor:
         with a warning logged (:func:`~mddose.inference.bounds.check_voxel`).
         """
         check_voxel(patient.spacing, patient.shape, self.trained_voxel, self.cfg.data, patient.patient_id)
-        vol = CachedPatient.from_patient(patient, self.cfg.data.prior_angles)
-        return predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps, samples=self.samples,
+        return self.predict_prepared(CachedPatient.from_patient(patient, self.cfg.data.prior_angles), keep_draws)
+
+    def predict_prepared(self, vol: CachedPatient, keep_draws: bool = False) -> PatientDose:
+        """:meth:`predict` for a patient already in the cache's form (its beam prior included when the model reads
+        one); a refiner, when given, corrects the mean and every draw."""
+        dose = predict_volume(self.model, self.cfg, vol, sampler=self.sampler, steps=self.steps, samples=self.samples,
                               batch_size=self.batch_size, seed=self.seed, device=self.device, progress=self.progress,
                               tuner=self.tuner, mirror=self.mirror, smooth_mm=self.smooth_mm, keep_draws=keep_draws)
+        if self.refinement is None:
+            return dose
+        draws = None if dose.draws is None else np.stack([self.refinement(vol, d) for d in dose.draws])
+        return replace(dose, mean=self.refinement(vol, dose.mean), draws=draws)

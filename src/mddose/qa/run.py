@@ -37,7 +37,8 @@ from mddose.io.nifti import patient_geometry
 from mddose.ownership import claim
 from mddose.qa.check import QaResult, QaRow, check_plan
 from mddose.qa.inputs import plan_source, read_plan, read_qa_patient
-from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable, weights_sha256
+from mddose.qa.tolerance import DEFAULT_Z, ERROR_TABLE, ErrorTable
+from mddose.runs.checkpoint import weights_sha256
 
 if TYPE_CHECKING:  # qa reads a prediction; the model behind it is loaded by its caller
     from mddose.inference.slicewise import PatientDose

@@ -17,7 +17,6 @@ metric's floor from :data:`~mddose.qa.metrics.TOLERANCE_FLOOR`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 from mddose.atomic import write_json
 from mddose.errors import MddoseError
 from mddose.qa.metrics import TOLERANCE_FLOOR
+from mddose.runs.checkpoint import weights_sha256
 
 ERROR_TABLE = "qa_errors.json"
 TABLE_FORMAT = "mddose-qa-errors/1"
@@ -102,15 +102,6 @@ class ErrorTable:
             raise MddoseError(f"not a QA error table ({type(e).__name__}: {e})", path) from None
         info = {k: v for k, v in data.items() if k not in ("format", "rois", "metrics")}
         return cls(rois, metrics, info)
-
-
-def weights_sha256(path: str | Path) -> str:
-    """SHA-256 of a weights file: ties an error table to the weights it was measured with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def table_info(weights: Path, patients: int, sampler: str, steps: int, samples: int, source: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ A checkpoint made for another architecture, or a truncated file, is a one-line :
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,13 @@ def weights_lineage(folder: Path) -> dict[str, Any]:
                                                                      row.get("total_cpu_hours", 0) * 3600))}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise MddoseError(f"unreadable training record ({type(e).__name__}: {e})", folder) from None
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 of a weights file: ties what was measured or trained on a model's output (QA's error table, a
+    refiner) to those weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

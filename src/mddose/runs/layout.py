@@ -6,6 +6,14 @@
       loss.png                 the loss curve (and validation dose score)
       checkpoints/last/        newest state: config.json, model/ema/optimizer/rng .safetensors, trainer.json
       checkpoints/best/        best validation dose score so far (same files)
+
+and a refiner's (``mddose refine``, the 3D refinement stage of :mod:`mddose.models.refiner`)::
+
+    REFINER_DIR/
+      refiner.json             what it refines (the first stage's weights and sampling), its network, training
+      refiner.safetensors      its weights
+      stage1/pt_N.npz          the first stage's dose of each training patient (normalised, float16)
+      stage1/source.json       the weights (SHA-256) and sampling those doses came from
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from mddose.errors import MddoseError
 CONFIG, HISTORY, TRAINER, LOSS_PLOT = "config.json", "history.json", "trainer.json", "loss.png"
 PROFILE = "training_set.json"  # the training patients' range (mddose.inference.scope), shipped with the weights
 CHECKPOINTS = ("last", "best")
+REFINER_CONFIG, REFINER_WEIGHTS, FIRST_STAGE = "refiner.json", "refiner.safetensors", "stage1"
+FIRST_STAGE_SOURCE = "source.json"  # in FIRST_STAGE: the weights and sampling its doses came from
 
 
 @dataclass(frozen=True)
