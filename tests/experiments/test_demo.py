@@ -60,7 +60,8 @@ def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     # the plan's shares fit the budget
     plan, stages = info["plan"], info["stages"]
     planned = stages["data"] + stages["plan"] + sum(plan[k] for k in ("train_s", "predict_s", "finish_s", "margin_s"))
-    assert planned <= plan["budget_s"] + 3.0 + 1e-6  # training gets at least 3 s even when the budget is spent
+    # the plan stage's own measuring counts as spent; training gets at least 3 s even when the budget is spent
+    assert planned <= plan["budget_s"] + 1.0 or plan["train_s"] == 3.0
 
 
 def test_plan_splits_the_budget_and_shrinks_sampling_to_fit() -> None:

@@ -194,6 +194,7 @@ def plan_budget(plan: DemoPlan, cfg: RunConfig, device: torch.device, elapsed_s:
     other for seconds at a time). Training's length is a deadline, so a later slowdown costs steps, never time.
     Sampling uses one thread on a CPU, which keeps its time, and so the budget, predictable.
     """
+    measuring_from = time.monotonic()
     cpu = device.type == "cpu"
     many = torch.get_num_threads()
     first = 1 if cpu else many
@@ -211,6 +212,7 @@ def plan_budget(plan: DemoPlan, cfg: RunConfig, device: torch.device, elapsed_s:
     plan.seconds_per_image = timings[first][0]
     plan.finish_s = 4.0 + 2.5 * plan.test_patients
     plan.margin_s = max(5.0, 0.04 * plan.budget_s)
+    elapsed_s += time.monotonic() - measuring_from  # the measuring is spent budget too
     available = plan.budget_s - elapsed_s - plan.finish_s - plan.margin_s
     # Prediction may take at most ~30 % of what is left: fewer samples first, then fewer sampler steps.
     for steps, samples in ((plan.steps, plan.samples), (plan.steps, 2), (4, 2), (4, 1), (2, 1)):
@@ -263,7 +265,7 @@ def _stages(out_dir: Path, plan: DemoPlan, info: dict[str, Any], seed: int, devi
     with clock.stage("data"):
         test = _data_stage(out_dir, plan, seed, progress)
     with clock.stage("plan"):
-        cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, time.monotonic() - start)
+        cfg, dev, plan, steps_expected = _plan_stage(out_dir, plan, seed, device, start)
     with clock.stage("train"):
         if dev.type == "cpu":
             torch.set_num_threads(threads_before)
@@ -362,16 +364,18 @@ def _data_stage(out_dir: Path, plan: DemoPlan, seed: int, progress: bool) -> Pat
 
 
 def _plan_stage(out_dir: Path, plan: DemoPlan, seed: int, device: str,
-                spent_s: float) -> tuple[RunConfig, torch.device, DemoPlan, int]:
+                start: float) -> tuple[RunConfig, torch.device, DemoPlan, int]:
     """[2/6] Measure, then split what is left of the budget; returns the config, device, plan and planned steps."""
     from mddose.device import resolve_device
 
     cfg = demo_config(seed)
     dev = resolve_device(device)
+    batch_s = _batch_seconds(out_dir / "cache", cfg)  # reading a batch, timed before the split so it is spent
+    spent_s = time.monotonic() - start
     plan = plan_budget(plan, cfg, dev, spent_s)
     if dev.type == "cpu":  # training starts on the planned count; its ThreadTuner re-checks it as it goes
         torch.set_num_threads(plan.train_threads)
-    per_step = plan.seconds_per_step + _batch_seconds(out_dir / "cache", cfg)  # + reading the batch
+    per_step = plan.seconds_per_step + batch_s
     steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
     cfg = new_horizon(cfg, steps_expected)  # the cosine schedule ends as the time runs out
     log.info("[2/6] plan (budget %.0f s, %.0f s spent): train %.0f s (~%d steps on %s, %d thread(s)), predict "
