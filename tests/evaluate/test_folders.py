@@ -55,7 +55,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_cli_end_to_end(folders: dict[str, Path]) -> None:
     out = folders["root"] / "out"
     args = ["evaluate", str(folders["ref"]), str(folders["A"]), str(folders["B"]), "--out", str(out),
-            "--name", "A", "--name", "B", "--against", "B", "--figures", "--figure-patient", "pt_1"]
+            "--name", "A", "--name", "B", "--against", "B", "--figures", "--figure-patient", "pt_1",
+            "--no-gamma"]  # the real gamma has its own test (test_clinical); here it would take most of a minute
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "MISSING 1: pt_3" in result.output
@@ -65,7 +66,7 @@ def test_cli_end_to_end(folders: dict[str, Path]) -> None:
     assert summary["n_reference_patients"] == 3 and summary["against"] == "B"
     assert (a["n_patients_scored"], a["n_missing"], a["missing"]) == (2, 1, ["pt_3"])
     assert a["unmatched"] == ["pt_99.csv"] and b["n_patients_scored"] == 3
-    assert summary["gamma"]["computed"] is False or summary["gamma"]["reason"] is None
+    assert summary["gamma"]["computed"] is False and "--no-gamma" in summary["gamma"]["reason"]
     assert b["ttest"] is None and set(a["ttest"]) >= {"openkbp_dose_score", "hi_abs_diff"}
 
     # The dose score equals the formula applied to the files' own contents.
@@ -88,6 +89,27 @@ def test_cli_end_to_end(folders: dict[str, Path]) -> None:
     assert summary["files"]["figures"] == [f"figures/{n}" for n in ("pt_1_dose.png", "pt_1_comparison.png",
                                                                      "pt_1_dvh.png")]
     assert all((out / "figures" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+
+
+def test_gamma_is_scored_per_patient_when_available(folders: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring from evaluate to the gamma pass rate (pymedphys itself: test_clinical's real-gamma test)."""
+    import mddose.evaluate.folders as folders_module
+    import mddose.evaluate.score as score_module
+    from mddose.evaluate.clinical import GammaResult
+
+    seen: list[tuple[int, ...]] = []
+
+    def stand_in(reference: np.ndarray, prediction: np.ndarray, spacing: tuple[float, ...]) -> GammaResult:
+        seen.append(reference.shape)
+        return GammaResult(90.0 + len(seen))
+
+    monkeypatch.setattr(folders_module, "gamma_unavailable_reason", lambda: None)
+    monkeypatch.setattr(score_module, "gamma_pass_rate", stand_in)
+    summary = evaluate(folders["ref"], [folders["B"]], tmp_path / "out", progress=False)
+    assert summary["gamma"] == {"computed": True, "criteria": summary["gamma"]["criteria"], "reason": None}
+    assert seen == [OPENKBP_SHAPE] * 3  # once per scored patient, on the patient's grid
+    assert summary["methods"]["B"]["gamma_pass_rate"] == pytest.approx(92.0)
 
 
 def test_reference_against_itself_scores_zero(folders: dict[str, Path], tmp_path: Path) -> None:
