@@ -52,6 +52,41 @@ def test_a_claim_records_what_it_writes_and_replaces_only_that(tmp_path: Path) -
         assert sorted(p.name for p in folder.iterdir()) == [LOCK, OWNER]  # its own files went, nothing else
 
 
+def test_a_write_is_owned_before_it_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt right after a file or folder lands (CI once sent SIGINT to a training just as its checkpoint
+    swapped in) leaves it the claim's own, so the next run resumes instead of refusing it."""
+    import mddose.atomic as atomic
+
+    landing: list[tuple[str, list[str]]] = []
+    real_replace, real_replace_dir = atomic.os.replace, atomic.replace_dir
+
+    def interrupted(real):
+        def land(src: Path, dst: Path) -> None:
+            if (out / OWNER).exists():
+                landing.append((Path(dst).name, read_owner(out)["files"]))
+            real(src, dst)
+            if Path(dst).name in ("a.txt", "sub"):
+                raise KeyboardInterrupt  # the signal, just after the rename
+        return land
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(atomic.os, "replace", interrupted(real_replace))
+    monkeypatch.setattr(atomic, "replace_dir", interrupted(real_replace_dir))
+    for write in (lambda f: write_text(f / "a.txt", "1"), lambda f: _write_sub(f)):
+        with pytest.raises(KeyboardInterrupt), claim(out, "mddose x", resume=True) as folder:
+            write(folder)
+    assert ("a.txt", ["a.txt"]) in landing and ("sub", ["a.txt", "sub/b.txt"]) in landing
+    monkeypatch.undo()
+    with claim(out, "mddose x", resume=True):  # resumed, not refused
+        pass
+    assert read_owner(out)["files"] == ["a.txt", "sub/b.txt"]
+
+
+def _write_sub(folder: Path) -> None:
+    with atomic_dir(folder / "sub") as tmp:
+        (tmp / "b.txt").write_text("2")
+
+
 def test_nested_commands_and_other_outputs_inside(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     with claim(out, "mddose demo") as folder:

@@ -24,12 +24,13 @@ from typing import Any
 from mddose.errors import MddoseError
 
 #: (told of a file written, or with True of a folder; asked before a folder is replaced: raises to refuse)
-_watchers: list[tuple[Callable[[Path, bool], None], Callable[[Path], None]]] = []
+_watchers: list[tuple[Callable[[Path, bool, Path | None], None], Callable[[Path], None]]] = []
 
 
-def watch(written: Callable[[Path, bool], None], replacing: Callable[[Path], None]) -> None:
-    """Be told of every file (``written(path, False)``) and folder (``written(path, True)``) written here, and be
-    asked before an existing folder is replaced (``replacing(path)``, which refuses by raising)."""
+def watch(written: Callable[[Path, bool, Path | None], None], replacing: Callable[[Path], None]) -> None:
+    """Be told of every file (``written(path, False, None)``) and folder (``written(path, True, built)``, its
+    files still in the folder ``built`` aside) about to land here, just before it lands, and be asked before an
+    existing folder is replaced (``replacing(path)``, which refuses by raising)."""
     _watchers.append((written, replacing))
 
 
@@ -81,12 +82,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield tmp_path
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual permissions
+            for written, _ in _watchers:  # told before it lands: a signal between the two never leaves it unowned
+                written(path, False, None)
             os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    for written, _ in _watchers:
-        written(path, False)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -153,9 +154,9 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
                 raise FileExistsError(path)
             for _, replacing in _watchers:
                 replacing(path)
+        for written, _ in _watchers:  # told before it lands, with the files it brings (see atomic_path)
+            written(path, True, tmp)
         replace_dir(tmp, path)
-    for written, _ in _watchers:
-        written(path, True)
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

@@ -230,9 +230,10 @@ def _inside(path: Path) -> tuple[Claim, str] | None:
     return None
 
 
-def note_written(path: str | Path, tree: bool = False) -> None:
-    """Record a file (or with ``tree`` every file of a folder) just written as made by the claim that holds it;
-    a write into a subfolder another command made there (a run inside an experiment) goes in that one's marker."""
+def note_written(path: str | Path, tree: bool = False, built: Path | None = None) -> None:
+    """Record a file (or with ``tree`` every file of a folder, read from ``built`` when it is still built aside)
+    written or about to land as made by the claim that holds it; a write into a subfolder another command made
+    there (a run inside an experiment) goes in that one's marker."""
     path = Path(os.path.abspath(path))
     found = _inside(path)
     if found is None or path.name in CONTROL:
@@ -240,7 +241,7 @@ def note_written(path: str | Path, tree: bool = False) -> None:
     claim, rel = found
     if any(_is_temp(part) for part in rel.split("/")):
         return  # built aside, by a command that records it where it lands
-    names = [f"{rel}/{f}" for f, marked in _walk(path) if not marked] if tree else [rel]
+    names = [f"{rel}/{f}" for f, marked in _walk(built or path) if not marked] if tree else [rel]
     for d in sorted(claim.dirs, key=len, reverse=True):
         if rel.startswith(f"{d}/") and (owner := read_owner(claim.folder / d)) is not None:
             cut = len(d) + 1
