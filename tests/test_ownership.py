@@ -72,7 +72,7 @@ def test_a_write_is_owned_before_it_lands(tmp_path: Path, monkeypatch: pytest.Mo
     out = tmp_path / "out"
     monkeypatch.setattr(atomic.os, "replace", interrupted(real_replace))
     monkeypatch.setattr(atomic, "replace_dir", interrupted(real_replace_dir))
-    for write in (lambda f: write_text(f / "a.txt", "1"), lambda f: _write_sub(f)):
+    for write in (lambda f: write_text(f / "a.txt", "1"), _write_sub):
         with pytest.raises(KeyboardInterrupt), claim(out, "mddose x", resume=True) as folder:
             write(folder)
     assert ("a.txt", ["a.txt"]) in landing and ("sub", ["a.txt", "sub/b.txt"]) in landing

@@ -23,12 +23,13 @@ from typing import Any
 
 from mddose.errors import MddoseError
 
-#: (told of a file written, or with True of a folder; asked before a folder is replaced: raises to refuse)
-_watchers: list[tuple[Callable[[Path, bool, Path | None], None], Callable[[Path], None]]] = []
+#: (told of a file, or of a folder with the folder it is built in, about to land; asked before a folder is
+#: replaced: raises to refuse)
+_watchers: list[tuple[Callable[[Path, Path | None], None], Callable[[Path], None]]] = []
 
 
-def watch(written: Callable[[Path, bool, Path | None], None], replacing: Callable[[Path], None]) -> None:
-    """Be told of every file (``written(path, False, None)``) and folder (``written(path, True, built)``, its
+def watch(written: Callable[[Path, Path | None], None], replacing: Callable[[Path], None]) -> None:
+    """Be told of every file (``written(path, None)``) and folder (``written(path, built)``, its
     files still in the folder ``built`` aside) about to land here, just before it lands, and be asked before an
     existing folder is replaced (``replacing(path)``, which refuses by raising)."""
     _watchers.append((written, replacing))
@@ -83,7 +84,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual permissions
             for written, _ in _watchers:  # told before it lands: a signal between the two never leaves it unowned
-                written(path, False, None)
+                written(path, None)
             os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -155,7 +156,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             for _, replacing in _watchers:
                 replacing(path)
         for written, _ in _watchers:  # told before it lands, with the files it brings (see atomic_path)
-            written(path, True, tmp)
+            written(path, tmp)
         replace_dir(tmp, path)
 
 

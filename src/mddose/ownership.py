@@ -230,9 +230,9 @@ def _inside(path: Path) -> tuple[Claim, str] | None:
     return None
 
 
-def note_written(path: str | Path, tree: bool = False, built: Path | None = None) -> None:
-    """Record a file (or with ``tree`` every file of a folder, read from ``built`` when it is still built aside)
-    written or about to land as made by the claim that holds it; a write into a subfolder another command made
+def note_written(path: str | Path, built: Path | None = None) -> None:
+    """Record a file (or every file of the folder ``built`` aside, about to land at ``path``) written or about to
+    land as made by the claim that holds it; a write into a subfolder another command made
     there (a run inside an experiment) goes in that one's marker."""
     path = Path(os.path.abspath(path))
     found = _inside(path)
@@ -241,7 +241,7 @@ def note_written(path: str | Path, tree: bool = False, built: Path | None = None
     claim, rel = found
     if any(_is_temp(part) for part in rel.split("/")):
         return  # built aside, by a command that records it where it lands
-    names = [f"{rel}/{f}" for f, marked in _walk(built or path) if not marked] if tree else [rel]
+    names = [f"{rel}/{f}" for f, marked in _walk(built) if not marked] if built else [rel]
     for d in sorted(claim.dirs, key=len, reverse=True):
         if rel.startswith(f"{d}/") and (owner := read_owner(claim.folder / d)) is not None:
             cut = len(d) + 1
