@@ -11,7 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from mddose.cli import app, main
-from mddose.data.openkbp import read_sparse_csv, write_dose_csv, write_patient, write_sparse_csv
+from mddose.data.openkbp import (
+    read_sparse_csv,
+    write_dose_csv,
+    write_patient,
+    write_sparse_csv,
+)
 from mddose.data.patient import OPENKBP_SHAPE, Patient
 from mddose.errors import MddoseError
 from mddose.evaluate.folders import evaluate
@@ -124,7 +129,7 @@ def test_wrong_grid_is_an_error(folders: dict[str, Path], tmp_path: Path) -> Non
     outside = tmp_path / "outside"
     ref = read_sparse_csv(folders["ref"] / "pt_1" / "dose.csv")
     outside.mkdir()
-    (outside / "pt_1.csv").write_text(",data\n5,1.0\n%d,2.0\n" % (128**3 + 7))
+    (outside / "pt_1.csv").write_text(f",data\n5,1.0\n{128**3 + 7},2.0\n")
     with pytest.raises(MddoseError, match=r"pt_1\.csv.*outside the 128×128×128 grid"):
         evaluate(folders["ref"], [outside], tmp_path / "out1", progress=False)
     small = tmp_path / "small"  # a 64³ prediction's flat indices fall inside the 128³ range, in the wrong place

@@ -30,7 +30,7 @@ def test_demo_end_to_end_at_a_tiny_budget(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mddose.cli", "demo", str(out), "--minutes", "0.5", "--train-patients", "2",
          "--test-patients", "1", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((out / "demo.json").read_text())

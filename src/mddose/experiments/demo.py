@@ -378,6 +378,7 @@ def _plan_stage(out_dir: Path, plan: DemoPlan, seed: int, device: str,
     per_step = plan.seconds_per_step + batch_s
     steps_expected = max(50, int(plan.train_s / max(per_step, 1e-3)))
     cfg = new_horizon(cfg, steps_expected)  # the cosine schedule ends as the time runs out
+    spent_s = time.monotonic() - start  # the speed measuring included, as the split counted it
     log.info("[2/6] plan (budget %.0f s, %.0f s spent): train %.0f s (~%d steps on %s, %d thread(s)), predict "
              "~%.0f s (%s, %d steps, %d samples), evaluate and report ~%.0f s", plan.budget_s, spent_s, plan.train_s,
              steps_expected, plan.device, plan.train_threads, plan.predict_s, plan.sampler, plan.steps, plan.samples,
