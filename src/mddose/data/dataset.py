@@ -23,7 +23,10 @@ in this order:
    below the slice (zeros past the patient).
 5. **Beam prior** (``beam_prior``, off by default): the beam model's dose for the patient's own anatomy and the
    plan's gantry angles ``beam_angles`` (:mod:`mddose.data.beam_prior`), in the dose's units (Gy /
-   ``dose_norm_gy``). Last, so that a network trained without it gains it as one zero-initialised input.
+   ``dose_norm_gy``).
+6. **Field apertures** (``beam_apertures``, off): per target, the fraction of the fields at ``beam_angles`` whose
+   aperture covers the pixel (:func:`~mddose.data.beam_prior.field_apertures`). New inputs come last: a network
+   trained without them gains them as zero-initialised inputs.
 
 Dose is ``Gy / dose_norm_gy`` (default 80 Gy, above every OpenKBP training dose: the largest is recorded by
 ``prepare`` in ``cache.json``), so the model works on [0, ~1] as the published code does.
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, check_angles
+from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, check_angles, field_apertures
 from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient
 from mddose.data.distance import DISTANCE_SCALE_MM, signed_distance
 from mddose.data.patient import RoiConfig
@@ -74,7 +77,8 @@ class DataConfig:
     # multiple of 16 around it) instead of the whole slice; for networks without absolute positions only
     crop: int = 0
     beam_prior: bool = False  # the beam model's dose as the last structure channel
-    beam_angles: tuple[float, ...] = OPENKBP_BEAM_ANGLES  # the plans' gantry angles (degrees) for the prior
+    beam_angles: tuple[float, ...] = OPENKBP_BEAM_ANGLES  # the plans' gantry angles (degrees): prior, apertures
+    beam_apertures: bool = False  # per target, the fraction of the fields whose aperture covers the pixel
 
     def __post_init__(self) -> None:
         if isinstance(self.rois, dict):
@@ -130,7 +134,7 @@ class DataConfig:
     @property
     def cond_channels(self) -> int:
         return (self.n_ct_channels + self.n_target_channels + len(self.rois.oars) + len(self.target_context)
-                + int(self.beam_prior))
+                + int(self.beam_prior) + (len(self.rois.targets) if self.beam_apertures else 0))
 
     @property
     def prior_angles(self) -> tuple[float, ...] | None:
@@ -183,6 +187,9 @@ def structure_channels(vol: CachedPatient, z: int, config: DataConfig) -> np.nda
     channels.extend(_prescription_map(vol, z + dz, rois) for dz in config.target_context)
     if config.beam_prior:
         channels.append(_prior_slice(vol, z, config))
+    if config.beam_apertures:
+        targets = np.stack([_roi_slice(vol, z, t) for t in rois.targets])
+        channels.extend(field_apertures(targets, vol.spacing[:2], config.beam_angles))
     return np.stack(channels)  # (C, X, Y)
 
 

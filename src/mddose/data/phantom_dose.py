@@ -99,7 +99,7 @@ def _rotate(a: np.ndarray, angle: float, order: int) -> np.ndarray:
     return ndimage.rotate(a, angle, axes=(0, 1), reshape=False, order=order, mode="constant", cval=0.0)
 
 
-def _widen(projection: np.ndarray, margin_mm: float, sampling: tuple[float, float]) -> np.ndarray:
+def widen(projection: np.ndarray, margin_mm: float, sampling: tuple[float, float]) -> np.ndarray:
     """The (S, Z) aperture ``projection`` widened by ``margin_mm``, with a partial-pixel edge (float32)."""
     if not projection.any():
         return np.zeros(projection.shape, dtype=np.float32)
@@ -147,7 +147,7 @@ def _trace(rho: np.ndarray, code: np.ndarray, angle: float, n_levels: int, oar_w
     apertures, covered = np.zeros((n_levels, side, rho.shape[2]), dtype=np.float32), np.zeros_like(spared)
     for bit in range(n_levels):  # highest level first; a lower level only opens rays not yet covered
         projection = ((r_code >> bit) & 1).any(axis=0)  # (S, Z) beam's-eye view of the level
-        aperture = _widen(projection, model.aperture_margin_mm, (dx, dz)) * (1.0 - covered)
+        aperture = widen(projection, model.aperture_margin_mm, (dx, dz)) * (1.0 - covered)
         covered += aperture
         apertures[bit] = aperture * boost * (1.0 - spared)
     back = _rotate(depth_dose.astype(np.float32), -angle, order=1)

@@ -198,8 +198,10 @@ def _beam_prior(data: dict[str, Any]) -> str:
     if not data.get("beam_prior"):
         return ""
     angles = data.get("beam_angles") or []
+    apertures = ", and per target the fraction of those fields whose aperture covers the pixel" if data.get(
+        "beam_apertures") else ""
     return (f", the beam prior (the project's beam model run on the patient's anatomy with {len(angles)} coplanar"
-            f" fields at {', '.join(f'{a:g}' for a in angles)}°; docs/experiments/beam-prior.md)")
+            f" fields at {', '.join(f'{a:g}' for a in angles)}°; docs/experiments/beam-prior.md){apertures}")
 
 
 def _diffusion_line(d: dict[str, Any]) -> str:

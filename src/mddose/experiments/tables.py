@@ -66,7 +66,7 @@ TABLES: dict[str, str] = {
     "inputs": "What the network is told, and how it learns: the anatomy alone / plus the beam model's dose for "
               "the plan's fields (beam prior, the shipped model's inputs) / the beam prior plus the target maps of "
               "slices 4 and 8 above and below / plus signed distances in place of the masks / plus weight decay on "
-              "the matrices only",
+              "the matrices only / plus the fields' apertures per prescription level",
 }
 
 #: The levers of the ``inputs`` table: the data- and train-config fields each row changes on the base recipe.
@@ -78,6 +78,7 @@ INPUT_ROWS: dict[str, dict[str, dict[str, Any]]] = {
     "beam-prior+target-context": {"data": {**_PRIOR, "target_context": (-8, -4, 4, 8)}},
     "beam-prior+distance": {"data": {**_PRIOR, "target_encoding": "per_level", "structure_encoding": "distance"}},
     "beam-prior+decay-groups": {"data": _PRIOR, "train": {"weight_decay_on": "matrices"}},
+    "beam-prior+apertures": {"data": {**_PRIOR, "beam_apertures": True}},
 }
 
 
@@ -151,6 +152,7 @@ def _inputs(cfg: RunConfig) -> str:
     words = ["signed distance maps"] if d.structure_encoding == "distance" else []
     words += [f"target maps at z {', '.join(f'{o:+d}' for o in d.target_context)}"] if d.target_context else []
     words += ["beam prior"] if d.beam_prior else []
+    words += ["field apertures per target"] if d.beam_apertures else []
     words += ["weight decay on the matrices only"] if cfg.train.weight_decay_on == "matrices" else []
     return "".join(f", {w}" for w in words)
 
