@@ -34,6 +34,7 @@ from mddose.cli_options import (
     Pretrained,
     finite,
     model_and_paths,
+    refiner_choice,
 )
 from mddose.errors import MddoseError
 from mddose.runs.methods import DEFAULT_PRESET, RUN_PRESETS, baselines_help
@@ -190,7 +191,9 @@ def predict(
                                "dose is scaled from its trained levels.")] = None,
     refiner: Annotated[Optional[Path], typer.Option(help="A 3D refinement stage trained for MODEL by 'mddose "
                                                           "refine': it corrects the stacked slices in place of the "
-                                                          "smoothing.")] = None,
+                                                          "smoothing (default: MODEL's own, when it ships one).")] = None,
+    no_refiner: Annotated[bool, typer.Option("--no-refiner", help="Predict without MODEL's own refiner (the "
+                                                                  "smoothing instead).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Predict the dose of every patient in DATA_DIR, in the OpenKBP submission format (and NIfTI)."""
@@ -200,7 +203,7 @@ def predict(
     stated = parse_prescription_options(prescription)
     summary = run_predict(run_dir, data_dir, out_dir, sampler, steps, samples, batch_size, seed, device,
                           mirror=mirror, smooth_mm=smooth_mm, prescriptions=stated, overwrite=overwrite,
-                          refiner=refiner)
+                          refiner=refiner_choice(refiner, no_refiner))
     typer.echo(f"predicted {summary['n_patients']} patients into {out_dir} "
                f"({summary['mean_seconds_per_patient']} s per patient on {summary['device']})")
 
@@ -233,7 +236,8 @@ def refine(
 
 @pretrained_app.command("export")
 def pretrained_export(
-    run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (runs/openkbp).")],
+    run_dir: Annotated[Path, typer.Argument(help="The shipped model's run folder (runs/openkbp), or the shipped "
+                                                 "model's name (to ship a --refiner for its weights).")],
     val_dir: Annotated[Path, typer.Argument(help="Validation patients with reference doses.")],
     name: Annotated[str, typer.Option(help="Pretrained model name.")] = "openkbp",
     sampler: Annotated[Optional[str], typer.Option(help="Sampler for scoring (default: the model's own).")] = None,
@@ -243,11 +247,15 @@ def pretrained_export(
                                                       "here.")] = None,
     note: Annotated[Optional[str], typer.Option(help="A line for the model card about this stretch (e.g. what "
                                                       "changed in the recipe).")] = None,
+    refiner: Annotated[Optional[Path], typer.Option(help="A 3D refinement stage trained for these weights by "
+                                                         "'mddose refine': scored with them, shipped with them.")] = None,
 ) -> None:
     """Score a run on the validation patients, log the stretch and ship its weights if they validate better."""
     from mddose.experiments.shipping import export_run
+    from mddose.inference.pretrained import model_folder
 
-    row = export_run(run_dir, val_dir, name, sampler=sampler, steps=steps, keep=keep, note=note)
+    row = export_run(model_folder(run_dir), val_dir, name, sampler=sampler, steps=steps, keep=keep, note=note,
+                     refiner=refiner)
     typer.echo(f"step {row['steps']}: dose score {row['dose_score']:.3f} Gy, DVH score {row['dvh_score']:.3f} Gy "
                f"on {row['patients']} patients; {'shipped' if row['shipped'] else 'not better: weights kept'}")
 

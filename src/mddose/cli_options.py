@@ -36,6 +36,13 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def refiner_choice(refiner: Path | None, no_refiner: bool) -> Path | bool | None:
+    """``--refiner DIR`` / ``--no-refiner`` as the predictor takes them (None: the model's own, if it has one)."""
+    if refiner is not None and no_refiner:
+        raise MddoseError("--refiner and --no-refiner contradict each other: give one")
+    return False if no_refiner else refiner
+
+
 MODEL_HELP = "MODEL: a run or checkpoint folder, or the name of a model shipped with mddose (openkbp)"
 #: The earlier spelling of a shipped MODEL, kept working (with a warning) and out of the help.
 Pretrained = Annotated[Optional[str], typer.Option(hidden=True, help="Deprecated: give the name as MODEL.")]

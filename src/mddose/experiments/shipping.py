@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,23 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mddose.atomic import atomic_path, write_json, write_text
+from mddose.errors import MddoseError
 from mddose.evaluate.folders import evaluate
 from mddose.inference.predict import predict
 from mddose.inference.predictor import Predictor, checkpoint_folder
 from mddose.inference.pretrained import PRETRAINED, WEIGHTS_ROOT
+from mddose.inference.refinement import own_refiner, read_refiner
 from mddose.inference.scope import read_profile, write_profile
 from mddose.ownership import claim
 from mddose.qa.calibrate import calibrate
 from mddose.runs.checkpoint import load_tensors, read_config
-from mddose.runs.layout import TRAINER, RunFolder
+from mddose.runs.layout import (
+    OWN_REFINER,
+    REFINER_CONFIG,
+    REFINER_WEIGHTS,
+    TRAINER,
+    RunFolder,
+)
 from mddose.runs.run_config import checkpoint_run_config
 
 LOG_FILE, CARD_FILE, COMPARISON_FILE = "training_log.json", "MODEL_CARD.md", "comparison.md"
@@ -40,25 +49,30 @@ def export_run(
     target: Path | None = None,
     keep: Path | None = None,
     note: str | None = None,
+    refiner: Path | None = None,
 ) -> dict[str, Any]:
     """Score the run's last EMA on ``val_dir``, log the stretch and ship the weights if they validate better.
 
     Returns the log row. ``keep``: a folder that keeps the predictions (``pred/``) and the evaluation
     (``eval/``); ``target`` overrides the package folder (tests); ``note``: a line for the card about this stretch.
+    ``refiner``: a 3D refinement stage trained for these weights (``mddose refine``); the weights are scored with
+    it and it ships with them. ``run`` may be the shipped model itself, to ship a refiner for its weights.
     """
     last = RunFolder(run).last  # the run's newest state, not its best-on-two-patients
     folder = checkpoint_folder(last if last.is_dir() else run)
-    diffusion = checkpoint_run_config(folder).diffusion
-    sampler, steps = diffusion.sampling(sampler, steps)  # the model's own by default
+    run_config = checkpoint_run_config(folder)
+    sampler, steps = run_config.diffusion.sampling(sampler, steps)  # the model's own by default
     target = target or WEIGHTS_ROOT / name
-    trainer = json.loads((folder / TRAINER).read_text()) if (folder / TRAINER).is_file() else {}
     log_rows = training_log(target)
+    shipped_itself = folder.resolve() == target.resolve()
+    seconds, step = _trained(folder, log_rows, refiner, shipped_itself)
     with tempfile.TemporaryDirectory() as tmp, _kept(keep, Path(tmp), [run, val_dir]) as out:
-        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False, overwrite=True)
+        summary = predict(folder, val_dir, out / "pred", sampler, steps, samples, nifti=False, overwrite=True,
+                          refiner=refiner)
         scores = evaluate(val_dir, [out / "pred"], out / "eval", names=["md-dose"], gamma=False, overwrite=True)
         method = scores["methods"]["md-dose"]
-        seconds, step = float(trainer.get("seconds", 0.0)), int(trainer.get("step", 0))
-        before, continues = _logged_seconds(log_rows, seconds, step)
+        start = step if shipped_itself else run_config.train.restart_step
+        before, continues = _logged_seconds(log_rows, seconds, step, start)
         row = {
             "date": dt.date.today().isoformat(),
             "cpu_minutes": round(max(seconds - before, 0.0) / 60, 1),
@@ -68,16 +82,18 @@ def export_run(
             "dose_score": round(method["openkbp"]["dose_score"], 4),
             "dvh_score": round(method["openkbp"]["dvh_score"], 4),
             "patients": method["n_patients_scored"],
-            "sampler": sampler, "sampler_steps": steps, "timestep_spacing": diffusion.timestep_spacing,
-            "samples": samples, "smooth_mm": summary["smooth_mm"],
+            "sampler": sampler, "sampler_steps": steps, "timestep_spacing": run_config.diffusion.timestep_spacing,
+            "samples": samples, "smooth_mm": summary["smooth_mm"], "refiner": summary["refiner"] is not None,
             "seconds_per_patient": summary["mean_seconds_per_patient"],
         } | ({} if continues else {"new_run": True}) | ({"note": note} if note else {})
         shipped = [r for r in log_rows if r.get("shipped")]
         row["shipped"] = not shipped or row["dose_score"] < min(r["dose_score"] for r in shipped)
         if row["shipped"]:
-            write_weights(folder, target)
-            if (profile := read_profile(folder)) is not None:
-                write_profile(target, profile)
+            if not shipped_itself:
+                write_weights(folder, target)
+                if (profile := read_profile(folder)) is not None:
+                    write_profile(target, profile)
+            _ship_refiner(target, refiner, keep_own=shipped_itself)
             _write_error_table(target, val_dir, out / "pred")
     write_json(target / LOG_FILE, [*log_rows, row])
     write_card(target, name)
@@ -90,13 +106,42 @@ def _kept(keep: Path | None, tmp: Path, inputs: list[str | Path]) -> contextlib.
     return claim(keep, "mddose pretrained export", inputs, resume=True) if keep else contextlib.nullcontext(tmp)
 
 
-def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int) -> tuple[float, bool]:
-    """The run's training seconds already in the log and whether the run continues the log's last row: it does
+def _trained(folder: Path, log_rows: list[dict[str, Any]], refiner: Path | None,
+             shipped_itself: bool) -> tuple[float, int]:
+    """The training seconds and step behind what is exported: the run's; for the shipped model itself, its shipped
+    row's plus the training of the refiner exported with it."""
+    if not shipped_itself:
+        trainer = json.loads((folder / TRAINER).read_text()) if (folder / TRAINER).is_file() else {}
+        return float(trainer.get("seconds", 0.0)), int(trainer.get("step", 0))
+    shipped = [r for r in log_rows if r.get("shipped")]
+    if not shipped:
+        raise MddoseError("nothing is shipped here yet: export a run", folder)
+    best = shipped[-1]
+    extra = float(read_refiner(refiner).get("seconds", 0.0)) if refiner is not None else 0.0
+    return best.get("total_cpu_seconds", best["total_cpu_hours"] * 3600) + extra, int(best["steps"])
+
+
+def _ship_refiner(target: Path, refiner: Path | None, keep_own: bool) -> None:
+    """Put ``refiner``'s network (its config and weights, not its first-stage doses) in the package folder; without
+    one, a refiner of the weights just replaced goes (it would be refused), the shipped model's own stays."""
+    own = target / OWN_REFINER
+    if refiner is not None and Path(refiner).resolve() != own.resolve():
+        own.mkdir(exist_ok=True)
+        for name in (REFINER_WEIGHTS, REFINER_CONFIG):
+            with atomic_path(own / name) as tmp:
+                shutil.copyfile(Path(refiner) / name, tmp)
+    elif refiner is None and not keep_own and own_refiner(target) is not None:
+        shutil.rmtree(own)
+
+
+def _logged_seconds(log_rows: list[dict[str, Any]], seconds: float, step: int, start: int = 0) -> tuple[float, bool]:
+    """The run's training seconds already in the log and whether the run continues the log row it started from
+    (``start``: the step a warm start began at, its first row with those steps; else the last row): it does
     unless it has fewer steps or CPU-seconds than that row (a new run, trained from scratch in another folder,
     whose seconds all count as this stretch's). An empty log is a run's start, not a new run."""
     if not log_rows:
         return 0.0, True
-    last = log_rows[-1]
+    last = next((r for r in log_rows if start and r["steps"] == start), log_rows[-1])
     logged = last.get("total_cpu_seconds", last["total_cpu_hours"] * 3600)  # older rows: hours to 0.01
     continues = step >= last["steps"] and seconds >= logged - 36
     return (logged, True) if continues else (0.0, False)
@@ -114,9 +159,10 @@ def training_log(folder: Path) -> list[dict[str, Any]]:
 
 def card_text(folder: Path, name: str = "openkbp") -> str:
     """MODEL_CARD.md as the folder's config, training log and comparison make it."""
-    comparison = folder / COMPARISON_FILE
+    comparison, refiner = folder / COMPARISON_FILE, own_refiner(folder)
     return model_card(name, read_config(folder), training_log(folder),
-                      comparison.read_text() if comparison.is_file() else "")
+                      comparison.read_text() if comparison.is_file() else "",
+                      read_refiner(refiner) if refiner is not None else None)
 
 
 def write_card(folder: Path, name: str = "openkbp") -> Path:
@@ -140,8 +186,10 @@ def write_weights(folder: Path, target: Path) -> None:
     write_json(target / "config.json", config)
 
 
-def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], comparison: str = "") -> str:
-    """The model card's markdown: what the model is, how it was trained, what it scores."""
+def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], comparison: str = "",
+               refiner: dict[str, Any] | None = None) -> str:
+    """The model card's markdown: what the model is, how it was trained, what it scores (``refiner``: the
+    ``refiner.json`` of the refinement stage it ships with)."""
     model, data, train = config["model"], config["data"], config["train"]
     best = min((r for r in rows if r.get("shipped")), key=lambda r: r["dose_score"], default=None)
     lines = [
@@ -157,7 +205,7 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f"- Inputs at {data['image_size']}²: {2 * data['context_slices'] + 1} CT slices (2.5D), prescription map,"
         f" 7 OAR masks{_target_context(data)}{_beam_prior(data)}; training crops {data['crop'] or 'none'}; augmentation"
         f" {data['augment']}.",
-        _diffusion_line(config["diffusion"]),
+        _diffusion_line(config["diffusion"]), *_refiner_lines(refiner),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
         f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
         "",
@@ -204,6 +252,17 @@ def _beam_prior(data: dict[str, Any]) -> str:
             f" fields at {', '.join(f'{a:g}' for a in angles)}°; docs/experiments/beam-prior.md){apertures}")
 
 
+def _refiner_lines(info: dict[str, Any] | None) -> list[str]:
+    """The card's line on the 3D refinement stage the model ships with (none without one)."""
+    if info is None:
+        return []
+    m = info["model"]
+    return [(f"- 3D refinement stage: a 3D U-Net (widths {m['widths']}, {'×'.join(map(str, m['patch']))} windows)"
+             f" trained {info['steps_done']} steps on the first stage's doses of the {info['patients']} training"
+             " patients corrects the stacked slices in place of the smoothing across slices"
+             " (docs/experiments/refine-openkbp.md); `mddose predict --no-refiner` predicts without it.")]
+
+
 def _diffusion_line(d: dict[str, Any]) -> str:
     """The recipe's diffusion: target, loss, how t is drawn, how the model samples."""
     share = d.get("final_t_fraction", 0.0)
@@ -222,5 +281,7 @@ def _sampler(row: dict[str, Any]) -> str:
 
 
 def _smoothing(row: dict[str, Any]) -> str:
-    """A log row's smoothing across slices, when its predictions had one (rows before it had none)."""
+    """A log row's smoothing across slices or 3D refiner, when its predictions had one (rows before had none)."""
+    if row.get("refiner"):
+        return ", the 3D refiner"
     return f", {row['smooth_mm']:g} mm smoothing across slices outside the targets" if row.get("smooth_mm") else ""

@@ -49,7 +49,7 @@ def predict(
     smooth_mm: float | None = None,
     prescriptions: dict[str, float] | None = None,
     overwrite: bool = False,
-    refiner: str | Path | None = None,
+    refiner: str | Path | bool | None = None,
 ) -> dict[str, Any]:
     """Predict every patient folder in ``data_dir`` with the model of ``run``; returns the summary written.
 
@@ -61,7 +61,8 @@ def predict(
 
     ``sampler`` and ``steps`` default to the model's own (:meth:`~mddose.diffusion.process.DiffusionConfig.sampling`),
     ``smooth_mm`` to the model's smoothing across slices (:func:`~mddose.inference.smoothing.default_smoothing`;
-    none with a ``refiner``, the 3D refinement stage trained for this model by ``mddose refine``).
+    none with a refiner, the 3D refinement stage trained for this model by ``mddose refine``). ``refiner``: its
+    folder, False for none, None for the model's own when it ships one.
 
     While it runs, ``out_dir`` holds an unfinished-marker (:data:`~mddose.atomic.INCOMPLETE`) that ``evaluate``
     refuses; it goes only once every patient and ``prediction.json`` are written. ``out_dir`` is claimed
@@ -79,7 +80,7 @@ def predict(
     profile, notes = read_profile(predictor.folder), {}
     times: dict[str, float] = {}
     tuner = predictor.tuner = ThreadTuner(predictor.device, probe=2, every=40)  # across patients: busy CPUs noticed
-    with filling(out_dir, "mddose predict", inputs=[run, data_dir, refiner], overwrite=overwrite) as out:
+    with filling(out_dir, "mddose predict", inputs=[run, data_dir, predictor.refinement and predictor.refinement.folder], overwrite=overwrite) as out:
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             scale, notes[patient.patient_id] = _checked(patient, patient_folder, cfg, profile, prescriptions)

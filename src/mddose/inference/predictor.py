@@ -29,7 +29,7 @@ from mddose.device import ThreadTuner, prediction_batch, resolve_device
 from mddose.diffusion.sampling import check_sampling
 from mddose.errors import MddoseError
 from mddose.inference.bounds import check_samples, check_smoothing, check_voxel, check_voxels, training_voxel_mm
-from mddose.inference.refinement import Refinement
+from mddose.inference.refinement import Refinement, chosen_refiner
 from mddose.inference.smoothing import default_smoothing
 from mddose.inference.slicewise import PatientDose, predict_volume
 from mddose.models.build import build_model
@@ -85,8 +85,9 @@ def settled_sampling(cfg: RunConfig, sampler: str | None, steps: int | None, sam
 class Predictor:
     """A run folder, checkpoint folder or shipped model, ready to predict patients (see the module docstring).
 
-    ``smooth_mm`` defaults to the model's smoothing (:func:`~mddose.inference.smoothing.default_smoothing`),
-    ``batch_size`` to the device's (:func:`~mddose.device.prediction_batch`). :attr:`tuner`, when a caller sets
+    ``refiner``: a refinement stage's folder, False for none, None (default) for the model's own when it ships one
+    (:func:`~mddose.inference.refinement.chosen_refiner`). ``smooth_mm`` defaults to the model's smoothing
+    (:func:`~mddose.inference.smoothing.default_smoothing`; none with a refiner), ``batch_size`` to the device's (:func:`~mddose.device.prediction_batch`). :attr:`tuner`, when a caller sets
     one, picks the CPU thread count from the batches' times (that caller restores it).
     """
 
@@ -94,7 +95,7 @@ class Predictor:
 
     def __init__(self, model: str | Path, sampler: str | None = None, steps: int | None = None, samples: int = 1,
                  seed: int = 0, device: str = "auto", batch_size: int | None = None, smooth_mm: float | None = None,
-                 mirror: bool = False, progress: bool = True, refiner: str | Path | None = None) -> None:
+                 mirror: bool = False, progress: bool = True, refiner: str | Path | bool | None = None) -> None:
         check_samples(samples)  # before the model is read: a bad option is one line, at once
         self.device = resolve_device(device)
         self.batch_size = prediction_batch(self.device, batch_size)
@@ -102,9 +103,10 @@ class Predictor:
         self.weights = weights_file(self.folder)  # what the model predicts with, and what QA's table is tied to
         self.cfg, self.model = open_model(self.weights, self.device)
         self.sampler, self.steps, self.samples = settled_sampling(self.cfg, sampler, steps, samples)
-        self.refinement = None if refiner is None else Refinement(refiner, self.weights, self.sampler, self.steps,
-                                                                   self.device)
-        default = 0.0 if refiner is not None else default_smoothing(self.cfg.volumetric)  # the refiner replaces it
+        chosen = chosen_refiner(self.folder, refiner)  # the model's own by default, when it ships one
+        self.refinement = None if chosen is None else Refinement(chosen, self.weights, self.sampler, self.steps,
+                                                                  self.device)
+        default = 0.0 if chosen is not None else default_smoothing(self.cfg.volumetric)  # the refiner replaces it
         self.smooth_mm = check_smoothing(default if smooth_mm is None else smooth_mm)
         self.seed, self.mirror, self.progress = seed, mirror, progress
         self.trained_voxel = training_voxel_mm(self.folder, self.cfg.data)

@@ -2,7 +2,8 @@
 
 A refiner is tied to the weights it was trained on (their SHA-256 in ``refiner.json``): refining another model's
 doses would apply corrections learnt for other errors, so it is refused. It replaces the smoothing across slices,
-and like every prediction its dose is never negative and 0 outside the possible-dose mask.
+and like every prediction its dose is never negative and 0 outside the possible-dose mask. A model that ships
+with its own refiner (:func:`own_refiner`) is refined by default.
 """
 
 from __future__ import annotations
@@ -22,9 +23,23 @@ from mddose.errors import MddoseError
 from mddose.inference.regression import regress_volume
 from mddose.models.refiner import Refiner, RefinerConfig, first_stage_input
 from mddose.runs.checkpoint import load_weights, weights_sha256
-from mddose.runs.layout import REFINER_CONFIG, REFINER_WEIGHTS
+from mddose.runs.layout import OWN_REFINER, REFINER_CONFIG, REFINER_WEIGHTS
 
 log = logging.getLogger(__name__)
+
+
+def own_refiner(model_folder: Path) -> Path | None:
+    """The refiner that ships with the model in ``model_folder`` (its ``refiner/``), or None."""
+    folder = Path(model_folder) / OWN_REFINER
+    return folder if (folder / REFINER_CONFIG).is_file() else None
+
+
+def chosen_refiner(model_folder: Path, refiner: str | Path | bool | None) -> Path | None:
+    """The refiner a prediction uses: ``refiner`` when it names a folder, none when it is False, else (None) the
+    model's own if it ships one."""
+    if refiner is False:
+        return None
+    return own_refiner(model_folder) if refiner is None or refiner is True else Path(refiner)
 
 
 def read_refiner(folder: str | Path) -> dict[str, Any]:

@@ -14,6 +14,9 @@ and a refiner's (``mddose refine``, the 3D refinement stage of :mod:`mddose.mode
       refiner.safetensors      its weights
       stage1/pt_N.npz          the first stage's dose of each training patient (normalised, float16)
       stage1/source.json       the weights (SHA-256) and sampling those doses came from
+
+A model folder (a checkpoint, or a shipped model in ``mddose/weights/<name>/``) may hold its own refiner in
+``refiner/`` (``refiner.json`` and ``refiner.safetensors`` only): ``predict`` then uses it by default.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CONFIG, HISTORY, TRAINER, LOSS_PLOT = "config.json", "history.json", "trainer.js
 PROFILE = "training_set.json"  # the training patients' range (mddose.inference.scope), shipped with the weights
 CHECKPOINTS = ("last", "best")
 REFINER_CONFIG, REFINER_WEIGHTS, FIRST_STAGE = "refiner.json", "refiner.safetensors", "stage1"
+OWN_REFINER = "refiner"  # in a model folder: the refiner that ships with its weights
 FIRST_STAGE_SOURCE = "source.json"  # in FIRST_STAGE: the weights and sampling its doses came from
 
 

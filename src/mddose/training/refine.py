@@ -107,7 +107,7 @@ def train_refiner(model: str | Path, cache_dir: str | Path, out_dir: str | Path,
     cfg = cfg or RefineConfig()
     cache = Cache(cache_dir)
     with claim(out_dir, "mddose refine", inputs=[model, cache_dir], resume=True) as out:
-        predictor = Predictor(model, sampler, steps, smooth_mm=0.0, device=device, progress=False)
+        predictor = Predictor(model, sampler, steps, smooth_mm=0.0, device=device, progress=False, refiner=False)
         first_stage = _first_stage(out / FIRST_STAGE, predictor)
         data = predictor.cfg.data.without_slice_context()
         cfg.model.cond_channels = data.cond_channels
