@@ -14,6 +14,7 @@ from mddose.data.beam_prior import OPENKBP_BEAM_ANGLES, beam_prior
 from mddose.data.cache import DOSE_STEP_GY, Cache, CachedPatient, prepare_cache
 from mddose.data.dataset import DataConfig, SliceDataset, structure_channels
 from mddose.data.openkbp import list_patients, read_patient
+from mddose.data.phantom_dose import beam_workers
 from mddose.errors import MddoseError
 from mddose.inference.predict import predict
 from mddose.inference.predictor import load_model
@@ -55,6 +56,16 @@ def test_prepare_stores_the_prior_that_predict_computes(phantoms: tuple[Path, Pa
     assert channels.shape[0] == cfg.cond_channels == DataConfig().cond_channels + 1
     expected = np.round(prior[:, :, z] / DOSE_STEP_GY) * DOSE_STEP_GY / cfg.dose_norm_gy
     assert np.allclose(channels[-1], expected, atol=1e-6)
+
+
+def test_the_prior_does_not_depend_on_the_thread_count(phantoms: tuple[Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The beams run side by side on the process's threads (phantom_dose.beam_workers) and sum in beam order."""
+    patient = read_patient(phantoms[0] / Cache(phantoms[1]).patient_ids[0])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    alone = beam_prior(patient)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert beam_workers() == 3 and np.array_equal(beam_prior(patient), alone)
 
 
 def test_a_cache_without_the_prior_is_refused_then_completed(tmp_path: Path, phantoms: tuple[Path, Path]) -> None:

@@ -24,14 +24,20 @@ shows the beam streaks of a real IMRT plan:
 
 Vectorised per beam: the cropped volume is rotated in-plane (:func:`scipy.ndimage.rotate`) so the beam runs
 along axis 0, rays become columns (cumulative sums and maxima along axis 0), and the depth dose is rotated
-back (its time: docs/measurements.md).
+back (its time: docs/measurements.md). The beams are traced and deposited side by side on the process's CPU threads
+(:func:`beam_workers`; NumPy and SciPy release the GIL there), and summed in beam order: the dose does not depend
+on the thread count.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -39,6 +45,23 @@ from scipy import ndimage, optimize
 from mddose.data.patient import Patient
 
 log = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
+
+
+def beam_workers() -> int:
+    """Threads for the beams: ``OMP_NUM_THREADS`` when set (the process's thread budget), else the CPUs it may use."""
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, int(budget)) if budget.isdigit() else len(os.sched_getaffinity(0))
+
+
+def _per_beam(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[work(item) for item in items]``, the items side by side on :func:`beam_workers` threads, in order."""
+    items = list(items)
+    workers = min(beam_workers(), len(items))
+    if workers <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, items))
 
 
 @dataclass(frozen=True)
@@ -206,7 +229,7 @@ def compute_dose(
     box = _crop_box(mask)
     regions, code, oar_weights = _code_map(patient, levels, model, box)
     rho = _crop(relative_density(patient.ct), *box, fill=0.0)
-    beams = [_trace(rho, code, a, len(levels), oar_weights, model, patient.spacing) for a in angles]
+    beams = _per_beam(lambda a: _trace(rho, code, a, len(levels), oar_weights, model, patient.spacing), angles)
     target = np.array([rx[n] for n in levels])
     total = _optimise(beams, regions, target, _crop(mask, *box, fill=False), model, patient.spacing)
     return _place(total, box, mask)
@@ -244,7 +267,7 @@ def _optimise(beams: list[_Beam], regions: list[np.ndarray], target: np.ndarray,
         prescribed[region] = value
     modulations = [np.ones(b.apertures.shape[1:], dtype=np.float32) for b in beams]
     for step in range(model.optimizer_iterations + 1):
-        comps = sum(_deposit(b, m, sigma) for b, m in zip(beams, modulations))  # (L, S, S, Z)
+        comps = sum(_per_beam(lambda bm: _deposit(bm[0], bm[1], sigma), zip(beams, modulations)))  # (L, S, S, Z)
         for k in range(len(target)):
             blurred = ndimage.gaussian_filter(comps[k], scatter_sigma, mode="constant")
             comps[k] = (1 - model.scatter_fraction) * comps[k] + model.scatter_fraction * blurred
@@ -260,13 +283,19 @@ def _optimise(beams: list[_Beam], regions: list[np.ndarray], target: np.ndarray,
         # One step of a ray-based optimiser: each ray's fluence is scaled by the mean prescribed/delivered
         # ratio over the target voxels it crosses; rays through a spared organ are never raised.
         ratio = np.where(prescribed > 0, prescribed / np.maximum(total, 1e-3), 0.0).astype(np.float32)
-        for b, m in zip(beams, modulations):
-            r_ratio = _rotate(ratio, b.angle, order=0)
-            hits = (r_ratio > 0).sum(axis=0)
-            gain = np.where(hits > 0, r_ratio.sum(axis=0) / np.maximum(hits, 1), 1.0)
-            gain = np.clip(gain, 1.0 / model.max_gain, model.max_gain)
+        gains = _per_beam(functools.partial(_ray_gain, ratio, model=model), [b.angle for b in beams])
+        for b, m, gain in zip(beams, modulations, gains):
             m *= np.where(b.through_oar, np.minimum(gain, 1.0), gain).astype(np.float32)
     return total
+
+
+def _ray_gain(ratio: np.ndarray, angle: float, model: DoseModel) -> np.ndarray:
+    """(S, Z) fluence gain of each ray of the beam at ``angle``: the mean prescribed/delivered ratio over the
+    target voxels it crosses (1 where it crosses none), within the optimiser's step."""
+    r_ratio = _rotate(ratio, angle, order=0)
+    hits = (r_ratio > 0).sum(axis=0)
+    gain = np.where(hits > 0, r_ratio.sum(axis=0) / np.maximum(hits, 1), 1.0)
+    return np.clip(gain, 1.0 / model.max_gain, model.max_gain)
 
 
 def _place(total: np.ndarray, box: tuple[int, int, int, int, int], mask: np.ndarray) -> np.ndarray:
