@@ -4,6 +4,10 @@ A refiner is tied to the weights it was trained on (their SHA-256 in ``refiner.j
 doses would apply corrections learnt for other errors, so it is refused. It replaces the smoothing across slices,
 and like every prediction its dose is never negative and 0 outside the possible-dose mask. A model that ships
 with its own refiner (:func:`own_refiner`) is refined by default.
+
+The refiner trains on crops but is fully convolutional: it corrects the possible-dose mask's whole box in one pass
+(padded to a size its levels halve), not in overlapping windows of its crop (their cost and the measured
+difference: docs/experiments/refine-openkbp.md).
 """
 
 from __future__ import annotations
@@ -88,7 +92,9 @@ class Refinement:
         structures = torch.from_numpy(structure_volume(vol, self.data, zs)[:, box[0], box[1]]).to(self.device)
         first = torch.from_numpy(np.asarray(dose_gy, np.float32)[box] / norm)[None].to(self.device)
         inside = torch.from_numpy(mask[box][None].astype(np.float32)).to(self.device)
-        refined = regress_volume(self.model, first_stage_input(structures, first), inside, self.cfg.patch,
+        step = 2 ** (len(self.cfg.widths) - 1)
+        whole = tuple(-(-s // step) * step for s in first.shape[1:])  # one window: the box, padded
+        refined = regress_volume(self.model, first_stage_input(structures, first), inside, whole,
                                  self.data.n_ct_channels)
         out = np.zeros(mask.shape, np.float32)
         out[box] = refined[0].cpu().numpy() * norm
