@@ -164,8 +164,9 @@ def _link_split(work: Path, split: dict[str, list[str]]) -> Path:
 
 
 def _score(model: Path, heldout: Path, out: Path, device: str, progress: bool) -> dict[str, float]:
-    """Predict the held-out patients with ``model`` into ``out/pred`` and score them."""
-    predict(model, heldout, out / "pred", device=device, nifti=False, progress=progress)
+    """Predict the held-out patients with ``model`` into ``out/pred`` and score them. Without the starting model's
+    own 3D refiner: it is tied to the weights fine-tuning changes, so before and after both smooth across slices."""
+    predict(model, heldout, out / "pred", device=device, nifti=False, progress=progress, refiner=False)
     summary = evaluate(heldout, [out / "pred"], out / "eval", names=["model"], gamma=False, progress=progress)
     scores = summary["methods"]["model"]["openkbp"]
     return {"dose_score": scores["dose_score"], "dvh_score": scores["dvh_score"]}
