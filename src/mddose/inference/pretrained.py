@@ -10,6 +10,8 @@ Package folder of a shipped model::
       qa_errors.json       its error per ROI and QA metric on the validation patients (``mddose qa``'s tolerances)
       MODEL_CARD.md        data, recipe, scores, comparison and training log, written from the files above
       training_set.json    the training patients' range (``predict`` warns outside it: mddose.inference.scope)
+      refiner/             optional: the 3D refiner trained for these weights (refiner.json, refiner.safetensors),
+                           used by ``predict`` unless told not to (mddose.inference.refinement)
 
 This module finds them; :mod:`mddose.experiments.shipping` makes them. The shipped weights are where training goes
 on from: ``scripts/train-openkbp.sh`` warm-starts a run in ``runs/<name>`` (kept out of git; only the shipped
