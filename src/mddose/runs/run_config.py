@@ -161,8 +161,9 @@ def run_preset(name: str = DEFAULT_PRESET) -> RunConfig:
     The CPU recipe predicts x_0 (``prediction_type="sample"``) rather than the paper's ε, which learns the dose
     slowly at low signal-to-noise (docs/measurements.md), on whole 2.5D slices; its L1 loss counts inside the
     possible-dose mask only, 80 % of each batch is drawn at t = T − 1, and it samples with one trailing DDIM step
-    (docs/experiments/recipe-openkbp.md, sampler-openkbp.md). ``default`` also reads the beam prior, as the shipped
-    model does (docs/experiments/beam-prior.md); ``small`` and ``tiny`` do not. ``paper`` keeps ε.
+    (docs/experiments/recipe-openkbp.md, sampler-openkbp.md). ``default`` also reads the beam prior and decays the
+    matrices' weights only, as the shipped model does (docs/experiments/beam-prior.md); ``small`` and ``tiny`` do
+    not. ``paper`` keeps ε.
     """
     if name == "paper":
         return paper_preset()
@@ -170,7 +171,8 @@ def run_preset(name: str = DEFAULT_PRESET) -> RunConfig:
         data = DataConfig(context_slices=1, augment=True, beam_prior=name == "default")
         model = for_data(model_preset("small" if name == "default" else name), data)
         train = TrainConfig(lr=1e-3, warmup_steps=200, decay_steps=40_000, max_steps=40_000, val_every=1000,
-                            val_sampler="ddim", val_steps=1, checkpoint_every_s=180.0)
+                            val_sampler="ddim", val_steps=1, checkpoint_every_s=180.0,
+                            weight_decay_on="matrices" if name == "default" else "all")
         diffusion = DiffusionConfig(prediction_type="sample", loss="l1", loss_region="mask", final_t_fraction=0.8,
                                     timestep_spacing="trailing", sampler="ddim", sampler_steps=1)
         return RunConfig(model=model, data=data, train=train, diffusion=diffusion)
