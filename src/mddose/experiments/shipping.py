@@ -207,7 +207,9 @@ def model_card(name: str, config: dict[str, Any], rows: list[dict[str, Any]], co
         f" {data['augment']}.",
         _diffusion_line(config["diffusion"]), *_refiner_lines(refiner),
         f"- Optimiser: {train['optimizer']} lr {train['lr']} ({train['lr_schedule']}, horizon"
-        f" {train['decay_steps']} steps), batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
+        f" {train['decay_steps']} steps), weight decay {train['weight_decay']} on"
+        f" {'the matrices only' if train.get('weight_decay_on') == 'matrices' else 'every parameter'},"
+        f" batch {train['batch_size']}, EMA {train['ema_decay']}, bf16 {train['bf16']}.",
         "",
         "## Scores (OpenKBP validation, 33 patients)", "",
     ]
