@@ -259,7 +259,7 @@ def _refiner_lines(info: dict[str, Any] | None) -> list[str]:
     if info is None:
         return []
     m = info["model"]
-    return [(f"- 3D refinement stage: a 3D U-Net (widths {m['widths']}, {'×'.join(map(str, m['patch']))} windows)"
+    return [(f"- 3D refinement stage: a 3D U-Net (widths {m['widths']}, trained on {'×'.join(map(str, m['patch']))} crops)"
              f" trained {info['steps_done']} steps on the first stage's doses of the {info['patients']} training"
              " patients corrects the stacked slices in place of the smoothing across slices"
              " (docs/experiments/refine-openkbp.md); `mddose predict --no-refiner` predicts without it.")]

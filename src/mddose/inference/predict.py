@@ -80,7 +80,8 @@ def predict(
     profile, notes = read_profile(predictor.folder), {}
     times: dict[str, float] = {}
     tuner = predictor.tuner = ThreadTuner(predictor.device, probe=2, every=40)  # across patients: busy CPUs noticed
-    with filling(out_dir, "mddose predict", inputs=[run, data_dir, predictor.refinement and predictor.refinement.folder], overwrite=overwrite) as out:
+    refiner_dir = predictor.refinement.folder if predictor.refinement is not None else None
+    with filling(out_dir, "mddose predict", inputs=[run, data_dir, refiner_dir], overwrite=overwrite) as out:
         for patient_folder in tqdm(folders, desc="predict", unit="pt", disable=not progress):
             patient = read_patient(patient_folder, cfg.data.rois, read_dose=False)  # the dose is what we predict
             scale, notes[patient.patient_id] = _checked(patient, patient_folder, cfg, profile, prescriptions)

@@ -87,7 +87,8 @@ class Predictor:
 
     ``refiner``: a refinement stage's folder, False for none, None (default) for the model's own when it ships one
     (:func:`~mddose.inference.refinement.chosen_refiner`). ``smooth_mm`` defaults to the model's smoothing
-    (:func:`~mddose.inference.smoothing.default_smoothing`; none with a refiner), ``batch_size`` to the device's (:func:`~mddose.device.prediction_batch`). :attr:`tuner`, when a caller sets
+    (:func:`~mddose.inference.smoothing.default_smoothing`; none with a refiner), ``batch_size`` to the device's
+    (:func:`~mddose.device.prediction_batch`). :attr:`tuner`, when a caller sets
     one, picks the CPU thread count from the batches' times (that caller restores it).
     """
 
