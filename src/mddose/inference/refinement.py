@@ -92,7 +92,7 @@ class Refinement:
         structures = torch.from_numpy(structure_volume(vol, self.data, zs)[:, box[0], box[1]]).to(self.device)
         first = torch.from_numpy(np.asarray(dose_gy, np.float32)[box] / norm)[None].to(self.device)
         inside = torch.from_numpy(mask[box][None].astype(np.float32)).to(self.device)
-        step = 2 ** (len(self.cfg.widths) - 1)
+        step = self.cfg.size_step
         whole = tuple(-(-s // step) * step for s in first.shape[1:])  # one window: the box, padded
         refined = regress_volume(self.model, first_stage_input(structures, first), inside, whole,
                                  self.data.n_ct_channels)

@@ -34,10 +34,15 @@ class RefinerConfig:
         self.widths, self.patch = tuple(self.widths), tuple(self.patch)  # type: ignore[assignment]
         if self.cond_channels < 1 or self.depth < 1 or not self.widths or min(self.widths) < 1:
             raise ValueError(f"a refiner needs channels, widths and depth of at least 1, not {self}")
-        step = 2 ** (len(self.widths) - 1)
+        step = self.size_step
         if len(self.patch) != 3 or any(p < step or p % step for p in self.patch):
             raise ValueError(f"the refiner's patch is 3 sizes, each a multiple of {step} (its {len(self.widths)} "
                              f"levels halve it), not {self.patch}")
+
+    @property
+    def size_step(self) -> int:
+        """What every side of its input must be a multiple of: its levels halve it."""
+        return 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
